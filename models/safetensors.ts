@@ -1,0 +1,149 @@
+// safetensors reader and writer (https://huggingface.co/docs/safetensors): an 8-byte little-endian
+// header length, a JSON header {name: {dtype, shape, data_offsets}}, then the raw tensor bytes.
+// Reading validates the header against the file before any tensor is touched; tensors are
+// converted to float32 on demand so a checkpoint is never held twice in float32.
+import { openSync, readSync, fstatSync, closeSync, writeFileSync } from "node:fs";
+
+export type SafetensorsDtype = "F32" | "F16" | "BF16";
+const BYTES: Record<SafetensorsDtype, number> = { F32: 4, F16: 2, BF16: 2 };
+
+export class SafetensorsError extends Error {
+  override name = "SafetensorsError";
+}
+
+export interface TensorEntry {
+  dtype: SafetensorsDtype;
+  shape: number[];
+  /** Byte range inside the data section. */
+  begin: number;
+  end: number;
+}
+
+const MAX_HEADER = 100 * 1024 * 1024;
+
+export class SafetensorsFile {
+  readonly entries: Map<string, TensorEntry>;
+  readonly metadata: Record<string, string>;
+  private constructor(
+    readonly path: string,
+    private readonly fd: number,
+    private readonly dataStart: number,
+    entries: Map<string, TensorEntry>,
+    metadata: Record<string, string>,
+  ) {
+    this.entries = entries;
+    this.metadata = metadata;
+  }
+
+  static open(path: string): SafetensorsFile {
+    const fd = openSync(path, "r");
+    try {
+      const size = fstatSync(fd).size;
+      const fail = (msg: string): never => {
+        throw new SafetensorsError(`${path}: ${msg}`);
+      };
+      if (size < 8) fail(`file is ${size} bytes, too short for a safetensors header`);
+      const lenBuf = Buffer.alloc(8);
+      readSync(fd, lenBuf, 0, 8, 0);
+      const headerLen = Number(lenBuf.readBigUInt64LE(0));
+      if (headerLen > MAX_HEADER || 8 + headerLen > size) fail(`header length ${headerLen} does not fit in a ${size}-byte file`);
+      const headerBuf = Buffer.alloc(headerLen);
+      readSync(fd, headerBuf, 0, headerLen, 8);
+      let header: unknown;
+      try {
+        header = JSON.parse(headerBuf.toString("utf8"));
+      } catch (e) {
+        return fail(`header is not JSON: ${(e as Error).message}`);
+      }
+      if (typeof header !== "object" || header === null || Array.isArray(header)) fail("header is not a JSON object");
+      const dataStart = 8 + headerLen;
+      const dataSize = size - dataStart;
+      const entries = new Map<string, TensorEntry>();
+      let metadata: Record<string, string> = {};
+      for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
+        if (name === "__metadata__") {
+          metadata = raw as Record<string, string>;
+          continue;
+        }
+        const e = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+        if (e.dtype !== "F32" && e.dtype !== "F16" && e.dtype !== "BF16") {
+          fail(`tensor ${name}: dtype ${JSON.stringify(e.dtype)} is not supported (F32, F16, BF16)`);
+        }
+        const dtype = e.dtype as SafetensorsDtype;
+        if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isInteger(d) && d >= 0)) fail(`tensor ${name}: bad shape`);
+        const offs = e.data_offsets;
+        if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((o) => Number.isInteger(o) && o >= 0)) {
+          fail(`tensor ${name}: bad data_offsets`);
+        }
+        const [begin, end] = offs as [number, number];
+        const shape = e.shape as number[];
+        const expect = shape.reduce((a, b) => a * b, 1) * BYTES[dtype];
+        if (end < begin || end - begin !== expect) fail(`tensor ${name}: data_offsets [${begin}, ${end}] hold ${end - begin} bytes, shape ${JSON.stringify(shape)} ${dtype} needs ${expect}`);
+        if (end > dataSize) fail(`tensor ${name}: data_offsets end ${end} is past the end of the data (${dataSize} bytes); file truncated?`);
+        entries.set(name, { dtype, shape, begin, end });
+      }
+      return new SafetensorsFile(path, fd, dataStart, entries, metadata);
+    } catch (e) {
+      closeSync(fd);
+      throw e;
+    }
+  }
+
+  /** The tensor as float32 (converted from F16/BF16). */
+  read(name: string): Float32Array {
+    const e = this.entries.get(name);
+    if (!e) throw new SafetensorsError(`${this.path}: no tensor ${name}`);
+    const n = e.end - e.begin;
+    const buf = Buffer.alloc(n);
+    readSync(this.fd, buf, 0, n, this.dataStart + e.begin);
+    if (e.dtype === "F32") return new Float32Array(buf.buffer, buf.byteOffset, n / 4).slice();
+    const halves = new Uint16Array(buf.buffer, buf.byteOffset, n / 2);
+    const out = new Float32Array(n / 2);
+    if (e.dtype === "BF16") {
+      const bits = new Uint32Array(out.buffer);
+      for (let i = 0; i < halves.length; i++) bits[i] = halves[i] << 16;
+    } else {
+      for (let i = 0; i < halves.length; i++) out[i] = halfToFloat(halves[i]);
+    }
+    return out;
+  }
+
+  close(): void {
+    closeSync(this.fd);
+  }
+}
+
+function halfToFloat(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> 10) & 0x1f;
+  const frac = h & 0x3ff;
+  if (exp === 0) return sign * frac * 2 ** -24;
+  if (exp === 31) return frac ? NaN : sign * Infinity;
+  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
+}
+
+export interface TensorToWrite {
+  name: string;
+  shape: number[];
+  data: Float32Array;
+}
+
+/** Writes float32 tensors as a safetensors file. */
+export function writeSafetensors(path: string, tensors: TensorToWrite[], metadata: Record<string, string> = {}): void {
+  const header: Record<string, unknown> = { __metadata__: metadata };
+  let offset = 0;
+  for (const t of tensors) {
+    const count = t.shape.reduce((a, b) => a * b, 1);
+    if (count !== t.data.length) throw new SafetensorsError(`tensor ${t.name}: shape ${t.shape} does not match ${t.data.length} values`);
+    header[t.name] = { dtype: "F32", shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
+    offset += t.data.byteLength;
+  }
+  let json = JSON.stringify(header);
+  json += " ".repeat((8 - ((8 + json.length) % 8)) % 8); // align the data section to 8 bytes
+  const head = Buffer.alloc(8 + json.length);
+  head.writeBigUInt64LE(BigInt(json.length), 0);
+  head.write(json, 8, "utf8");
+  const parts: Uint8Array[] = [head];
+  for (const t of tensors) parts.push(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+  writeFileSync(path, Buffer.concat(parts));
+}

@@ -1,0 +1,138 @@
+// A small ONNX graph builder: nodes are added by op name and return their output names, so
+// model code reads like the equations it implements. Subgraphs (If branches) share the root's
+// name counter and initializers, so every weight is stored once and read from every branch.
+import {
+  DataType,
+  ProtoWriter,
+  nodeProto,
+  tensorProto,
+  valueInfo,
+  type AttrValue,
+  type Dim,
+} from "./onnx-proto.ts";
+
+export { DataType } from "./onnx-proto.ts";
+
+interface Root {
+  counter: number;
+  initializers: ProtoWriter[];
+  initializerBytes: number;
+  constants: Map<string, string>;
+}
+
+export class GraphBuilder {
+  private readonly nodes: ProtoWriter[] = [];
+  private readonly inputs: ProtoWriter[] = [];
+  private readonly outputs: ProtoWriter[] = [];
+  private readonly root: Root;
+
+  constructor(
+    readonly name: string,
+    parent?: GraphBuilder,
+  ) {
+    this.root = parent ? parent.root : { counter: 0, initializers: [], initializerBytes: 0, constants: new Map() };
+  }
+
+  /** A new subgraph (e.g. an If branch) that can read this graph's values and initializers. */
+  subgraph(name: string): GraphBuilder {
+    return new GraphBuilder(name, this);
+  }
+
+  private fresh(hint: string): string {
+    return `${hint}_${this.root.counter++}`;
+  }
+
+  input(name: string, type: DataType, shape?: readonly Dim[]): string {
+    this.inputs.push(valueInfo(name, type, shape));
+    return name;
+  }
+
+  /** Declares `value` a graph output under `name` (an Identity node renames it if needed). */
+  output(name: string, value: string, type: DataType = DataType.FLOAT, shape?: readonly Dim[]): void {
+    if (value !== name) this.nodes.push(nodeProto("Identity", [value], [name], this.fresh("out")));
+    this.outputs.push(valueInfo(name, type, shape));
+  }
+
+  /** Adds a node with one output; returns the output's name. */
+  op(op: string, inputs: readonly string[], attrs: Record<string, AttrValue> = {}, domain = ""): string {
+    return this.ops(op, inputs, 1, attrs, domain)[0];
+  }
+
+  /** Adds a node with `count` outputs. */
+  ops(op: string, inputs: readonly string[], count: number, attrs: Record<string, AttrValue> = {}, domain = ""): string[] {
+    const base = this.fresh(op);
+    const outs = Array.from({ length: count }, (_, i) => (count === 1 ? base : `${base}:${i}`));
+    this.nodes.push(nodeProto(op, inputs, outs, base, attrs, domain));
+    return outs;
+  }
+
+  /** A float32 weight, stored once in the root graph. */
+  weight(name: string, dims: readonly number[], data: Float32Array): string {
+    const count = dims.reduce((a, b) => a * b, 1);
+    if (count !== data.length) throw new Error(`weight ${name}: dims [${dims}] do not match ${data.length} values`);
+    const raw = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    this.root.initializers.push(tensorProto(name, DataType.FLOAT, dims, raw));
+    this.root.initializerBytes += data.byteLength;
+    return name;
+  }
+
+  /** An int64 constant (deduplicated), as a root initializer. */
+  int64(values: readonly number[], scalar = false): string {
+    return this.constant(DataType.INT64, values, scalar, () => {
+      const b = new BigInt64Array(values.map((v) => BigInt(v)));
+      return new Uint8Array(b.buffer);
+    });
+  }
+
+  /** A float32 constant (deduplicated). */
+  float(values: readonly number[], scalar = false): string {
+    return this.constant(DataType.FLOAT, values, scalar, () => new Uint8Array(new Float32Array(values).buffer));
+  }
+
+  /** A float64 constant (deduplicated). */
+  double(values: readonly number[], scalar = false): string {
+    return this.constant(DataType.DOUBLE, values, scalar, () => new Uint8Array(new Float64Array(values).buffer));
+  }
+
+  private constant(type: DataType, values: readonly number[], scalar: boolean, bytes: () => Uint8Array): string {
+    const key = `${type}:${scalar}:${values.join(",")}`;
+    let name = this.root.constants.get(key);
+    if (!name) {
+      name = `const_${this.root.constants.size}`;
+      this.root.initializers.push(tensorProto(name, type, scalar ? [] : [values.length], bytes()));
+      this.root.constants.set(key, name);
+    }
+    return name;
+  }
+
+  get weightBytes(): number {
+    return this.root.initializerBytes;
+  }
+
+  /** GraphProto of this (sub)graph; only the root carries the initializers. */
+  proto(isRoot = false): ProtoWriter {
+    const g = new ProtoWriter();
+    for (const n of this.nodes) g.message(1, n);
+    g.string(2, this.name);
+    if (isRoot) for (const t of this.root.initializers) g.message(5, t);
+    for (const i of this.inputs) g.message(11, i);
+    for (const o of this.outputs) g.message(12, o);
+    return g;
+  }
+
+  /** Serialized ModelProto with this graph as the main graph. */
+  model(opset = 17, msOpset = 1): Uint8Array {
+    const opsetId = (domain: string, version: number): ProtoWriter => {
+      const o = new ProtoWriter();
+      if (domain) o.string(1, domain);
+      return o.int(2, version);
+    };
+    return new ProtoWriter()
+      .int(1, 8)
+      .string(2, "colm-serve")
+      .message(7, this.proto(true))
+      .message(8, opsetId("", opset))
+      .message(8, opsetId("com.microsoft", msOpset))
+      .finish();
+  }
+}

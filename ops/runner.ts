@@ -1,0 +1,109 @@
+// The model runner: one onnxruntime session over the graph of ops/colm-graph.ts, so one weight
+// set serves every chain count. It runs `tokens` new tokens at `chains` chains against a KV
+// cache and returns the logits of the requested rows plus the new tokens' keys and values.
+import { availableParallelism } from "node:os";
+import * as ort from "onnxruntime-node";
+import type { Checkpoint } from "../models/checkpoint.ts";
+import type { ColmConfig } from "../models/config.ts";
+import type { KvCache } from "../kernels/kv-cache.ts";
+import { buildColmGraph } from "./colm-graph.ts";
+
+export type Device = "cpu" | "cuda";
+
+export interface RunnerOptions {
+  /** "cuda" uses onnxruntime's CUDA provider when installed, else falls back to CPU (logged). */
+  device?: Device;
+  /** Intra-op threads (default: the machine's cores, or COLM_THREADS). */
+  threads?: number;
+  log?: (message: string) => void;
+}
+
+export interface StepResult {
+  /** [rows, V] logits of the requested rows. */
+  logits: Float32Array;
+  /** [rows, d_k] final hidden state (pre-norm) of the requested rows. */
+  hidden: Float32Array;
+  /** Per layer [tokens, kv_heads·hd] keys and values of the new tokens. */
+  newKeys: Float32Array[];
+  newValues: Float32Array[];
+}
+
+export class RunnerError extends Error {
+  override name = "RunnerError";
+}
+
+export class ModelRunner {
+  private constructor(
+    private readonly session: ort.InferenceSession,
+    readonly config: ColmConfig,
+    readonly device: Device,
+    /** Bytes of the weights the session holds (each weight once). */
+    readonly weightBytes: number,
+  ) {}
+
+  static async create(ckpt: Checkpoint, options: RunnerOptions = {}): Promise<ModelRunner> {
+    const log = options.log ?? ((m: string) => console.error(m));
+    const threads = options.threads ?? (Number(process.env.COLM_THREADS) || availableParallelism());
+    const built = buildColmGraph(ckpt);
+    const base: ort.InferenceSession.SessionOptions = {
+      graphOptimizationLevel: "all",
+      executionMode: "sequential",
+      intraOpNumThreads: threads,
+      interOpNumThreads: 1,
+      // Prepacking would give each If branch its own packed copy of the weights it shares.
+      extra: { session: { disable_prepacking: "1" } },
+    };
+    let device: Device = options.device ?? "cpu";
+    let session: ort.InferenceSession;
+    if (device === "cuda") {
+      try {
+        session = await ort.InferenceSession.create(built.model, { ...base, executionProviders: ["cuda", "cpu"] });
+      } catch (e) {
+        log(`colm: CUDA execution provider unavailable (${(e as Error).message.split("\n")[0]}); falling back to CPU`);
+        device = "cpu";
+        session = await ort.InferenceSession.create(built.model, { ...base, executionProviders: ["cpu"] });
+      }
+    } else {
+      session = await ort.InferenceSession.create(built.model, { ...base, executionProviders: ["cpu"] });
+    }
+    return new ModelRunner(session, ckpt.config, device, built.weightBytes);
+  }
+
+  /**
+   * Runs `tokens` (positions cache.length …) at `chains` chains. The cache is read, not written:
+   * the caller appends the returned keys/values (so a failed step leaves the cache unchanged).
+   */
+  async step(tokens: ArrayLike<number>, chains: number, cache: KvCache, logitsRows: readonly number[]): Promise<StepResult> {
+    const c = this.config;
+    if (!Number.isInteger(chains) || chains < 1 || chains > c.nChains) {
+      throw new RunnerError(`chains must be an integer in 1 … ${c.nChains}, got ${chains}`);
+    }
+    const T = tokens.length;
+    if (cache.length + T > c.max_position) {
+      throw new RunnerError(`sequence of ${cache.length + T} tokens exceeds max_position ${c.max_position}`);
+    }
+    const tok = BigInt64Array.from(Array.from(tokens, (t) => BigInt(t)));
+    const feeds: Record<string, ort.Tensor> = {
+      tokens: new ort.Tensor("int64", tok, [T]),
+      chains: new ort.Tensor("int64", BigInt64Array.of(BigInt(chains)), []),
+      logits_rows: new ort.Tensor("int64", BigInt64Array.from(logitsRows.map((r) => BigInt(r))), [logitsRows.length]),
+    };
+    const P = cache.length;
+    for (let l = 0; l < c.n_layers; l++) {
+      feeds[`past_key_${l}`] = new ort.Tensor("float32", cache.pastKeys(l), [P, c.kvWidth]);
+      feeds[`past_value_${l}`] = new ort.Tensor("float32", cache.pastValues(l), [P, c.kvWidth]);
+    }
+    const out = await this.session.run(feeds);
+    const data = (name: string): Float32Array => out[name].data as Float32Array;
+    return {
+      logits: data("logits"),
+      hidden: data("hidden"),
+      newKeys: Array.from({ length: c.n_layers }, (_, l) => data(`new_key_${l}`)),
+      newValues: Array.from({ length: c.n_layers }, (_, l) => data(`new_value_${l}`)),
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.session.release();
+  }
+}

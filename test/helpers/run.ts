@@ -1,0 +1,41 @@
+// Helpers to run a checkpoint through the real onnxruntime runner in tests.
+import { loadCheckpoint, type Checkpoint } from "../../models/checkpoint.ts";
+import { KvCache } from "../../kernels/kv-cache.ts";
+import { ModelRunner, type StepResult } from "../../ops/runner.ts";
+
+export interface Loaded {
+  ckpt: Checkpoint;
+  runner: ModelRunner;
+}
+
+export async function loadRunner(dir: string): Promise<Loaded> {
+  const ckpt = loadCheckpoint(dir);
+  const runner = await ModelRunner.create(ckpt, { threads: 1 });
+  return { ckpt, runner };
+}
+
+export const range = (n: number, from = 0): number[] => Array.from({ length: n }, (_, i) => from + i);
+
+/** A fresh cache for a runner's model. */
+export function newCache(runner: ModelRunner): KvCache {
+  return new KvCache(runner.config.n_layers, runner.config.kvWidth);
+}
+
+/** Whole-sequence forward at `chains` with an empty cache, logits for every row. */
+export function fullForward(runner: ModelRunner, tokens: number[], chains: number): Promise<StepResult> {
+  return runner.step(tokens, chains, newCache(runner), range(tokens.length));
+}
+
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+/** Columns [0, width) of a row-major [rows, cols] matrix. */
+export function leadingColumns(x: Float32Array, rows: number, cols: number, width: number): Float32Array {
+  const out = new Float32Array(rows * width);
+  for (let r = 0; r < rows; r++) out.set(x.subarray(r * cols, r * cols + width), r * width);
+  return out;
+}
