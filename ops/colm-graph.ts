@@ -1,10 +1,14 @@
 // Builds the ONNX graph of a CoLM-Air checkpoint: one graph, one copy of every weight, serving
-// every chain count. The root computes what all sizes share (rotary tables, causal mask) and
-// dispatches on the `chains` input through nested If nodes; branch k is sub-model k (spec §3),
-// reading the shared initializers. Chain linears multiply only blocks on/below the diagonal.
+// every chain count. Chain causality (spec §1) lets the graph run chain by chain: pass i computes
+// output chain i of every layer, reading what passes 1 … i-1 left at each layer. Pass 1 (the
+// chain-1 model, which also yields every layer's keys and values) always runs; pass i runs
+// inside If(chains ≥ i), nested in pass i-1. So sub-model k costs exactly passes 1 … k, each
+// weight block W_i belongs to exactly one node (onnxruntime prepacks it once), and only the
+// blocks on and below the chain diagonal exist.
 //
 // Inputs:  tokens int64 [T]; chains int64 scalar; logits_rows int64 [R] (rows whose logits are
-//          wanted; empty for a KV-only prefill); past_key_l / past_value_l float [P, kv_heads·hd].
+//          wanted; empty for a KV-only prefill); past_length int64 scalar P; past_key_l /
+//          past_value_l float [kv_heads, C, hd], the cache buffers (C ≥ P slots, first P valid).
 // Outputs: logits [R, V]; hidden [R, d_k] (final hidden state, pre-norm);
 //          new_key_l / new_value_l [T, kv_heads·hd] (rotated keys and values of the new tokens).
 import type { Checkpoint, ChainLinear } from "../models/checkpoint.ts";
@@ -12,6 +16,7 @@ import type { ColmConfig } from "../models/config.ts";
 import { DataType, GraphBuilder } from "./graph.ts";
 
 const F = DataType.FLOAT;
+const MS = "com.microsoft";
 
 /** [r, a] ‖ [r, b] → [r, a + b] (fusing matrices that read the same input). */
 function hcat(parts: { data: Float32Array; cols: number }[], rows: number): Float32Array {
@@ -32,29 +37,26 @@ function columns(x: Float32Array, rows: number, cols: number, c0: number, c1: nu
   return out;
 }
 
-/** Registers every weight once, in the per-chain form the branches read. */
+/** Registers every weight once, in the per-chain form the passes read. */
 function registerWeights(root: GraphBuilder, ckpt: Checkpoint): void {
   const c = ckpt.config;
   const w = ckpt.weights;
   const { dk, fk, kvWidth, vocab_size: V, hidden: D } = c;
-  const width = (i: number): number => c.chainWidths[i];
   const gains = (name: string, g: Float32Array): void => {
-    for (let i = 0; i < c.nChains; i++) root.weight(`${name}.c${i + 1}`, [width(i)], g.slice(dk[i], dk[i + 1]));
+    for (let i = 0; i < c.nChains; i++) root.weight(`${name}.c${i + 1}`, [c.chainWidths[i]], g.slice(dk[i], dk[i + 1]));
   };
   const linear = (name: string, blocks: ChainLinear, inPrefix: number[], from = 0): void => {
-    for (let i = from; i < c.nChains; i++) {
-      root.weight(`${name}.c${i + 1}`, [inPrefix[i + 1], blocks[i].length / inPrefix[i + 1]], blocks[i]);
-    }
+    for (let i = from; i < c.nChains; i++) root.weight(`${name}.c${i + 1}`, [inPrefix[i + 1], blocks[i].length / inPrefix[i + 1]], blocks[i]);
   };
   for (let i = 0; i < c.nChains; i++) {
-    root.weight(`embed.c${i + 1}`, [V, width(i)], columns(w.embed, V, D, dk[i], dk[i + 1]));
-    if (!c.tie_embeddings) root.weight(`head.c${i + 1}`, [V, width(i)], columns(w.head, V, D, dk[i], dk[i + 1]));
+    root.weight(`embed.c${i + 1}`, [V, c.chainWidths[i]], columns(w.embed, V, D, dk[i], dk[i + 1]));
+    if (!c.tie_embeddings) root.weight(`head.c${i + 1}`, [V, c.chainWidths[i]], columns(w.head, V, D, dk[i], dk[i + 1]));
   }
   w.layers.forEach((L, l) => {
     const p = `l${l}`;
+    const c1 = c.chainWidths[0];
     gains(`${p}.attn_norm`, L.attnNorm);
     // Chain 1's query block, the keys and the values all read x_1: one fused matrix.
-    const c1 = width(0);
     root.weight(`${p}.qkv`, [c1, c1 + 2 * kvWidth], hcat([{ data: L.q[0], cols: c1 }, { data: L.k, cols: kvWidth }, { data: L.v, cols: kvWidth }], c1));
     linear(`${p}.q`, L.q, dk, 1);
     linear(`${p}.o`, L.o, dk);
@@ -66,154 +68,143 @@ function registerWeights(root: GraphBuilder, ckpt: Checkpoint): void {
     linear(`${p}.down`, L.down, fk);
   });
   gains("norm", w.norm);
+  // Rotary tables for every position, computed in float64: [max_position, hd/2].
+  const hd = c.head_dim;
+  const cos = new Float32Array(c.max_position * (hd / 2));
+  const sin = new Float32Array(cos.length);
+  for (let pos = 0; pos < c.max_position; pos++) {
+    for (let j = 0; j < hd / 2; j++) {
+      const angle = pos * Math.pow(c.rope_theta, (-2 * j) / hd);
+      cos[pos * (hd / 2) + j] = Math.cos(angle);
+      sin[pos * (hd / 2) + j] = Math.sin(angle);
+    }
+  }
+  root.weight("rope.cos", [c.max_position, hd / 2], cos);
+  root.weight("rope.sin", [c.max_position, hd / 2], sin);
 }
 
-/** Values the root computes once per call and every branch reads. */
+/** Values the root computes once per call and every pass reads. */
 interface Shared {
   tokens: string;
   rows: string;
-  cos4: string; // [T, 1, 1, hd] for queries [T, kv, G, hd]
-  sin4: string;
-  cos3: string; // [T, 1, hd] for keys [T, kv, hd]
-  sin3: string;
-  mask: string; // [T, S] additive causal mask
+  positions: string; // [1, T] int64
+  maskNew: string; // [T, T] additive causal mask among the new tokens
+  maskPast: string; // [1, C] additive mask hiding cache slots ≥ P
+  splitPastNew: string; // [C, T]
   pastKey: string[];
   pastValue: string[];
+  /** Rotated keys / values of the new tokens as [kv, T, hd], per layer (made by pass 1). */
+  keyHeads: string[];
+  valueHeads: string[];
 }
 
-class ChainModel {
+/** What pass i leaves at each layer for the passes after it. */
+interface ChainActivations {
+  attnIn: string[]; // normed attention input x̂_i, [T, c_i]
+  heads: string[]; // attention output of chain i's heads, [T, h_i·hd]
+  ffnIn: string[]; // normed FFN input ĥ_i, [T, c_i]
+  act: string[]; // SwiGLU activation a_i, [T, f_i]
+  hidden: string; // final hidden state x^L_i of the requested rows, [R, c_i]
+  logits: string; // Σ_{j≤i} y_j · H_jᵀ, [R, V]
+}
+
+/** Pass i: output chain i of every layer (spec §3), given the chains before it. */
+class ChainPass {
+  private readonly acts: ChainActivations = { attnIn: [], heads: [], ffnIn: [], act: [], hidden: "", logits: "" };
+
   constructor(
     private readonly g: GraphBuilder,
     private readonly c: ColmConfig,
-    private readonly k: number,
+    private readonly i: number,
+    private readonly before: ChainActivations[],
   ) {}
 
-  /** x_{≤i}: the first d_i (or prefix[i]) columns of x. */
-  private prefix(x: string, prefix: number[], i: number): string {
-    if (i === this.k) return x;
-    return this.g.op("Slice", [x, this.g.int64([0]), this.g.int64([prefix[i]]), this.g.int64([1])]);
+  /** x_{≤i}: this chain's value after the earlier chains' values at the same point. */
+  private upTo(pick: (a: ChainActivations) => string, mine: string): string {
+    const parts = [...this.before.map(pick), mine];
+    return parts.length === 1 ? mine : this.g.op("Concat", parts, { axis: 1 });
   }
 
-  private concat(parts: string[], axis: number): string {
-    return parts.length === 1 ? parts[0] : this.g.op("Concat", parts, { axis });
+  /** Chain RMSNorm of chain i on its own: x_i / sqrt(mean(x_i²) + eps) · g_i. */
+  private norm(x: string, name: string): string {
+    return this.g.op("SimplifiedLayerNormalization", [x, `${name}.c${this.i}`], { axis: -1, epsilon: { float: this.c.norm_eps } });
   }
 
-  /** Chain linear: y_i = x_{≤i} · W_i for i = 1 … k, concatenated. */
-  chainLinear(x: string, name: string, inPrefix: number[]): string {
-    const ys: string[] = [];
-    for (let i = 1; i <= this.k; i++) ys.push(this.g.op("MatMul", [this.prefix(x, inPrefix, i), `${name}.c${i}`]));
-    return this.concat(ys, 1);
-  }
-
-  /** Chain RMSNorm: y_i = x_i / sqrt(mean(x_i²) + eps) · g_i, each chain on its own. */
-  chainNorm(x: string, name: string): string {
-    const { g, k } = this;
-    const widths = this.c.chainWidths.slice(0, k);
-    const gain = this.concat(widths.map((_, i) => `${name}.c${i + 1}`), 0);
-    const rms = (v: string): string => {
-      const ms = g.op("ReduceMean", [g.op("Mul", [v, v])], { axes: [-1], keepdims: 1 });
-      return g.op("Mul", [v, g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [ms, g.float([this.c.norm_eps], true)])])])]);
-    };
-    let normed: string;
-    if (widths.every((w) => w === widths[0])) {
-      // Equal chains: view [T, k, c] and normalise the last axis, one op per step for all chains.
-      const grouped = g.op("Reshape", [x, g.int64([0, k, widths[0]])]);
-      normed = g.op("Reshape", [rms(grouped), g.int64([0, this.c.dk[k]])]);
-    } else {
-      const parts = g.ops("Split", [x, g.int64(widths)], k, { axis: 1 });
-      normed = this.concat(parts.map(rms), 1);
-    }
-    return g.op("Mul", [normed, gain]);
-  }
-
-  /** Rotary embedding, rotate-half convention: x·cos + rotate_half(x)·sin. */
-  rope(x: string, cos: string, sin: string): string {
+  /** Rotary embedding (rotate-half) of [T, heads·hd] at the shared positions. */
+  private rope(x: string, heads: number, s: Shared): string {
     const g = this.g;
-    const half = this.c.head_dim / 2;
-    const [a, b] = g.ops("Split", [x, g.int64([half, half])], 2, { axis: -1 });
-    const rotated = g.op("Concat", [g.op("Neg", [b]), a], { axis: -1 });
-    return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rotated, sin])]);
+    const x3 = g.op("Unsqueeze", [x, g.int64([0])]);
+    const r = g.op("RotaryEmbedding", [x3, s.positions, "rope.cos", "rope.sin"], { interleaved: 0, num_heads: heads }, MS);
+    return g.op("Squeeze", [r, g.int64([0])]);
   }
 
-  /** One block; returns the new hidden state and this layer's new keys and values. */
-  block(x: string, l: number, s: Shared, maskG: string): { x: string; key: string; value: string } {
-    const { g, c, k } = this;
-    const { dk, fk, head_dim: hd, kv_heads: kvh, kvWidth } = c;
-    const p = `l${l}`;
-    const groups = c.chain_heads.slice(0, k).map((h) => h / kvh); // query heads per kv head, per chain
-    const G = groups.reduce((a, b) => a + b, 0);
-
-    // Attention. Queries: chain linear; keys and values: chain 1 only (fused with q's chain 1).
-    const xn = this.chainNorm(x, `${p}.attn_norm`);
-    const [q1, keyNew, valueNew] = g.ops("Split", [g.op("MatMul", [this.prefix(xn, dk, 1), `${p}.qkv`]), g.int64([c.chainWidths[0], kvWidth, kvWidth])], 3, { axis: 1 });
-    const qs = [q1];
-    for (let i = 2; i <= k; i++) qs.push(g.op("MatMul", [this.prefix(xn, dk, i), `${p}.q.c${i}`]));
-    // Per-chain grouped-query sharing: head m of chain i reads kv head floor(m / g_i), so chain i's
-    // heads view as [T, kv, g_i, hd]; stacking chains on axis 2 groups every query by its kv head.
-    const q = this.concat(qs.map((qi, i) => g.op("Reshape", [qi, g.int64([0, kvh, groups[i], hd])])), 2);
-    const qRot = g.op("Mul", [this.rope(q, s.cos4, s.sin4), g.float([1 / Math.sqrt(hd)], true)]);
-    const qHeads = g.op("Reshape", [g.op("Transpose", [qRot], { perm: [1, 2, 0, 3] }), g.int64([kvh, -1, hd])]); // [kv, G·T, hd]
-
-    const keyRot = this.rope(g.op("Reshape", [keyNew, g.int64([0, kvh, hd])]), s.cos3, s.sin3); // [T, kv, hd]
-    const kvView = (past: string): string => g.op("Reshape", [past, g.int64([0, kvh, hd])]);
-    const keys = g.op("Concat", [kvView(s.pastKey[l]), keyRot], { axis: 0 }); // [S, kv, hd]
-    const values = g.op("Concat", [kvView(s.pastValue[l]), g.op("Reshape", [valueNew, g.int64([0, kvh, hd])])], { axis: 0 });
-    const scores = g.op("MatMul", [qHeads, g.op("Transpose", [keys], { perm: [1, 2, 0] })]); // [kv, G·T, S]
-    const probs = g.op("Softmax", [g.op("Add", [scores, maskG])], { axis: -1 });
-    const heads = g.op("MatMul", [probs, g.op("Transpose", [values], { perm: [1, 0, 2] })]); // [kv, G·T, hd]
-    const byChain = g.op("Reshape", [heads, g.int64([kvh, G, -1, hd])]);
-    const chainParts = k === 1 ? [byChain] : g.ops("Split", [byChain, g.int64(groups)], k, { axis: 1 });
-    const attn = this.concat(
-      chainParts.map((part, i) => g.op("Reshape", [g.op("Transpose", [part], { perm: [2, 0, 1, 3] }), g.int64([-1, c.chain_heads[i] * hd])])),
-      1,
-    ); // [T, d_k], head chains in chain order
-    const h = g.op("Add", [x, this.chainLinear(attn, `${p}.o`, dk)]);
-
-    // SwiGLU feed-forward: a_i = silu(gate_i) ⊙ up_i, gate and up fused per chain.
-    const hn = this.chainNorm(h, `${p}.ffn_norm`);
-    const acts: string[] = [];
-    for (let i = 1; i <= k; i++) {
-      const fi = c.ffn_chain_dims[i - 1];
-      const [gate, up] = g.ops("Split", [g.op("MatMul", [this.prefix(hn, dk, i), `${p}.gate_up.c${i}`]), g.int64([fi, fi])], 2, { axis: 1 });
-      acts.push(g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up]));
-    }
-    const out = g.op("Add", [h, this.chainLinear(this.concat(acts, 1), `${p}.down`, fk)]);
-    return { x: out, key: g.op("Reshape", [keyRot, g.int64([0, kvWidth])]), value: valueNew };
+  /** Attention of chain i's heads over the shared keys/values (cache in place + new tokens). */
+  private attention(q: string, l: number, s: Shared, maskG: string): string {
+    const { g, c } = this;
+    const hd = c.head_dim;
+    const kvh = c.kv_heads;
+    const group = c.chain_heads[this.i - 1] / kvh;
+    // Head m of chain i reads kv head floor(m / group): chain i's heads view as [T, kv, group, hd].
+    const qHeads = g.op("Reshape", [g.op("Transpose", [g.op("Reshape", [q, g.int64([0, kvh, group, hd])])], { perm: [1, 2, 0, 3] }), g.int64([kvh, -1, hd])]);
+    const scaled = { transB: 1, alpha: { float: 1 / Math.sqrt(hd) } };
+    const scoresPast = g.op("Add", [g.op("FusedMatMul", [qHeads, s.pastKey[l]], scaled, MS), s.maskPast]); // [kv, group·T, C]
+    const scoresNew = g.op("Add", [g.op("FusedMatMul", [qHeads, s.keyHeads[l]], scaled, MS), maskG]); // [kv, group·T, T]
+    const probs = g.op("Softmax", [g.op("Concat", [scoresPast, scoresNew], { axis: -1 })], { axis: -1 });
+    const [probsPast, probsNew] = g.ops("Split", [probs, s.splitPastNew], 2, { axis: -1 });
+    const out = g.op("Add", [g.op("MatMul", [probsPast, s.pastValue[l]]), g.op("MatMul", [probsNew, s.valueHeads[l]])]);
+    const byGroup = g.op("Reshape", [out, g.int64([kvh, group, -1, hd])]);
+    return g.op("Reshape", [g.op("Transpose", [byGroup], { perm: [2, 0, 1, 3] }), g.int64([-1, group * kvh * hd])]);
   }
 
-  /** Sub-model k: embedding, L blocks, head for the requested rows. Declares the branch outputs. */
-  build(s: Shared, tiedHead: boolean, outName: (name: string) => string): void {
-    const { g, c, k } = this;
-    const G = c.chain_heads.slice(0, k).reduce((a, h) => a + h / c.kv_heads, 0);
-    const maskG = G === 1 ? s.mask : g.op("Tile", [s.mask, g.int64([G, 1])]); // rows are (group, t)
+  /** Runs the pass; pass 1 also makes (and publishes in `s`) every layer's keys and values. */
+  build(s: Shared, tiedHead: boolean): { acts: ChainActivations; newKeys: string[]; newValues: string[] } {
+    const { g, c, i } = this;
+    const { kv_heads: kvh, head_dim: hd, kvWidth } = c;
+    const ci = c.chainWidths[i - 1];
+    const fi = c.ffn_chain_dims[i - 1];
+    const group = c.chain_heads[i - 1] / kvh;
+    const maskG = group === 1 ? s.maskNew : g.op("Tile", [s.maskNew, g.int64([group, 1])]); // rows are (group, t)
+    const newKeys: string[] = [];
+    const newValues: string[] = [];
 
-    let x = this.concat(
-      Array.from({ length: k }, (_, i) => g.op("Gather", [`embed.c${i + 1}`, s.tokens], { axis: 0 })),
-      1,
-    );
-    const keys: string[] = [];
-    const values: string[] = [];
+    let x = g.op("Gather", [`embed.c${i}`, s.tokens], { axis: 0 }); // x⁰_i = E[token, d_{i-1}:d_i]
     for (let l = 0; l < c.n_layers; l++) {
-      const b = this.block(x, l, s, maskG);
-      x = b.x;
-      keys.push(b.key);
-      values.push(b.value);
+      const p = `l${l}`;
+      // Attention: h_i = x_i + (heads_{≤i} · Wo_i), heads from queries x̂_{≤i} · Wq_i.
+      const xn = this.norm(x, `${p}.attn_norm`);
+      this.acts.attnIn.push(xn);
+      let q: string;
+      if (i === 1) {
+        // Chain 1 also makes the keys and values every chain shares (spec §3, CoLM-Air).
+        const [q1, key, value] = g.ops("Split", [g.op("MatMul", [xn, `${p}.qkv`]), g.int64([ci, kvWidth, kvWidth])], 3, { axis: 1 });
+        const keyRot = this.rope(key, kvh, s);
+        newKeys.push(keyRot);
+        newValues.push(value);
+        s.keyHeads.push(g.op("Transpose", [g.op("Reshape", [keyRot, g.int64([0, kvh, hd])])], { perm: [1, 0, 2] }));
+        s.valueHeads.push(g.op("Transpose", [g.op("Reshape", [value, g.int64([0, kvh, hd])])], { perm: [1, 0, 2] }));
+        q = q1;
+      } else {
+        q = g.op("MatMul", [this.upTo((a) => a.attnIn[l], xn), `${p}.q.c${i}`]);
+      }
+      const heads = this.attention(this.rope(q, c.chain_heads[i - 1], s), l, s, maskG);
+      this.acts.heads.push(heads);
+      const h = g.op("Add", [x, g.op("MatMul", [this.upTo((a) => a.heads[l], heads), `${p}.o.c${i}`])]);
+
+      // SwiGLU: a_i = silu(ĥ_{≤i} · Wgate_i) ⊙ (ĥ_{≤i} · Wup_i); x_i ← h_i + a_{≤i} · Wdown_i.
+      const hn = this.norm(h, `${p}.ffn_norm`);
+      this.acts.ffnIn.push(hn);
+      const [gate, up] = g.ops("Split", [g.op("MatMul", [this.upTo((a) => a.ffnIn[l], hn), `${p}.gate_up.c${i}`]), g.int64([fi, fi])], 2, { axis: 1 });
+      const act = g.op("Mul", [g.op("QuickGelu", [gate], { alpha: { float: 1 } }, MS), up]); // QuickGelu(α=1) is silu
+      this.acts.act.push(act);
+      x = g.op("Add", [h, g.op("MatMul", [this.upTo((a) => a.act[l], act), `${p}.down.c${i}`])]);
     }
-    // Head: logits_k = y_{≤k} · H[:, :d_k]ᵀ = Σ_i y_i · H_iᵀ, for the requested rows only.
-    const hidden = g.op("Gather", [x, s.rows], { axis: 0 });
-    const y = this.chainNorm(hidden, "norm");
-    let logits = "";
-    for (let i = 1; i <= k; i++) {
-      const yi = k === 1 ? y : g.op("Slice", [y, g.int64([c.dk[i - 1]]), g.int64([c.dk[i]]), g.int64([1])]);
-      const head = `${tiedHead ? "embed" : "head"}.c${i}`;
-      logits = g.op("Gemm", i === 1 ? [yi, head] : [yi, head, logits], { transB: 1 });
-    }
-    g.output(outName("logits"), logits);
-    g.output(outName("hidden"), hidden);
-    for (let l = 0; l < c.n_layers; l++) {
-      g.output(outName(`new_key_${l}`), keys[l]);
-      g.output(outName(`new_value_${l}`), values[l]);
-    }
+    // Head: logits_k = Σ_{i≤k} y_i · H_iᵀ, for the requested rows only.
+    this.acts.hidden = g.op("Gather", [x, s.rows], { axis: 0 });
+    const y = this.norm(this.acts.hidden, "norm");
+    const head = `${tiedHead ? "embed" : "head"}.c${i}`;
+    const prev = this.before[this.before.length - 1];
+    this.acts.logits = g.op("Gemm", prev ? [y, head, prev.logits] : [y, head], { transB: 1 });
+    return { acts: this.acts, newKeys, newValues };
   }
 }
 
@@ -231,70 +222,68 @@ export interface BuiltGraph {
 
 export function buildColmGraph(ckpt: Checkpoint): BuiltGraph {
   const c = ckpt.config;
-  const root = new GraphBuilder("colm-air");
-  registerWeights(root, ckpt);
-  const g = root;
-  const hd = c.head_dim;
+  const g = new GraphBuilder("colm-air");
+  registerWeights(g, ckpt);
   const tokens = g.input("tokens", DataType.INT64, ["T"]);
   const chains = g.input("chains", DataType.INT64, []);
   const rows = g.input("logits_rows", DataType.INT64, ["R"]);
+  const P = g.input("past_length", DataType.INT64, []);
   const pastKey: string[] = [];
   const pastValue: string[] = [];
   for (let l = 0; l < c.n_layers; l++) {
-    pastKey.push(g.input(`past_key_${l}`, F, ["P", c.kvWidth]));
-    pastValue.push(g.input(`past_value_${l}`, F, ["P", c.kvWidth]));
+    pastKey.push(g.input(`past_key_${l}`, F, [c.kv_heads, "C", c.head_dim]));
+    pastValue.push(g.input(`past_value_${l}`, F, [c.kv_heads, "C", c.head_dim]));
   }
 
-  // Positions P … P+T-1 continue the cache; rotary angles are computed in float64.
-  const scalarDim = (x: string): string => g.op("Gather", [g.op("Shape", [x]), g.int64([0], true)], { axis: 0 });
-  const P = scalarDim(pastKey[0]);
-  const S = g.op("Add", [P, scalarDim(tokens)]);
-  const positions = g.op("Range", [P, S, g.int64([1], true)]);
-  const posCol = g.op("Unsqueeze", [positions, g.int64([1])]); // [T, 1]
-  const invFreq = Array.from({ length: hd / 2 }, (_, j) => Math.pow(c.rope_theta, (-2 * j) / hd));
-  const freqs = g.op("Mul", [g.op("Cast", [posCol], { to: DataType.DOUBLE }), g.double(invFreq)]);
-  const angles = g.op("Concat", [freqs, freqs], { axis: 1 }); // [T, hd]
-  const cos = g.op("Cast", [g.op("Cos", [angles])], { to: F });
-  const sin = g.op("Cast", [g.op("Sin", [angles])], { to: F });
-  const keyPos = g.op("Unsqueeze", [g.op("Range", [g.int64([0], true), S, g.int64([1], true)]), g.int64([0])]); // [1, S]
-  const mask = g.op("Where", [g.op("Greater", [keyPos, posCol]), g.float([-Infinity], true), g.float([0], true)]);
+  // Positions P … P+T-1 continue the cache; masks hide future new tokens and unused cache slots.
+  const dim = (x: string, axis: number): string => g.op("Gather", [g.op("Shape", [x]), g.int64([axis], true)], { axis: 0 });
+  const T = dim(tokens, 0);
+  const C = dim(pastKey[0], 1);
+  const zero = g.int64([0], true);
+  const one = g.int64([1], true);
+  // A large finite negative rather than -inf: onnxruntime's broadcast Add is ~3× slower on infinities,
+  // and exp(-1e9 - max) is exactly 0 in float32 all the same.
+  const blocked = (hide: string): string => g.op("Where", [hide, g.float([-1e9], true), g.float([0], true)]);
+  const newIdx = g.op("Range", [zero, T, one]);
+  const slot = g.op("Unsqueeze", [g.op("Range", [zero, C, one]), g.int64([0])]); // [1, C]
   const shared: Shared = {
     tokens,
     rows,
-    cos4: g.op("Unsqueeze", [cos, g.int64([1, 2])]),
-    sin4: g.op("Unsqueeze", [sin, g.int64([1, 2])]),
-    cos3: g.op("Unsqueeze", [cos, g.int64([1])]),
-    sin3: g.op("Unsqueeze", [sin, g.int64([1])]),
-    mask,
+    positions: g.op("Unsqueeze", [g.op("Add", [newIdx, P]), g.int64([0])]),
+    maskNew: blocked(g.op("Greater", [g.op("Unsqueeze", [newIdx, g.int64([0])]), g.op("Unsqueeze", [newIdx, g.int64([1])])])),
+    maskPast: blocked(g.op("Not", [g.op("Less", [slot, P])])),
+    splitPastNew: g.op("Concat", [g.op("Unsqueeze", [C, g.int64([0])]), g.op("Unsqueeze", [T, g.int64([0])])], { axis: 0 }),
     pastKey,
     pastValue,
+    keyHeads: [],
+    valueHeads: [],
   };
 
-  // Dispatch: If(chains == 1, branch 1, If(chains == 2, branch 2, … branch n)).
-  const outNames = graphOutputNames(c);
-  const branch = (k: number): GraphBuilder => {
-    const sub = g.subgraph(`chains_${k}`);
-    new ChainModel(sub, c, k).build(shared, c.tie_embeddings, (n) => `b${k}.${n}`);
-    return sub;
+  const first = new ChainPass(g, c, 1, []).build(shared, c.tie_embeddings);
+  first.newKeys.forEach((k, l) => g.output(`new_key_${l}`, k));
+  first.newValues.forEach((v, l) => g.output(`new_value_${l}`, v));
+
+  // Pass i runs inside If(chains ≥ i) nested in pass i-1; the else branch returns what ran so far.
+  const nest = (parent: GraphBuilder, done: ChainActivations[]): [string, string] => {
+    const i = done.length + 1;
+    const soFar = done[done.length - 1];
+    const concatHidden = (gr: GraphBuilder, parts: ChainActivations[]): string =>
+      parts.length === 1 ? parts[0].hidden : gr.op("Concat", parts.map((a) => a.hidden), { axis: 1 });
+    if (i > c.nChains) return [soFar.logits, concatHidden(parent, done)];
+    const run = parent.subgraph(`chain_${i}`);
+    const pass = new ChainPass(run, c, i, done).build(shared, c.tie_embeddings);
+    const [logits, hidden] = nest(run, [...done, pass.acts]);
+    run.output(`chain_${i}.logits`, logits);
+    run.output(`chain_${i}.hidden`, hidden);
+    const stop = parent.subgraph(`upto_${i - 1}`);
+    stop.output(`upto_${i - 1}.logits`, soFar.logits);
+    stop.output(`upto_${i - 1}.hidden`, concatHidden(stop, done));
+    const more = parent.op("Greater", [chains, parent.int64([i - 1], true)]);
+    const [l, h] = parent.ops("If", [more], 2, { then_branch: { graph: run.proto() }, else_branch: { graph: stop.proto() } });
+    return [l, h];
   };
-  const dispatch = (parent: GraphBuilder, k: number): string[] => {
-    const cond = parent.op("Equal", [chains, parent.int64([k], true)]);
-    let elseGraph: GraphBuilder;
-    if (k + 1 === c.nChains) {
-      elseGraph = branch(k + 1);
-    } else {
-      elseGraph = parent.subgraph(`dispatch_${k + 1}`);
-      dispatch(elseGraph, k + 1).forEach((v, i) => elseGraph.output(`d${k + 1}.${outNames[i]}`, v));
-    }
-    return parent.ops("If", [cond], outNames.length, {
-      then_branch: { graph: branch(k).proto() },
-      else_branch: { graph: elseGraph.proto() },
-    });
-  };
-  if (c.nChains === 1) {
-    new ChainModel(g, c, 1).build(shared, c.tie_embeddings, (n) => n); // a dense model: nothing to dispatch
-  } else {
-    dispatch(g, 1).forEach((v, i) => g.output(outNames[i], v));
-  }
+  const [logits, hidden] = nest(g, [first.acts]);
+  g.output("logits", logits);
+  g.output("hidden", hidden);
   return { model: g.model(), weightBytes: g.weightBytes };
 }

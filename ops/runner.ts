@@ -50,8 +50,6 @@ export class ModelRunner {
       executionMode: "sequential",
       intraOpNumThreads: threads,
       interOpNumThreads: 1,
-      // Prepacking would give each If branch its own packed copy of the weights it shares.
-      extra: { session: { disable_prepacking: "1" } },
     };
     let device: Device = options.device ?? "cpu";
     let session: ort.InferenceSession;
@@ -88,10 +86,15 @@ export class ModelRunner {
       chains: new ort.Tensor("int64", BigInt64Array.of(BigInt(chains)), []),
       logits_rows: new ort.Tensor("int64", BigInt64Array.from(logitsRows.map((r) => BigInt(r))), [logitsRows.length]),
     };
+    // An empty cache is passed as zero slots so a prompt never attends over unused capacity.
     const P = cache.length;
+    const C = P === 0 ? 0 : cache.capacity;
+    feeds.past_length = new ort.Tensor("int64", BigInt64Array.of(BigInt(P)), []);
+    const empty = new Float32Array(0);
     for (let l = 0; l < c.n_layers; l++) {
-      feeds[`past_key_${l}`] = new ort.Tensor("float32", cache.pastKeys(l), [P, c.kvWidth]);
-      feeds[`past_value_${l}`] = new ort.Tensor("float32", cache.pastValues(l), [P, c.kvWidth]);
+      const shape = [c.kv_heads, C, c.head_dim];
+      feeds[`past_key_${l}`] = new ort.Tensor("float32", C ? cache.keyBuffer(l) : empty, shape);
+      feeds[`past_value_${l}`] = new ort.Tensor("float32", C ? cache.valueBuffer(l) : empty, shape);
     }
     const out = await this.session.run(feeds);
     const data = (name: string): Float32Array => out[name].data as Float32Array;

@@ -18,7 +18,7 @@ export const range = (n: number, from = 0): number[] => Array.from({ length: n }
 
 /** A fresh cache for a runner's model. */
 export function newCache(runner: ModelRunner): KvCache {
-  return new KvCache(runner.config.n_layers, runner.config.kvWidth);
+  return new KvCache(runner.config.n_layers, runner.config.kv_heads, runner.config.head_dim);
 }
 
 /** Whole-sequence forward at `chains` with an empty cache, logits for every row. */
