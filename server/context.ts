@@ -1,0 +1,75 @@
+// What the route handlers share: the engine (once loaded), metrics, admission and the set of
+// in-flight requests (for graceful shutdown).
+import type { Admission } from "./admission.ts";
+import type { Engine } from "./engine-types.ts";
+import { serviceUnavailable } from "./errors.ts";
+import type { Metrics } from "./metrics.ts";
+
+/** In-flight requests, each with its AbortController (aborted on shutdown deadline). */
+export class InFlight {
+  private readonly controllers = new Set<AbortController>();
+  private waiters: Array<() => void> = [];
+
+  get size(): number {
+    return this.controllers.size;
+  }
+
+  add(c: AbortController): void {
+    this.controllers.add(c);
+  }
+
+  delete(c: AbortController): void {
+    this.controllers.delete(c);
+    if (this.controllers.size === 0) {
+      const ws = this.waiters;
+      this.waiters = [];
+      for (const w of ws) w();
+    }
+  }
+
+  /** Resolves when nothing is in flight. */
+  idle(): Promise<void> {
+    if (this.controllers.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  abortAll(reason: unknown): void {
+    for (const c of this.controllers) c.abort(reason);
+  }
+}
+
+export interface ServerContext {
+  /** The loaded engine; throws 503 while loading. */
+  engine(): Engine;
+  readonly metrics: Metrics;
+  readonly admission: Admission;
+  readonly inflight: InFlight;
+  isDraining(): boolean;
+  log(line: string): void;
+}
+
+export function requireEngine(engine: Engine | null): Engine {
+  if (!engine) throw serviceUnavailable("loading");
+  return engine;
+}
+
+/**
+ * Admit a request that will run `weight` generations: checks draining, waits for admission
+ * (429 when the queue is full) and registers the request as in flight. `controller` is aborted
+ * by the caller on client disconnect and by shutdown. Returns the release function.
+ */
+export async function admit(ctx: ServerContext, weight: number, controller: AbortController): Promise<() => void> {
+  if (ctx.isDraining()) throw serviceUnavailable("draining");
+  ctx.inflight.add(controller);
+  let releaseSlot: () => void;
+  try {
+    releaseSlot = await ctx.admission.acquire(weight, controller.signal);
+  } catch (err) {
+    ctx.inflight.delete(controller);
+    throw err;
+  }
+  return () => {
+    releaseSlot();
+    ctx.inflight.delete(controller);
+  };
+}
