@@ -154,8 +154,9 @@ export function chatRoute(ctx: ServerContext) {
       await handleChat(ctx, req, res);
     } catch (err) {
       if (res.destroyed) return;
-      if (!(err instanceof ApiError)) ctx.log(`chat error: ${(err as Error)?.stack ?? String(err)}`);
-      sendError(res, toApiError(err));
+      const apiErr = toApiError(err);
+      if (apiErr.status >= 500) ctx.log(`chat error: ${(err as Error)?.stack ?? String(err)}`);
+      sendError(res, apiErr);
     }
   };
 }

@@ -233,8 +233,9 @@ export function completionsRoute(ctx: ServerContext) {
       await handleCompletion(ctx, req, res);
     } catch (err) {
       if (res.destroyed) return;
-      if (!(err instanceof ApiError)) ctx.log(`completion error: ${(err as Error)?.stack ?? String(err)}`);
-      sendError(res, toApiError(err));
+      const apiErr = toApiError(err);
+      if (apiErr.status >= 500) ctx.log(`completion error: ${(err as Error)?.stack ?? String(err)}`);
+      sendError(res, apiErr);
     }
   };
 }

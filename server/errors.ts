@@ -105,7 +105,13 @@ export function fromZodError(err: ZodError): ApiError {
 /** Anything thrown → ApiError (unknown errors become 500 with a generic message). */
 export function toApiError(err: unknown): ApiError {
   if (err instanceof ApiError) return err;
-  const e = err as { type?: string; status?: number; limit?: number } | undefined;
+  const e = err as { type?: string; status?: number; limit?: number; name?: string; code?: string; param?: string } | undefined;
+  // The engine's own request checks (EngineError): a bad request, not a server fault.
+  if (e?.name === "EngineError" && typeof e.code === "string") {
+    const message = (err as Error).message;
+    if (e.code === "context_length_exceeded") return new ApiError(400, message, "invalid_request_error", e.param ?? "prompt", e.code);
+    return invalidField(e.param ?? null, message, "invalid_value");
+  }
   // body-parser errors (express.json)
   if (e?.type === "entity.too.large") return bodyTooLarge(e.limit ?? "limit");
   if (e?.type === "entity.parse.failed") return invalidField(null, "The request body is not valid JSON.", "invalid_json");

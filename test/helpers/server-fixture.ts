@@ -114,8 +114,10 @@ export function parsePrometheus(text: string): Sample[] {
         pos = labelRe.lastIndex;
       }
     }
-    const v = m[4] === "+Inf" ? Infinity : m[4] === "-Inf" ? -Infinity : Number(m[4]);
-    if (Number.isNaN(v) && m[4] !== "NaN") throw new Error(`bad value: ${line}`);
+    // Values follow Go's ParseFloat: NaN and ±Inf in any letter case.
+    const raw = m[4];
+    const v = /^\+?inf(inity)?$/i.test(raw) ? Infinity : /^-inf(inity)?$/i.test(raw) ? -Infinity : /^nan$/i.test(raw) ? NaN : Number(raw);
+    if (Number.isNaN(v) && !/^nan$/i.test(raw)) throw new Error(`bad value: ${line}`);
     const base = m[1].replace(/_(bucket|sum|count|total|created)$/, "");
     if (!typed.has(m[1]) && !typed.has(base)) throw new Error(`sample without TYPE: ${line}`);
     samples.push({ name: m[1], labels, value: v });
