@@ -1,0 +1,141 @@
+// Small server modules on their own: admission, model resolution / chain choice, chain control,
+// chat template, error formatting.
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { Admission } from "../server/admission.ts";
+import { renderChat } from "../server/chat.ts";
+import type { ModelInfo } from "../server/engine-types.ts";
+import { ApiError, formatPath, toApiError } from "../server/errors.ts";
+import { ChainControl } from "../server/generation.ts";
+import { chooseChains, modelId, resolveModel } from "../server/router.ts";
+
+const info: ModelInfo = {
+  name: "m",
+  nChains: 4,
+  widths: [32, 64, 96, 128],
+  paramCounts: [1, 2, 3, 4],
+  vocabSize: 256,
+  maxPosition: 256,
+  bosTokenId: null,
+  eosTokenId: null,
+  device: "cpu",
+  kvBytesPerToken: 512,
+};
+
+describe("Admission", () => {
+  test("admits up to maxRunning, queues FIFO up to maxWaiting, refuses beyond with 429", async () => {
+    const a = new Admission({ maxRunning: 2, maxWaiting: 2, retryAfterSeconds: 3 });
+    const r1 = await a.acquire();
+    const r2 = await a.acquire();
+    assert.equal(a.running, 2);
+    const order: number[] = [];
+    const w1 = a.acquire().then((r) => (order.push(1), r));
+    const w2 = a.acquire().then((r) => (order.push(2), r));
+    assert.equal(a.waiting, 2);
+    await assert.rejects(a.acquire(), (e: unknown) => e instanceof ApiError && e.status === 429 && e.headers["Retry-After"] === "3");
+    r1();
+    r1(); // idempotent
+    const g1 = await w1;
+    assert.equal(a.running, 2);
+    r2();
+    const g2 = await w2;
+    assert.deepEqual(order, [1, 2]);
+    g1();
+    g2();
+    assert.equal(a.running, 0);
+    assert.equal(a.waiting, 0);
+  });
+
+  test("weighted requests are capped at maxRunning and keep FIFO order", async () => {
+    const a = new Admission({ maxRunning: 3, maxWaiting: 5 });
+    const big = await a.acquire(10); // capped to 3
+    assert.equal(a.running, 3);
+    const two = a.acquire(2);
+    const one = a.acquire(1);
+    big();
+    (await two)();
+    (await one)();
+    assert.equal(a.running, 0);
+  });
+
+  test("an aborted waiter leaves the queue; rejectWaiting empties it", async () => {
+    const a = new Admission({ maxRunning: 1, maxWaiting: 3 });
+    const r = await a.acquire();
+    const ac = new AbortController();
+    const w = a.acquire(1, ac.signal);
+    ac.abort(new Error("gone"));
+    await assert.rejects(w, /gone/);
+    assert.equal(a.waiting, 0);
+    const w2 = a.acquire();
+    a.rejectWaiting(new Error("shutdown"));
+    await assert.rejects(w2, /shutdown/);
+    r();
+    assert.equal(a.running, 0);
+  });
+});
+
+describe("model resolution and chain choice", () => {
+  test("resolveModel", () => {
+    assert.deepEqual(resolveModel("m", undefined, info), {});
+    assert.deepEqual(resolveModel("m:c2", undefined, info), { fixedChains: 2 });
+    assert.deepEqual(resolveModel("m", 3, info), { fixedChains: 3 });
+    assert.deepEqual(resolveModel("m:c3", 3, info), { fixedChains: 3 });
+    for (const bad of ["x", "m:c0", "m:c5", "m:c02", "m:", "m:cx", "x:c1"]) {
+      assert.throws(() => resolveModel(bad, null, info), (e: unknown) => e instanceof ApiError && e.status === 404 && e.param === "model", bad);
+    }
+    assert.throws(() => resolveModel("m", 5, info), (e: unknown) => e instanceof ApiError && e.status === 400 && e.param === "chains");
+    assert.throws(() => resolveModel("m:c1", 2, info), (e: unknown) => e instanceof ApiError && e.param === "chains");
+  });
+
+  test("chooseChains: fixed sizes are kept, elastic gets the largest (until the scheduler)", () => {
+    assert.equal(chooseChains({ fixedChains: 2, promptTokens: 5, maxTokens: 5 }, info), 2);
+    assert.equal(chooseChains({ promptTokens: 5, maxTokens: 5 }, info), 4);
+    assert.equal(chooseChains({ promptTokens: 5, maxTokens: 5, latencyBudget: { tpot_ms: 1 } }, info), 4);
+    assert.equal(modelId(info, 3), "m:c3");
+  });
+});
+
+describe("ChainControl", () => {
+  test("reports the index of the first token at a new count, including a switch before the first token", () => {
+    const c = new ChainControl(4);
+    const seen: Array<[number, number]> = [];
+    c.onApplied((k, i) => seen.push([k, i]));
+    assert.equal(c.current, 4);
+    c.target = 2;
+    assert.equal(c.choose(0), 2);
+    assert.equal(c.choose(1), 2);
+    c.target = 3;
+    assert.equal(c.current, 2);
+    assert.equal(c.choose(2), 3);
+    assert.equal(c.current, 3);
+    assert.deepEqual(seen, [
+      [2, 0],
+      [3, 2],
+    ]);
+  });
+});
+
+describe("chat template and errors", () => {
+  test("renderChat", () => {
+    assert.equal(renderChat([{ role: "user", content: "Hi" }]), "User: Hi\n\nAssistant: ");
+    assert.equal(
+      renderChat([
+        { role: "developer", content: "d" },
+        { role: "tool", content: null },
+        { role: "assistant", content: [{ type: "text", text: "a" }, { type: "text", text: "b" }] },
+      ]),
+      "System: d\n\nTool: \n\nAssistant: ab\n\nAssistant: ",
+    );
+  });
+
+  test("formatPath and toApiError", () => {
+    assert.equal(formatPath(["messages", 0, "content"]), "messages[0].content");
+    assert.equal(formatPath([]), null);
+    assert.equal(toApiError(new Error("x")).status, 500);
+    assert.equal(toApiError({ type: "entity.too.large", limit: 10 }).status, 413);
+    const engineErr = Object.assign(new Error("too long"), { name: "EngineError", code: "context_length_exceeded", param: "max_tokens" });
+    const e = toApiError(engineErr);
+    assert.equal(e.status, 400);
+    assert.equal(e.code, "context_length_exceeded");
+  });
+});
