@@ -4,20 +4,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseConfig, type ColmConfig, type ColmConfigJson } from "./config.ts";
 import { writeSafetensors, type TensorToWrite } from "./safetensors.ts";
-
-/** Seeded uniform generator (mulberry32): weights depend only on the seed. */
-class Rng {
-  private state: number;
-  constructor(seed: number) {
-    this.state = seed >>> 0;
-  }
-  next(): number {
-    let t = (this.state = (this.state + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-}
+import { SeededRng, type Rng } from "../kernels/rng.ts";
 
 /** Normal(0, std²) samples from a seeded generator (Box–Muller). */
 function gaussian(rng: Rng, n: number, std: number): Float32Array {
@@ -45,7 +32,7 @@ function chainMasked(rng: Rng, outPrefix: number[], inPrefix: number[], scale: n
 }
 
 export function randomTensors(config: ColmConfig, seed: number): TensorToWrite[] {
-  const rng = new Rng(seed);
+  const rng = new SeededRng(seed);
   const { dk, fk, hidden: D, vocab_size: V, kvWidth } = config;
   const c1 = config.chainWidths[0];
   const F = fk[config.nChains];
