@@ -213,16 +213,21 @@ describe("POST /v1/completions", () => {
   });
 
   test("stop: the text ends before the stop string, finish_reason stop", async () => {
-    const full = await complete({ prompt: "stop test", max_tokens: 30, temperature: 0, logit_bias: { "66": 8, "67": 8 } });
+    // Seeded sampling restricted (by logit_bias) to A, B, C: a reproducible text to cut.
+    const base = { prompt: "stop test", max_tokens: 30, temperature: 1, seed: 5, logit_bias: { "65": 100, "66": 100, "67": 100 } };
+    const full = await complete(base);
     const text: string = full.choices[0].text;
-    const m = /[BC]/.exec(text.slice(1));
-    assert.ok(m, `need a B or C after the first character in ${JSON.stringify(text)}`);
-    const stop = m[0];
-    const cut = await complete({ prompt: "stop test", max_tokens: 30, temperature: 0, logit_bias: { "66": 8, "67": 8 }, stop: [stop, "never-there"] });
+    assert.match(text, /^[ABC]{30}$/);
+    const stop = text.slice(4, 6);
+    const cut = await complete({ ...base, stop: [stop, "never-there"] });
     assert.equal(cut.choices[0].finish_reason, "stop");
     assert.equal(cut.choices[0].text, text.slice(0, text.indexOf(stop)));
-    const single = await complete({ prompt: "stop test", max_tokens: 30, temperature: 0, logit_bias: { "66": 8, "67": 8 }, stop });
+    const single = await complete({ ...base, stop });
     assert.equal(single.choices[0].text, cut.choices[0].text);
+    const streamed = await request(colm.app).post("/v1/completions").send({ model: "tiny", ...base, stop, stream: true });
+    const chunks = parseSse(streamed.text).slice(0, -1) as any[];
+    assert.equal(chunks.map((c) => c.choices[0].text).join(""), cut.choices[0].text);
+    assert.equal(chunks[chunks.length - 1].choices[0].finish_reason, "stop");
   });
 
   test("max_tokens defaults to 16", async () => {

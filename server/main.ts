@@ -1,0 +1,112 @@
+// `npm start`: serve a CoLM-Air checkpoint over the OpenAI-compatible HTTP API and /v1/stream.
+//
+//   node --import tsx server/main.ts [--model DIR] [--port N] [--host H]
+//
+// Environment: COLM_MODEL (model folder, default models/colm-kjv), PORT (8080), HOST (127.0.0.1),
+// COLM_DEVICE (cpu | cuda), COLM_API_KEY, COLM_MAX_RUNNING (8), COLM_MAX_WAITING (32),
+// COLM_BODY_LIMIT ("1mb"), COLM_SHUTDOWN_TIMEOUT_MS (10000), COLM_WS_PING_MS (30000),
+// COLM_WS_MAX_BUFFERED_BYTES (1048576).
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { createApp, listeningUrl } from "./app.ts";
+import { loadModel } from "./engine.ts";
+
+const DEFAULT_MODEL = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "models", "colm-kjv");
+
+function fail(message: string): never {
+  console.error(`colm-serve: ${message}`);
+  process.exit(2);
+}
+
+function intEnv(name: string, fallback: number, min = 0): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const v = Number(raw);
+  if (!Number.isInteger(v) || v < min) fail(`${name} must be an integer ≥ ${min}, got '${raw}'`);
+  return v;
+}
+
+async function main(): Promise<void> {
+  let args;
+  try {
+    args = parseArgs({
+      options: {
+        model: { type: "string" },
+        port: { type: "string" },
+        host: { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+      allowPositionals: false,
+    }).values;
+  } catch (err) {
+    fail((err as Error).message);
+  }
+  if (args.help) {
+    console.log("usage: npm start -- [--model DIR] [--port N] [--host H]   (see README for environment variables)");
+    return;
+  }
+  const modelDir = path.resolve(args.model ?? process.env.COLM_MODEL ?? DEFAULT_MODEL);
+  const port = args.port !== undefined ? Number(args.port) : intEnv("PORT", 8080);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) fail(`invalid port '${args.port}'`);
+  const host = args.host ?? process.env.HOST ?? "127.0.0.1";
+  const deviceEnv = process.env.COLM_DEVICE;
+  if (deviceEnv !== undefined && deviceEnv !== "" && deviceEnv !== "cpu" && deviceEnv !== "cuda") fail(`COLM_DEVICE must be cpu or cuda, got '${deviceEnv}'`);
+  const device = deviceEnv === "cpu" || deviceEnv === "cuda" ? deviceEnv : undefined;
+  const shutdownMs = intEnv("COLM_SHUTDOWN_TIMEOUT_MS", 10_000);
+
+  const colm = createApp(null, {
+    apiKey: process.env.COLM_API_KEY || undefined,
+    maxRunning: intEnv("COLM_MAX_RUNNING", 8, 1),
+    maxWaiting: intEnv("COLM_MAX_WAITING", 32, 0),
+    bodyLimit: process.env.COLM_BODY_LIMIT || "1mb",
+    ws: {
+      pingIntervalMs: intEnv("COLM_WS_PING_MS", 30_000, 1),
+      maxBufferedBytes: intEnv("COLM_WS_MAX_BUFFERED_BYTES", 1 << 20, 1),
+    },
+    log: (line) => console.error(line),
+  });
+
+  // Listen first (health answers 503 while loading), then load the model.
+  const server = await colm.listen(port, host);
+  const url = listeningUrl(server);
+
+  let shuttingDown = false;
+  const shutdown = async (signal: string) => {
+    if (shuttingDown) return;
+    shuttingDown = true;
+    console.error(`colm-serve: ${signal}: draining (deadline ${shutdownMs} ms)`);
+    try {
+      await colm.drain(shutdownMs);
+      await colm.close();
+      await colm.engine?.close();
+    } catch (err) {
+      console.error(`colm-serve: error during shutdown: ${(err as Error).message}`);
+    }
+    console.error("colm-serve: stopped");
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void shutdown("SIGTERM"));
+  process.on("SIGINT", () => void shutdown("SIGINT"));
+
+  let engine;
+  try {
+    engine = await loadModel(modelDir, { device, log: (m) => console.error(`colm-serve: ${m}`) });
+  } catch (err) {
+    console.error(`colm-serve: cannot load model from ${modelDir}: ${(err as Error).message}`);
+    await colm.close();
+    process.exit(1);
+  }
+  if (shuttingDown) return;
+  colm.setEngine(engine);
+  const i = engine.info;
+  console.log(
+    `colm-serve: model ${i.name} (chains 1..${i.nChains}, widths ${i.widths.join("/")}, params ${i.paramCounts.join("/")}) ` +
+      `on ${i.device}, listening at ${url} (ws ${url.replace(/^http/, "ws")}/v1/stream)`,
+  );
+}
+
+main().catch((err) => {
+  console.error(`colm-serve: ${(err as Error)?.stack ?? String(err)}`);
+  process.exit(1);
+});

@@ -1,0 +1,96 @@
+// `npm start` as a process: loads --model DIR / COLM_MODEL, logs one start line, serves, and
+// shuts down gracefully on SIGTERM / SIGINT (running streams end with a finish_reason, exit 0).
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+import { parseSse, writeTestCheckpoint, type TestCheckpoint } from "./helpers/server-fixture.ts";
+
+const ROOT = path.join(path.dirname(fileURLToPath(import.meta.url)), "..");
+let ckpt: TestCheckpoint;
+
+before(async () => {
+  ckpt = await writeTestCheckpoint("proc", 21);
+});
+after(() => ckpt.cleanup());
+
+interface Proc {
+  child: ChildProcess;
+  url: string;
+  startLine: string;
+  stderr: () => string;
+  exited: Promise<number | null>;
+}
+
+function start(args: string[], env: Record<string, string>): Promise<Proc> {
+  const child = spawn(process.execPath, ["--import", "tsx", "server/main.ts", ...args], {
+    cwd: ROOT,
+    env: { ...process.env, PORT: "0", HOST: "127.0.0.1", COLM_DEVICE: "cpu", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  child.stderr!.on("data", (d) => (err += d));
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`server did not start: ${out}${err}`));
+    }, 30_000);
+    child.stdout!.on("data", (d) => {
+      out += d;
+      const m = /listening at (http:\/\/[^\s]+)/.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ child, url: m[1], startLine: out.split("\n")[0], stderr: () => err, exited });
+      }
+    });
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`server exited with ${code}: ${out}${err}`));
+    });
+  });
+}
+
+describe("server/main.ts process", () => {
+  test("--model DIR: start line, serving, SIGTERM cancels a running stream and exits 0", async () => {
+    const p = await start(["--model", ckpt.dir], { COLM_SHUTDOWN_TIMEOUT_MS: "0" });
+    assert.match(p.startLine, /model proc \(chains 1\.\.4, .*\) on cpu, listening at http:\/\/127\.0\.0\.1:\d+/);
+    assert.equal((await fetch(`${p.url}/health`)).status, 200);
+    const res = await fetch(`${p.url}/v1/completions`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ model: "proc", prompt: "sigterm", max_tokens: 240, stream: true }),
+    });
+    const reader = res.body!.getReader();
+    let text = new TextDecoder().decode((await reader.read()).value);
+    p.child.kill("SIGTERM");
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += new TextDecoder().decode(value);
+    }
+    const events = parseSse(text);
+    assert.equal(events.pop(), "[DONE]");
+    const finish = (events as any[]).map((e) => e.choices[0].finish_reason).filter((f) => f !== null);
+    assert.equal(finish.length, 1);
+    assert.ok(["cancelled", "length"].includes(finish[0]), finish[0]);
+    assert.equal(await p.exited, 0);
+    assert.match(p.stderr(), /SIGTERM: draining/);
+  });
+
+  test("COLM_MODEL + COLM_API_KEY; SIGINT when idle exits 0", async () => {
+    const p = await start([], { COLM_MODEL: ckpt.dir, COLM_API_KEY: "abc", COLM_MAX_RUNNING: "2" });
+    assert.equal((await fetch(`${p.url}/v1/models`)).status, 401);
+    const ok = await fetch(`${p.url}/v1/models`, { headers: { Authorization: "Bearer abc" } });
+    assert.equal(ok.status, 200);
+    assert.equal(((await ok.json()) as { data: unknown[] }).data.length, 5);
+    p.child.kill("SIGINT");
+    assert.equal(await p.exited, 0);
+  });
+
+  test("a missing model folder exits non-zero with a message", async () => {
+    await assert.rejects(start(["--model", path.join(ckpt.dir, "nope")], {}), /exited with 1.*cannot load model/s);
+  });
+});
