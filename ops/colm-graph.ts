@@ -4,7 +4,8 @@
 // chain-1 model, which also yields every layer's keys and values) always runs; pass i runs
 // inside If(chains ≥ i), nested in pass i-1. So sub-model k costs exactly passes 1 … k, each
 // weight block W_i belongs to exactly one node (onnxruntime prepacks it once), and only the
-// blocks on and below the chain diagonal exist.
+// blocks on and below the chain diagonal exist. Attention of a fresh prompt (empty cache) runs in
+// one fused causal kernel (GroupQueryAttention); later steps read the cache buffers in place.
 //
 // Inputs:  tokens int64 [T]; chains int64 scalar; logits_rows int64 [R] (rows whose logits are
 //          wanted; empty for a KV-only prefill); past_length int64 scalar P; past_key_l /
@@ -17,18 +18,6 @@ import { DataType, GraphBuilder } from "./graph.ts";
 
 const F = DataType.FLOAT;
 const MS = "com.microsoft";
-
-/** [r, a] ‖ [r, b] → [r, a + b] (fusing matrices that read the same input). */
-function hcat(parts: { data: Float32Array; cols: number }[], rows: number): Float32Array {
-  const total = parts.reduce((s, p) => s + p.cols, 0);
-  const out = new Float32Array(rows * total);
-  let c0 = 0;
-  for (const p of parts) {
-    for (let r = 0; r < rows; r++) out.set(p.data.subarray(r * p.cols, (r + 1) * p.cols), r * total + c0);
-    c0 += p.cols;
-  }
-  return out;
-}
 
 /** Columns [c0, c1) of a row-major [rows, cols] matrix. */
 function columns(x: Float32Array, rows: number, cols: number, c0: number, c1: number): Float32Array {
@@ -45,8 +34,8 @@ function registerWeights(root: GraphBuilder, ckpt: Checkpoint): void {
   const gains = (name: string, g: Float32Array): void => {
     for (let i = 0; i < c.nChains; i++) root.weight(`${name}.c${i + 1}`, [c.chainWidths[i]], g.slice(dk[i], dk[i + 1]));
   };
-  const linear = (name: string, blocks: ChainLinear, inPrefix: number[], from = 0): void => {
-    for (let i = from; i < c.nChains; i++) root.weight(`${name}.c${i + 1}`, [inPrefix[i + 1], blocks[i].length / inPrefix[i + 1]], blocks[i]);
+  const linear = (name: string, blocks: ChainLinear, inPrefix: number[]): void => {
+    for (let i = 0; i < c.nChains; i++) root.weight(`${name}.c${i + 1}`, [inPrefix[i + 1], blocks[i].length / inPrefix[i + 1]], blocks[i]);
   };
   for (let i = 0; i < c.nChains; i++) {
     root.weight(`embed.c${i + 1}`, [V, c.chainWidths[i]], columns(w.embed, V, D, dk[i], dk[i + 1]));
@@ -56,15 +45,13 @@ function registerWeights(root: GraphBuilder, ckpt: Checkpoint): void {
     const p = `l${l}`;
     const c1 = c.chainWidths[0];
     gains(`${p}.attn_norm`, L.attnNorm);
-    // Chain 1's query block, the keys and the values all read x_1: one fused matrix.
-    root.weight(`${p}.qkv`, [c1, c1 + 2 * kvWidth], hcat([{ data: L.q[0], cols: c1 }, { data: L.k, cols: kvWidth }, { data: L.v, cols: kvWidth }], c1));
-    linear(`${p}.q`, L.q, dk, 1);
+    linear(`${p}.q`, L.q, dk);
+    root.weight(`${p}.k`, [c1, kvWidth], L.k);
+    root.weight(`${p}.v`, [c1, kvWidth], L.v);
     linear(`${p}.o`, L.o, dk);
     gains(`${p}.ffn_norm`, L.ffnNorm);
-    for (let i = 0; i < c.nChains; i++) {
-      const fi = c.ffn_chain_dims[i];
-      root.weight(`${p}.gate_up.c${i + 1}`, [dk[i + 1], 2 * fi], hcat([{ data: L.gate[i], cols: fi }, { data: L.up[i], cols: fi }], dk[i + 1]));
-    }
+    linear(`${p}.gate`, L.gate, dk);
+    linear(`${p}.up`, L.up, dk);
     linear(`${p}.down`, L.down, fk);
   });
   gains("norm", w.norm);
@@ -88,14 +75,17 @@ interface Shared {
   tokens: string;
   rows: string;
   positions: string; // [1, T] int64
+  fresh: string; // bool: P = 0, the cache is empty (a prompt's first chunk)
+  seqlensK: string; // int32 [1]: T - 1 (GroupQueryAttention's convention), for fresh prompts
+  totalLength: string; // int32: T
   maskNew: string; // [T, T] additive causal mask among the new tokens
   maskPast: string; // [1, C] additive mask hiding cache slots ≥ P
   splitPastNew: string; // [C, T]
   pastKey: string[];
   pastValue: string[];
-  /** Rotated keys / values of the new tokens as [kv, T, hd], per layer (made by pass 1). */
-  keyHeads: string[];
-  valueHeads: string[];
+  /** Rotated keys / values of the new tokens, [1, T, kv·hd], per layer (made by pass 1). */
+  keys: string[];
+  values: string[];
 }
 
 /** What pass i leaves at each layer for the passes after it. */
@@ -130,28 +120,46 @@ class ChainPass {
     return this.g.op("SimplifiedLayerNormalization", [x, `${name}.c${this.i}`], { axis: -1, epsilon: { float: this.c.norm_eps } });
   }
 
-  /** Rotary embedding (rotate-half) of [T, heads·hd] at the shared positions. */
+  /** Rotary embedding (rotate-half) of [T, heads·hd] at the shared positions → [1, T, heads·hd]. */
   private rope(x: string, heads: number, s: Shared): string {
     const g = this.g;
     const x3 = g.op("Unsqueeze", [x, g.int64([0])]);
-    const r = g.op("RotaryEmbedding", [x3, s.positions, "rope.cos", "rope.sin"], { interleaved: 0, num_heads: heads }, MS);
-    return g.op("Squeeze", [r, g.int64([0])]);
+    return g.op("RotaryEmbedding", [x3, s.positions, "rope.cos", "rope.sin"], { interleaved: 0, num_heads: heads }, MS);
   }
 
-  /** Attention of chain i's heads over the shared keys/values (cache in place + new tokens). */
-  private attention(q: string, l: number, s: Shared, maskG: string): string {
-    const { g, c } = this;
+  /**
+   * Causal attention of chain i's heads (rotated queries [1, T, h_i·hd]) over the shared keys and
+   * values → [T, h_i·hd]. Head m of chain i reads kv head floor(m / (h_i / kv_heads)), which is
+   * the usual grouped-query layout for chain i's heads alone.
+   */
+  private attention(q: string, l: number, s: Shared): string {
+    const { g, c, i } = this;
+    const heads = c.chain_heads[i - 1];
+    // A fresh prompt: one fused causal kernel, no [T, T] score matrix through memory.
+    const fresh = g.subgraph(`fresh_${i}_${l}`);
+    const [out] = fresh.ops("GroupQueryAttention", [q, s.keys[l], s.values[l], "", "", s.seqlensK, s.totalLength], 3, { num_heads: heads, kv_num_heads: c.kv_heads, scale: { float: 1 / Math.sqrt(c.head_dim) } }, MS);
+    fresh.output(`fresh_${i}_${l}.heads`, fresh.op("Squeeze", [out, fresh.int64([0])]));
+    // Decode and later chunks: the cache is read in place, the new tokens are attended beside it.
+    const cached = g.subgraph(`cached_${i}_${l}`);
+    cached.output(`cached_${i}_${l}.heads`, this.cacheAttention(cached, q, l, s));
+    return g.ops("If", [s.fresh], 1, { then_branch: { graph: fresh.proto() }, else_branch: { graph: cached.proto() } })[0];
+  }
+
+  /** Attention over the cache ([kv, C, hd], slots ≥ P masked) and the new tokens, with plain ops. */
+  private cacheAttention(g: GraphBuilder, q: string, l: number, s: Shared): string {
+    const { c } = this;
     const hd = c.head_dim;
     const kvh = c.kv_heads;
     const group = c.chain_heads[this.i - 1] / kvh;
-    // Head m of chain i reads kv head floor(m / group): chain i's heads view as [T, kv, group, hd].
-    const qHeads = g.op("Reshape", [g.op("Transpose", [g.op("Reshape", [q, g.int64([0, kvh, group, hd])])], { perm: [1, 2, 0, 3] }), g.int64([kvh, -1, hd])]);
+    const byKv = (x: string, perm: number[]): string => g.op("Transpose", [g.op("Reshape", [x, g.int64([-1, kvh, hd])])], { perm });
+    const qHeads = g.op("Reshape", [g.op("Transpose", [g.op("Reshape", [q, g.int64([-1, kvh, group, hd])])], { perm: [1, 2, 0, 3] }), g.int64([kvh, -1, hd])]); // [kv, group·T, hd]
+    const maskNew = group === 1 ? s.maskNew : g.op("Tile", [s.maskNew, g.int64([group, 1])]); // rows are (group, t)
     const scaled = { transB: 1, alpha: { float: 1 / Math.sqrt(hd) } };
     const scoresPast = g.op("Add", [g.op("FusedMatMul", [qHeads, s.pastKey[l]], scaled, MS), s.maskPast]); // [kv, group·T, C]
-    const scoresNew = g.op("Add", [g.op("FusedMatMul", [qHeads, s.keyHeads[l]], scaled, MS), maskG]); // [kv, group·T, T]
+    const scoresNew = g.op("Add", [g.op("FusedMatMul", [qHeads, byKv(s.keys[l], [1, 0, 2])], scaled, MS), maskNew]); // [kv, group·T, T]
     const probs = g.op("Softmax", [g.op("Concat", [scoresPast, scoresNew], { axis: -1 })], { axis: -1 });
     const [probsPast, probsNew] = g.ops("Split", [probs, s.splitPastNew], 2, { axis: -1 });
-    const out = g.op("Add", [g.op("MatMul", [probsPast, s.pastValue[l]]), g.op("MatMul", [probsNew, s.valueHeads[l]])]);
+    const out = g.op("Add", [g.op("MatMul", [probsPast, s.pastValue[l]]), g.op("MatMul", [probsNew, byKv(s.values[l], [1, 0, 2])])]);
     const byGroup = g.op("Reshape", [out, g.int64([kvh, group, -1, hd])]);
     return g.op("Reshape", [g.op("Transpose", [byGroup], { perm: [2, 0, 1, 3] }), g.int64([-1, group * kvh * hd])]);
   }
@@ -159,11 +167,7 @@ class ChainPass {
   /** Runs the pass; pass 1 also makes (and publishes in `s`) every layer's keys and values. */
   build(s: Shared, tiedHead: boolean): { acts: ChainActivations; newKeys: string[]; newValues: string[] } {
     const { g, c, i } = this;
-    const { kv_heads: kvh, head_dim: hd, kvWidth } = c;
-    const ci = c.chainWidths[i - 1];
-    const fi = c.ffn_chain_dims[i - 1];
-    const group = c.chain_heads[i - 1] / kvh;
-    const maskG = group === 1 ? s.maskNew : g.op("Tile", [s.maskNew, g.int64([group, 1])]); // rows are (group, t)
+    const kvh = c.kv_heads;
     const newKeys: string[] = [];
     const newValues: string[] = [];
 
@@ -173,27 +177,26 @@ class ChainPass {
       // Attention: h_i = x_i + (heads_{≤i} · Wo_i), heads from queries x̂_{≤i} · Wq_i.
       const xn = this.norm(x, `${p}.attn_norm`);
       this.acts.attnIn.push(xn);
-      let q: string;
       if (i === 1) {
         // Chain 1 also makes the keys and values every chain shares (spec §3, CoLM-Air).
-        const [q1, key, value] = g.ops("Split", [g.op("MatMul", [xn, `${p}.qkv`]), g.int64([ci, kvWidth, kvWidth])], 3, { axis: 1 });
-        const keyRot = this.rope(key, kvh, s);
-        newKeys.push(keyRot);
+        const keyRot = this.rope(g.op("MatMul", [xn, `${p}.k`]), kvh, s);
+        const value = g.op("MatMul", [xn, `${p}.v`]);
+        s.keys.push(keyRot);
+        s.values.push(g.op("Unsqueeze", [value, g.int64([0])]));
+        newKeys.push(g.op("Squeeze", [keyRot, g.int64([0])]));
         newValues.push(value);
-        s.keyHeads.push(g.op("Transpose", [g.op("Reshape", [keyRot, g.int64([0, kvh, hd])])], { perm: [1, 0, 2] }));
-        s.valueHeads.push(g.op("Transpose", [g.op("Reshape", [value, g.int64([0, kvh, hd])])], { perm: [1, 0, 2] }));
-        q = q1;
-      } else {
-        q = g.op("MatMul", [this.upTo((a) => a.attnIn[l], xn), `${p}.q.c${i}`]);
       }
-      const heads = this.attention(this.rope(q, c.chain_heads[i - 1], s), l, s, maskG);
+      const q = g.op("MatMul", [this.upTo((a) => a.attnIn[l], xn), `${p}.q.c${i}`]);
+      const heads = this.attention(this.rope(q, c.chain_heads[i - 1], s), l, s);
       this.acts.heads.push(heads);
       const h = g.op("Add", [x, g.op("MatMul", [this.upTo((a) => a.heads[l], heads), `${p}.o.c${i}`])]);
 
       // SwiGLU: a_i = silu(ĥ_{≤i} · Wgate_i) ⊙ (ĥ_{≤i} · Wup_i); x_i ← h_i + a_{≤i} · Wdown_i.
       const hn = this.norm(h, `${p}.ffn_norm`);
       this.acts.ffnIn.push(hn);
-      const [gate, up] = g.ops("Split", [g.op("MatMul", [this.upTo((a) => a.ffnIn[l], hn), `${p}.gate_up.c${i}`]), g.int64([fi, fi])], 2, { axis: 1 });
+      const ffnIn = this.upTo((a) => a.ffnIn[l], hn);
+      const gate = g.op("MatMul", [ffnIn, `${p}.gate.c${i}`]);
+      const up = g.op("MatMul", [ffnIn, `${p}.up.c${i}`]);
       const act = g.op("Mul", [g.op("QuickGelu", [gate], { alpha: { float: 1 } }, MS), up]); // QuickGelu(α=1) is silu
       this.acts.act.push(act);
       x = g.op("Add", [h, g.op("MatMul", [this.upTo((a) => a.act[l], act), `${p}.down.c${i}`])]);
@@ -243,20 +246,23 @@ export function buildColmGraph(ckpt: Checkpoint): BuiltGraph {
   const one = g.int64([1], true);
   // A large finite negative rather than -inf: onnxruntime's broadcast Add is ~3× slower on infinities,
   // and exp(-1e9 - max) is exactly 0 in float32 all the same.
-  const blocked = (hide: string): string => g.op("Where", [hide, g.float([-1e9], true), g.float([0], true)]);
+  const blocked = (hide: string): string => g.op("Mul", [g.op("Cast", [hide], { to: F }), g.float([-1e9], true)]);
   const newIdx = g.op("Range", [zero, T, one]);
   const slot = g.op("Unsqueeze", [g.op("Range", [zero, C, one]), g.int64([0])]); // [1, C]
   const shared: Shared = {
     tokens,
     rows,
     positions: g.op("Unsqueeze", [g.op("Add", [newIdx, P]), g.int64([0])]),
+    fresh: g.op("Equal", [P, zero]),
+    seqlensK: g.op("Cast", [g.op("Unsqueeze", [g.op("Sub", [T, one]), g.int64([0])])], { to: DataType.INT32 }),
+    totalLength: g.op("Cast", [T], { to: DataType.INT32 }),
     maskNew: blocked(g.op("Greater", [g.op("Unsqueeze", [newIdx, g.int64([0])]), g.op("Unsqueeze", [newIdx, g.int64([1])])])),
     maskPast: blocked(g.op("Not", [g.op("Less", [slot, P])])),
     splitPastNew: g.op("Concat", [g.op("Unsqueeze", [C, g.int64([0])]), g.op("Unsqueeze", [T, g.int64([0])])], { axis: 0 }),
     pastKey,
     pastValue,
-    keyHeads: [],
-    valueHeads: [],
+    keys: [],
+    values: [],
   };
 
   const first = new ChainPass(g, c, 1, []).build(shared, c.tie_embeddings);
