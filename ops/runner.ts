@@ -55,7 +55,8 @@ export class ModelRunner {
     let session: ort.InferenceSession;
     if (device === "cuda") {
       try {
-        session = await ort.InferenceSession.create(built.model, { ...base, executionProviders: ["cuda", "cpu"] });
+        // logSeverityLevel 4: onnxruntime's own "cannot load provider" error is replaced by our one line.
+        session = await ort.InferenceSession.create(built.model, { ...base, executionProviders: ["cuda", "cpu"], logSeverityLevel: 4 });
       } catch (e) {
         log(`colm: CUDA execution provider unavailable (${(e as Error).message.split("\n")[0]}); falling back to CPU`);
         device = "cpu";

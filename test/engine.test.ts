@@ -105,6 +105,18 @@ describe("engine", () => {
   });
 });
 
+test("COLM_DEVICE=cuda without the CUDA provider falls back to CPU and says so", async () => {
+  const messages: string[] = [];
+  const engine = await loadModel(makeCheckpoint(TINY_EQUAL, 5), { device: "cuda", threads: 1, log: (m) => messages.push(m) });
+  try {
+    assert.equal(engine.info.device, "cpu");
+    assert.equal(messages.length, 1);
+    assert.match(messages[0], /CUDA execution provider unavailable .*falling back to CPU/);
+  } finally {
+    await engine.close();
+  }
+});
+
 describe("engine text", () => {
   let engine: ColmEngine;
   before(async () => {
