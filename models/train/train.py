@@ -70,9 +70,14 @@ def evaluate(model, windows, batch=16, limit=None):
 
 
 def lr_at(step, args):
+    """Warmup-stable-decay: linear warm-up, constant peak, cosine decay to min_lr over the
+    last decay_frac of the steps."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
-    p = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
+    decay_start = int(args.steps * (1 - args.decay_frac))
+    if step < decay_start:
+        return args.lr
+    p = min(1.0, (step - decay_start) / max(1, args.steps - decay_start))
     return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * p))
 
 
@@ -81,13 +86,14 @@ def main():
     ap.add_argument("--preset", choices=sorted(PRESETS), default="colm")
     ap.add_argument("--run", required=True, help="run dir (checkpoint, log)")
     ap.add_argument("--data", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"))
-    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--steps", type=int, default=700)
     ap.add_argument("--minutes", type=float, default=1e9, help="wall-clock cap for this invocation")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--min-lr", type=float, default=3e-4)
     ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--decay-frac", type=float, default=0.4)
     ap.add_argument("--wd", type=float, default=0.1)
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=1337)
