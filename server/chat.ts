@@ -9,8 +9,8 @@
 import { randomUUID } from "node:crypto";
 import type { Request, Response } from "express";
 import type { Engine, GeneratedToken } from "./engine-types.ts";
-import { admit, type ServerContext } from "./context.ts";
-import { ApiError, fromZodError, invalidField, sendError, toApiError } from "./errors.ts";
+import { admitHttp, type ServerContext } from "./context.ts";
+import { fromZodError, invalidField, sendError, toApiError } from "./errors.ts";
 import { ChainControl, runChoices, type GenerationResult } from "./generation.ts";
 import { chainFields } from "./completions.ts";
 import { encodeText, prepare, usage } from "./request.ts";
@@ -71,15 +71,7 @@ export async function handleChat(ctx: ServerContext, req: Request, res: Response
     extraStop: CHAT_TEMPLATE_STOPS,
   });
   const controls = Array.from({ length: n }, () => new ChainControl(prep.chains));
-  const controller = new AbortController(); // aborted on client disconnect and on shutdown
-  const clientGone = new AbortController(); // aborted on client disconnect only
-  const onClose = () => {
-    if (res.writableFinished) return;
-    clientGone.abort(new Error("client disconnected"));
-    controller.abort(new Error("client disconnected"));
-  };
-  res.on("close", onClose);
-  const release = await admit(ctx, n, controller);
+  const gen = await admitHttp(ctx, res, n);
   const id = `chatcmpl-${randomUUID().replace(/-/g, "")}`;
   const created = Math.floor(Date.now() / 1000);
   const model = modelId(engine.info, prep.chains);
@@ -95,7 +87,7 @@ export async function handleChat(ctx: ServerContext, req: Request, res: Response
   const base = { id, object: "chat.completion.chunk", created, model };
   try {
     if (body.stream) {
-      const sse = new SseWriter(res, clientGone.signal);
+      const sse = new SseWriter(res, gen.clientGone);
       const extra = body.stream_options?.include_usage === true ? { usage: null } : {};
       sse.open();
       for (let j = 0; j < n; j++) {
@@ -103,7 +95,7 @@ export async function handleChat(ctx: ServerContext, req: Request, res: Response
       }
       let results: GenerationResult[];
       try {
-        results = await runChoices(ctx, specs, controller.signal, async (j, tok) => {
+        results = await runChoices(ctx, specs, gen.signal, async (j, tok) => {
           const lp = logprobs !== undefined ? { content: [chatLogprob(engine, tok)], refusal: null } : null;
           await sse.send({ ...base, choices: [{ index: j, delta: { content: tok.text }, logprobs: lp, finish_reason: null, chains: tok.chains }], ...extra });
         });
@@ -125,8 +117,8 @@ export async function handleChat(ctx: ServerContext, req: Request, res: Response
       await sse.done();
       return;
     }
-    const results = await runChoices(ctx, specs, controller.signal, () => undefined);
-    if (controller.signal.aborted && res.destroyed) return;
+    const results = await runChoices(ctx, specs, gen.signal, () => undefined);
+    if (gen.signal.aborted && res.destroyed) return;
     res.json({
       id,
       object: "chat.completion",
@@ -143,8 +135,7 @@ export async function handleChat(ctx: ServerContext, req: Request, res: Response
       usage: usage(prompt.length, results.reduce((a, r) => a + r.completionTokens, 0)),
     });
   } finally {
-    res.off("close", onClose);
-    release();
+    gen.release();
   }
 }
 

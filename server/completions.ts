@@ -2,8 +2,8 @@
 import { randomUUID } from "node:crypto";
 import type { Request, Response } from "express";
 import type { Engine, GeneratedToken } from "./engine-types.ts";
-import { admit, type ServerContext } from "./context.ts";
-import { ApiError, fromZodError, sendError, toApiError } from "./errors.ts";
+import { admitHttp, type HttpGeneration, type ServerContext } from "./context.ts";
+import { fromZodError, sendError, toApiError } from "./errors.ts";
 import { ChainControl, runChoices, type GenerationResult } from "./generation.ts";
 import { checkTokenIds, encodeText, prepare, usage, type PreparedRequest } from "./request.ts";
 import { modelId } from "./router.ts";
@@ -94,15 +94,7 @@ export async function handleCompletion(ctx: ServerContext, req: Request, res: Re
     for (let j = 0; j < n; j++) plans.push({ index: i * n + j, prompt: p, promptText: text, control: new ChainControl(prep.chains) });
   });
 
-  const controller = new AbortController(); // aborted on client disconnect and on shutdown
-  const clientGone = new AbortController(); // aborted on client disconnect only
-  const onClose = () => {
-    if (res.writableFinished) return;
-    clientGone.abort(new Error("client disconnected"));
-    controller.abort(new Error("client disconnected"));
-  };
-  res.on("close", onClose);
-  const release = await admit(ctx, plans.length, controller);
+  const gen = await admitHttp(ctx, res, plans.length);
   const id = `cmpl-${randomUUID().replace(/-/g, "")}`;
   const created = Math.floor(Date.now() / 1000);
   const model = modelId(engine.info, prep.chains);
@@ -119,11 +111,11 @@ export async function handleCompletion(ctx: ServerContext, req: Request, res: Re
 
   try {
     if (body.stream) {
-      await streamCompletion(ctx, res, controller, clientGone.signal, { id, created, model, chains: prep.chains, echo, logprobs, plans, specs, promptTokenTotal, includeUsage: body.stream_options?.include_usage === true });
+      await streamCompletion(ctx, res, gen, { id, created, model, chains: prep.chains, echo, logprobs, plans, specs, promptTokenTotal, includeUsage: body.stream_options?.include_usage === true });
       return;
     }
-    const results = await runChoices(ctx, specs, controller.signal, () => undefined);
-    if (controller.signal.aborted && res.destroyed) return;
+    const results = await runChoices(ctx, specs, gen.signal, () => undefined);
+    if (gen.signal.aborted && res.destroyed) return;
     const choices = results.map((r, i) => completionChoice(engine, plans[i], r, echo, logprobs));
     res.json({
       id,
@@ -135,8 +127,7 @@ export async function handleCompletion(ctx: ServerContext, req: Request, res: Re
       usage: usage(promptTokenTotal, results.reduce((a, r) => a + r.completionTokens, 0)),
     });
   } finally {
-    res.off("close", onClose);
-    release();
+    gen.release();
   }
 }
 
@@ -179,9 +170,9 @@ interface StreamPlan {
   includeUsage: boolean;
 }
 
-async function streamCompletion(ctx: ServerContext, res: Response, controller: AbortController, clientGone: AbortSignal, p: StreamPlan): Promise<void> {
+async function streamCompletion(ctx: ServerContext, res: Response, gen: HttpGeneration, p: StreamPlan): Promise<void> {
   const engine = ctx.engine();
-  const sse = new SseWriter(res, clientGone);
+  const sse = new SseWriter(res, gen.clientGone);
   const base = { id: p.id, object: "text_completion", created: p.created, model: p.model };
   const extra = p.includeUsage ? { usage: null } : {};
   const offsets = p.plans.map(() => 0);
@@ -195,7 +186,7 @@ async function streamCompletion(ctx: ServerContext, res: Response, controller: A
   }
   let results: GenerationResult[];
   try {
-    results = await runChoices(ctx, p.specs, controller.signal, async (i, tok) => {
+    results = await runChoices(ctx, p.specs, gen.signal, async (i, tok) => {
       let lp: LegacyLogprobs | null = null;
       if (p.logprobs !== undefined) {
         lp = emptyLogprobs();

@@ -73,3 +73,44 @@ export async function admit(ctx: ServerContext, weight: number, controller: Abor
     ctx.inflight.delete(controller);
   };
 }
+
+export interface HttpGeneration {
+  /** Aborted on client disconnect and on shutdown: pass to the engine. */
+  signal: AbortSignal;
+  /** Aborted on client disconnect only: stop writing. */
+  clientGone: AbortSignal;
+  /** Free the admission slot(s) and stop watching the connection. */
+  release(): void;
+}
+
+/** admit() for an HTTP request: a client that goes away before the response is complete
+ * (res 'close' before it finished) aborts the request at once, queued or generating. */
+export async function admitHttp(
+  ctx: ServerContext,
+  res: { on(e: "close", f: () => void): unknown; off(e: "close", f: () => void): unknown; readonly writableFinished: boolean },
+  weight: number,
+): Promise<HttpGeneration> {
+  const controller = new AbortController();
+  const clientGone = new AbortController();
+  const onClose = () => {
+    if (res.writableFinished) return;
+    clientGone.abort(new Error("client disconnected"));
+    controller.abort(new Error("client disconnected"));
+  };
+  res.on("close", onClose);
+  let release: () => void;
+  try {
+    release = await admit(ctx, weight, controller);
+  } catch (err) {
+    res.off("close", onClose);
+    throw err;
+  }
+  return {
+    signal: controller.signal,
+    clientGone: clientGone.signal,
+    release: () => {
+      res.off("close", onClose);
+      release();
+    },
+  };
+}
