@@ -8,7 +8,7 @@ import { chatRoute } from "./chat.ts";
 import { completionsRoute } from "./completions.ts";
 import { InFlight, requireEngine, type ServerContext } from "./context.ts";
 import type { Engine, ModelInfo } from "./engine-types.ts";
-import { errorMiddleware, invalidApiKey, methodNotAllowed, modelNotFound, routeNotFound, sendError, serviceUnavailable } from "./errors.ts";
+import { ApiError, errorMiddleware, invalidApiKey, methodNotAllowed, modelNotFound, routeNotFound, sendError, serviceUnavailable } from "./errors.ts";
 import { Metrics } from "./metrics.ts";
 import { modelId } from "./router.ts";
 import { StreamServer, WS_PATH } from "./ws.ts";
@@ -185,8 +185,11 @@ export function createApp(initialEngine: Engine | null, options: AppOptions = {}
 
   // Known path, wrong method → 405; anything else → 404.
   app.use((req: Request, res: Response) => {
+    if (req.path === WS_PATH) {
+      return sendError(res, new ApiError(426, `${WS_PATH} is a WebSocket endpoint: connect with a WebSocket client.`, "invalid_request_error", null, "upgrade_required", { Upgrade: "websocket" }));
+    }
     const allow = KNOWN_ROUTES[req.path];
-    if (allow && req.path !== WS_PATH) return sendError(res, methodNotAllowed(req.method, req.path, allow));
+    if (allow) return sendError(res, methodNotAllowed(req.method, req.path, allow));
     sendError(res, routeNotFound(req.method, req.path));
   });
   app.use(errorMiddleware(log));

@@ -112,6 +112,7 @@ const cases: Case[] = [
   { name: "unknown route", method: "get", path: "/v1/engines", status: 404, param: null, code: "not_found" },
   { name: "unknown route outside /v1", method: "post", path: "/generate", body: ok, status: 404, param: null, code: "not_found" },
   { name: "wrong method on completions", method: "get", path: C, status: 405, param: null, code: "method_not_allowed" },
+  { name: "plain HTTP GET on the WebSocket path", method: "get", path: "/v1/stream", status: 426, param: null, code: "upgrade_required" },
   { name: "wrong method on models", method: "delete", path: "/v1/models", status: 405, param: null, code: "method_not_allowed" },
 ];
 
