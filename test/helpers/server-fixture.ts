@@ -6,12 +6,15 @@ import type http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { WebSocket } from "ws";
+import type { ColmConfigJson } from "../../models/config.ts";
+import { writeRandomCheckpoint } from "../../models/random.ts";
 import { createApp, listeningUrl, type AppOptions, type ColmApp } from "../../server/app.ts";
 import type { Engine } from "../../server/engine-types.ts";
+import { loadModel } from "../../server/engine.ts";
 
 /** vocab 256 (byte tokenizer), 4 equal chains, 2 layers: loads and generates in milliseconds. */
-export const SERVER_TEST_CONFIG = {
-  architecture: "colm-air" as const,
+export const SERVER_TEST_CONFIG: ColmConfigJson = {
+  architecture: "colm-air",
   vocab_size: 256,
   n_layers: 2,
   head_dim: 16,
@@ -24,7 +27,7 @@ export const SERVER_TEST_CONFIG = {
   tie_embeddings: true,
   bos_token_id: null,
   eos_token_id: null,
-  tokenizer: "byte" as const,
+  tokenizer: "byte",
 };
 
 export interface TestCheckpoint {
@@ -33,17 +36,15 @@ export interface TestCheckpoint {
 }
 
 /** Write a random checkpoint named `name` (the model id) into a fresh temp folder. */
-export async function writeTestCheckpoint(name = "tiny", seed = 7, overrides: Record<string, unknown> = {}): Promise<TestCheckpoint> {
+export async function writeTestCheckpoint(name = "tiny", seed = 7, overrides: Partial<ColmConfigJson> = {}): Promise<TestCheckpoint> {
   const root = mkdtempSync(join(tmpdir(), "colm-server-test-"));
   const dir = join(root, name);
-  const { writeRandomCheckpoint } = await import(process.env.COLM_TEST_RANDOM_MODULE ?? "../../models/random.ts");
-  await writeRandomCheckpoint(dir, { ...SERVER_TEST_CONFIG, ...overrides }, seed);
+  writeRandomCheckpoint(dir, { ...SERVER_TEST_CONFIG, ...overrides }, seed);
   return { dir, cleanup: () => rmSync(root, { recursive: true, force: true }) };
 }
 
 export async function loadTestEngine(dir: string): Promise<Engine> {
-  const { loadModel } = await import(process.env.COLM_TEST_ENGINE_MODULE ?? "../../server/engine.ts");
-  return (await loadModel(dir, { device: "cpu" })) as Engine;
+  return loadModel(dir, { device: "cpu" });
 }
 
 export interface RunningApp {
