@@ -43,6 +43,8 @@ interface Live {
   controller: AbortController;
   control: ChainControl;
   pendingSwitch?: number;
+  /** Tokens delivered so far (the index of the next token). */
+  produced: number;
 }
 
 /** Wait until `ws.bufferedAmount` is at most `limit`. Resolves false if it stays above for
@@ -193,7 +195,14 @@ export class StreamServer {
         const n = this.ctx.engine().info.nChains;
         if (msg.chains > n) return send(errorMessage(invalidField("chains", `Invalid value for 'chains': must be an integer from 1 to ${n}.`), msg.id));
         g.control.target = msg.chains;
-        g.pendingSwitch = msg.chains;
+        if (msg.chains === g.control.current) {
+          // Already the count in use (or a switch back before the previous one took effect):
+          // the next token runs at it.
+          g.pendingSwitch = undefined;
+          send({ type: "switched", id: msg.id, chains: msg.chains, at_index: g.produced });
+        } else {
+          g.pendingSwitch = msg.chains;
+        }
         return;
       }
       case "generate":
@@ -230,7 +239,7 @@ export class StreamServer {
       extraStop,
     });
     const controller = new AbortController();
-    const g: Live = { controller, control: new ChainControl(prep.chains) };
+    const g: Live = { controller, control: new ChainControl(prep.chains), produced: 0 };
     live.set(msg.id, g);
     let release: () => void;
     try {
@@ -252,6 +261,7 @@ export class StreamServer {
         this.ctx,
         { prompt, maxTokens: prep.maxTokens, sampling: prep.sampling, stop: prep.stop, control: g.control, latencyBudget: prep.latencyBudget, arrivedAt, signal: controller.signal },
         async (tok) => {
+          g.produced = tok.index + 1;
           if (ws.bufferedAmount > this.opts.maxBufferedBytes) {
             const ok = await waitForBuffer(ws, this.opts.maxBufferedBytes, this.opts.stallTimeoutMs, controller.signal);
             if (!ok && ws.readyState === WebSocket.OPEN && !controller.signal.aborted) {

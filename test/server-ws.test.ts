@@ -78,6 +78,26 @@ describe("WebSocket /v1/stream", () => {
     await client.close();
   });
 
+  test("switch to the count already in use is answered at once; before the first token it applies from index 0", async () => {
+    const client = await WsClient.open(running.wsUrl);
+    client.send({ type: "generate", id: "same", model: "tiny:c2", prompt: "Same", max_tokens: 200 });
+    client.send({ type: "switch", id: "same", chains: 3 });
+    const early = await client.waitFor((m) => m.type === "switched" && m.id === "same");
+    assert.equal(early.chains, 3);
+    await client.waitFor((m) => m.type === "token" && m.id === "same" && m.index >= 2);
+    client.send({ type: "switch", id: "same", chains: 3 });
+    const from = client.received.length;
+    const again = await client.waitFor((m) => m.type === "switched" && m.id === "same", 5000, from);
+    assert.equal(again.chains, 3);
+    assert.ok(again.at_index >= 3);
+    client.send({ type: "cancel", id: "same" });
+    const done = await client.waitFor((m) => m.type === "done" && m.id === "same");
+    const toks = tokensOf(client, "same");
+    for (const t of toks) assert.equal(t.chains, t.index < early.at_index ? 2 : 3);
+    assert.equal(done.chains, 3);
+    await client.close();
+  });
+
   test("cancel stops a generation (finish_reason cancelled) and frees its KV", async () => {
     const client = await WsClient.open(running.wsUrl);
     client.send({ type: "generate", id: "c", model: "tiny", prompt: "Cancel me", max_tokens: 240 });
