@@ -9,8 +9,8 @@
 import { randomUUID } from "node:crypto";
 import type { Request, Response } from "express";
 import type { Engine, GeneratedToken } from "./engine-types.ts";
-import { admitHttp, type ServerContext } from "./context.ts";
-import { fromZodError, invalidField, sendError, toApiError } from "./errors.ts";
+import { admitHttp, apiRoute, type ServerContext } from "./context.ts";
+import { fromZodError, invalidField, toApiError } from "./errors.ts";
 import { ChainControl, runChoices, type GenerationResult } from "./generation.ts";
 import { chainFields } from "./completions.ts";
 import { encodeText, prepare, usage } from "./request.ts";
@@ -139,15 +139,4 @@ export async function handleChat(ctx: ServerContext, req: Request, res: Response
   }
 }
 
-export function chatRoute(ctx: ServerContext) {
-  return async (req: Request, res: Response): Promise<void> => {
-    try {
-      await handleChat(ctx, req, res);
-    } catch (err) {
-      if (res.destroyed) return;
-      const apiErr = toApiError(err);
-      if (apiErr.status >= 500) ctx.log(`chat error: ${(err as Error)?.stack ?? String(err)}`);
-      sendError(res, apiErr);
-    }
-  };
-}
+export const chatRoute = (ctx: ServerContext) => apiRoute(ctx, "chat", handleChat);

@@ -2,8 +2,8 @@
 import { randomUUID } from "node:crypto";
 import type { Request, Response } from "express";
 import type { Engine, GeneratedToken } from "./engine-types.ts";
-import { admitHttp, type HttpGeneration, type ServerContext } from "./context.ts";
-import { fromZodError, sendError, toApiError } from "./errors.ts";
+import { admitHttp, apiRoute, type HttpGeneration, type ServerContext } from "./context.ts";
+import { fromZodError, toApiError } from "./errors.ts";
 import { ChainControl, runChoices, type GenerationResult } from "./generation.ts";
 import { checkTokenIds, encodeText, prepare, usage, type PreparedRequest } from "./request.ts";
 import { modelId } from "./router.ts";
@@ -218,15 +218,4 @@ async function streamCompletion(ctx: ServerContext, res: Response, gen: HttpGene
   await sse.done();
 }
 
-export function completionsRoute(ctx: ServerContext) {
-  return async (req: Request, res: Response): Promise<void> => {
-    try {
-      await handleCompletion(ctx, req, res);
-    } catch (err) {
-      if (res.destroyed) return;
-      const apiErr = toApiError(err);
-      if (apiErr.status >= 500) ctx.log(`completion error: ${(err as Error)?.stack ?? String(err)}`);
-      sendError(res, apiErr);
-    }
-  };
-}
+export const completionsRoute = (ctx: ServerContext) => apiRoute(ctx, "completion", handleCompletion);

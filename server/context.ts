@@ -2,7 +2,8 @@
 // in-flight requests (for graceful shutdown).
 import type { Admission } from "./admission.ts";
 import type { Engine } from "./engine-types.ts";
-import { serviceUnavailable } from "./errors.ts";
+import type { Request, Response } from "express";
+import { sendError, serviceUnavailable, toApiError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
 
 /** In-flight requests, each with its AbortController (aborted on shutdown deadline). */
@@ -112,5 +113,19 @@ export async function admitHttp(
       res.off("close", onClose);
       release();
     },
+  };
+}
+
+/** An express handler around `handle`: any error becomes an OpenAI-shaped response (5xx logged). */
+export function apiRoute(ctx: ServerContext, label: string, handle: (ctx: ServerContext, req: Request, res: Response) => Promise<void>) {
+  return async (req: Request, res: Response): Promise<void> => {
+    try {
+      await handle(ctx, req, res);
+    } catch (err) {
+      if (res.destroyed) return;
+      const apiErr = toApiError(err);
+      if (apiErr.status >= 500) ctx.log(`${label} error: ${(err as Error)?.stack ?? String(err)}`);
+      sendError(res, apiErr);
+    }
   };
 }

@@ -8,26 +8,20 @@ import { join } from "node:path";
 import { WebSocket } from "ws";
 import type { ColmConfigJson } from "../../models/config.ts";
 import { writeRandomCheckpoint } from "../../models/random.ts";
+import { TINY_EQUAL } from "./checkpoints.ts";
 import { createApp, listeningUrl, type AppOptions, type ColmApp } from "../../server/app.ts";
 import type { Engine } from "../../server/engine-types.ts";
 import { loadModel } from "../../server/engine.ts";
 
 /** vocab 256 (byte tokenizer), 4 equal chains, 2 layers: loads and generates in milliseconds. */
 export const SERVER_TEST_CONFIG: ColmConfigJson = {
-  architecture: "colm-air",
+  ...TINY_EQUAL,
   vocab_size: 256,
-  n_layers: 2,
   head_dim: 16,
-  chain_heads: [2, 2, 2, 2],
   kv_heads: 2,
   ffn_chain_dims: [32, 32, 32, 32],
-  rope_theta: 10000,
-  norm_eps: 1e-5,
   max_position: 256,
   tie_embeddings: true,
-  bos_token_id: null,
-  eos_token_id: null,
-  tokenizer: "byte",
 };
 
 export interface TestCheckpoint {
