@@ -5,10 +5,9 @@ import { existsSync, mkdirSync, writeFileSync, readFileSync } from "node:fs";
 import { cpus, availableParallelism } from "node:os";
 import { join } from "node:path";
 import type { ColmConfigJson } from "../models/config.ts";
-import { loadCheckpoint } from "../models/checkpoint.ts";
 import { writeRandomCheckpoint } from "../models/random.ts";
 import { KvCache } from "../kernels/kv-cache.ts";
-import { ModelRunner } from "../ops/runner.ts";
+import { loadModel } from "../server/engine.ts";
 
 const BENCH_M: ColmConfigJson = {
   architecture: "colm-air",
@@ -23,11 +22,13 @@ const BENCH_M: ColmConfigJson = {
   norm_eps: 1e-5,
   max_position: 4096,
   tie_embeddings: false,
+  tokenizer: "byte",
 };
 const DENSE_M: ColmConfigJson = { ...BENCH_M, name: "dense-m", chain_heads: [16], ffn_chain_dims: [2816] };
 
 const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, "").split("=") as [string, string]));
 const PROMPT = Number(args.get("prompt") ?? 1024);
+const PROMPTS = [...new Set([512, PROMPT, 2048])].sort((a, b) => a - b);
 const CONTEXT = Number(args.get("context") ?? 512);
 const DECODE_STEPS = Number(args.get("steps") ?? 24);
 const REPEATS = Number(args.get("repeats") ?? 3);
@@ -43,6 +44,8 @@ function checkpoint(config: ColmConfigJson): string {
   if (!existsSync(join(dir, "model.safetensors"))) {
     console.error(`writing random checkpoint ${dir} …`);
     writeRandomCheckpoint(dir, config, 1234);
+  } else {
+    writeFileSync(join(dir, "config.json"), JSON.stringify(config, null, 2) + "\n"); // same weights, current config
   }
   return dir;
 }
@@ -55,56 +58,67 @@ async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
   return [performance.now() - t0, r];
 }
 
+interface PrefillFigures {
+  /** Whole prompt at full size, logits for the last token only. */
+  full_ms: number;
+  /** Chain 1 over tokens 1 … T-1 (no logits), then the last token at full size (spec §5.4). */
+  chain1_ms?: number;
+  speedup?: number;
+  max_abs_diff?: number;
+}
+
 interface ModelFigures {
   weight_bytes: number;
   rss_over_weight_bytes: number;
-  full_prefill_ms: number;
-  chain1_prefill_ms?: number;
-  prefill_speedup?: number;
-  prefill_max_abs_diff?: number;
+  load_ms: number;
+  /** By prompt length. */
+  prefill: Record<string, PrefillFigures>;
   decode_tokens_per_s: Record<string, number>;
 }
 
 async function measure(config: ColmConfigJson): Promise<ModelFigures> {
   const dir = checkpoint(config);
   const rss0 = rssBytes();
-  let ckpt: ReturnType<typeof loadCheckpoint> | null = loadCheckpoint(dir);
-  const runner = await ModelRunner.create(ckpt, {});
-  const c = ckpt.config;
+  const t0 = performance.now();
+  const engine = await loadModel(dir);
+  const load_ms = performance.now() - t0;
+  const c = engine.runner.config;
   const n = c.nChains;
-  ckpt = null;
-  const fresh = (): KvCache => new KvCache(c.n_layers, c.kv_heads, c.head_dim, PROMPT + 8);
+  const cache = (tokens: number): KvCache => new KvCache(c.n_layers, c.kv_heads, c.head_dim, tokens);
 
   // Warm every size once so all of them are ready before memory is read.
-  for (let k = 1; k <= n; k++) await runner.step(tokensOf(8, k), k, fresh(), [7]);
-  (globalThis as { gc?: () => void }).gc?.();
+  for (let k = 1; k <= n; k++) await engine.prefill(tokensOf(8, k), k, cache(8), false);
+  // Load-time buffers (checkpoint, graph bytes) are garbage now; collect them before reading RSS.
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (!gc) throw new Error("run with node --expose-gc (npm run bench:engine does)");
+  for (let i = 0; i < 3; i++) {
+    gc();
+    await new Promise((r) => setTimeout(r, 100));
+  }
   const rss = rssBytes() - rss0;
 
-  const prompt = tokensOf(PROMPT, 1);
-  const last = [PROMPT - 1];
-  const full: number[] = [];
-  const split: number[] = [];
-  let diff = 0;
-  for (let r = 0; r < REPEATS; r++) {
-    const [tf, a] = await timed(() => runner.step(prompt, n, fresh(), last));
-    full.push(tf);
-    if (n > 1) {
-      const [ts, b] = await timed(async () => {
-        const cache = fresh();
-        const pre = await runner.step(prompt.slice(0, -1), 1, cache, []);
-        cache.append(pre.newKeys, pre.newValues, PROMPT - 1);
-        return runner.step(prompt.slice(-1), n, cache, [0]);
-      });
-      split.push(ts);
-      for (let i = 0; i < a.logits.length; i++) diff = Math.max(diff, Math.abs(a.logits[i] - b.logits[i]));
+  const prefill: Record<string, PrefillFigures> = {};
+  for (const T of PROMPTS) {
+    const prompt = tokensOf(T, 1);
+    const full: number[] = [];
+    const split: number[] = [];
+    let diff = 0;
+    for (let r = 0; r < REPEATS; r++) {
+      const [tf, a] = await timed(() => engine.prefill(prompt, n, cache(T), false));
+      full.push(tf);
+      if (n > 1) {
+        const [ts, b] = await timed(() => engine.prefill(prompt, n, cache(T), true));
+        split.push(ts);
+        for (let i = 0; i < a.length; i++) diff = Math.max(diff, Math.abs(a[i] - b[i]));
+      }
     }
+    prefill[String(T)] = n > 1 ? { full_ms: median(full), chain1_ms: median(split), speedup: median(full) / median(split), max_abs_diff: diff } : { full_ms: median(full) };
   }
 
   // Decode: batch 1 with CONTEXT tokens cached (filled by chain 1).
   const decode: Record<string, number> = {};
-  const base = new KvCache(c.n_layers, c.kv_heads, c.head_dim, CONTEXT + DECODE_STEPS + 1);
-  const pre = await runner.step(tokensOf(CONTEXT, 2), 1, base, []);
-  base.append(pre.newKeys, pre.newValues, CONTEXT);
+  const base = cache(CONTEXT + DECODE_STEPS + 1);
+  await engine.prefill(tokensOf(CONTEXT, 2), 1, base);
   for (let k = 1; k <= n; k++) {
     const rates: number[] = [];
     for (let r = 0; r < REPEATS; r++) {
@@ -112,8 +126,7 @@ async function measure(config: ColmConfigJson): Promise<ModelFigures> {
       const [ms] = await timed(async () => {
         let tok = 1;
         for (let s = 0; s < DECODE_STEPS; s++) {
-          const out = await runner.step([tok], k, base, [0]);
-          base.append(out.newKeys, out.newValues, 1);
+          await engine.decode(tok, k, base);
           tok = (tok * 31 + s) % 32000;
         }
       });
@@ -121,19 +134,8 @@ async function measure(config: ColmConfigJson): Promise<ModelFigures> {
     }
     decode[String(k)] = median(rates);
   }
-  await runner.close();
-  const figures: ModelFigures = {
-    weight_bytes: runner.weightBytes,
-    rss_over_weight_bytes: rss / runner.weightBytes,
-    full_prefill_ms: median(full),
-    decode_tokens_per_s: decode,
-  };
-  if (n > 1) {
-    figures.chain1_prefill_ms = median(split);
-    figures.prefill_speedup = median(full) / median(split);
-    figures.prefill_max_abs_diff = diff;
-  }
-  return figures;
+  await engine.close();
+  return { weight_bytes: engine.runner.weightBytes, rss_over_weight_bytes: rss / engine.runner.weightBytes, load_ms, prefill, decode_tokens_per_s: decode };
 }
 
 const which = args.get("model") ?? "both";
@@ -144,33 +146,60 @@ const result: Record<string, unknown> = {
   machine: { nproc: availableParallelism(), cpu: cpus()[0]?.model ?? "unknown" },
   shape: "bench-m: V 32000, D 1024 (4 chains of 256), 16 layers, head_dim 64, kv_heads 4, FFN 4×704",
   prompt_tokens: PROMPT,
+  prefill_lengths: PROMPTS,
   decode_context_tokens: CONTEXT,
   repeats: REPEATS,
   command: `npm run bench:engine -- ${process.argv.slice(2).join(" ")}`.trim(),
 };
+// What llama.cpp does on this machine for the dense M shape (../shared/performance-anchors.md).
+const LLAMA_CPP_M = { prefill_512_tok_s: 311, prefill_2048_tok_s: 255, decode_tok_s: 37.6, flash_decode_tok_s: 40.8 };
 if (colm) {
   const d = colm.decode_tokens_per_s;
+  const p = colm.prefill[String(PROMPT)];
+  const ttft2048 = colm.prefill["2048"].chain1_ms!;
   Object.assign(result, {
-    prefill_speedup: colm.prefill_speedup,
-    prefill_max_abs_diff: colm.prefill_max_abs_diff,
-    full_prefill_ms: colm.full_prefill_ms,
-    chain1_prefill_ms: colm.chain1_prefill_ms,
-    ttft_tokens_per_s_chain1: (PROMPT * 1000) / colm.chain1_prefill_ms!,
+    prefill_speedup: p.speedup,
+    prefill_max_abs_diff: p.max_abs_diff,
+    full_prefill_ms: p.full_ms,
+    chain1_prefill_ms: p.chain1_ms,
     decode_tokens_per_s: d,
-    decode_ratio_k1_over_k4: d["1"] / d["4"],
+    decode_ratio_k1_over_k4: d["1"] / d[String(BENCH_M.chain_heads.length)],
     rss_over_weight_bytes: colm.rss_over_weight_bytes,
     weight_bytes: colm.weight_bytes,
+    load_ms: colm.load_ms,
+    prefill_by_length: colm.prefill,
+    vs_llama_cpp_m: {
+      anchors: LLAMA_CPP_M,
+      ttft_2048_ms: ttft2048,
+      ttft_2048_speedup_vs_llama_cpp_dense_prefill: (2048 / LLAMA_CPP_M.prefill_2048_tok_s) * 1000 / ttft2048,
+      decode_k4_over_llama_cpp: d["4"] / LLAMA_CPP_M.decode_tok_s,
+    },
   });
 }
 if (dense) {
   Object.assign(result, { dense });
   if (colm) {
     Object.assign(result, {
-      prefill_speedup_vs_dense: dense.full_prefill_ms / colm.chain1_prefill_ms!,
+      prefill_speedup_vs_dense: dense.prefill[String(PROMPT)].full_ms / colm.prefill[String(PROMPT)].chain1_ms!,
       decode_k4_over_dense: colm.decode_tokens_per_s["4"] / dense.decode_tokens_per_s["1"],
+      rss_colm_over_dense: (colm.rss_over_weight_bytes * colm.weight_bytes) / (dense.rss_over_weight_bytes * dense.weight_bytes),
     });
   }
 }
 mkdirSync("loadtest/results", { recursive: true });
 writeFileSync("loadtest/results/engine.json", JSON.stringify(result, null, 2) + "\n");
-console.log(JSON.stringify(result, null, 2));
+// The table a reader compares, then where the JSON went.
+const f = (x: number | undefined, digits = 0): string => (x === undefined ? "–" : x.toFixed(digits)).padStart(9);
+const rows: string[] = [`${String(result.shape)}; ${REPEATS} repeats, medians; ${availableParallelism()} threads`];
+rows.push(`${"prefill, logits for the last token".padEnd(44)}${PROMPTS.map((t) => f(t)).join("")}`);
+if (colm) {
+  rows.push(`${"  CoLM full 4-chain prefill (ms)".padEnd(44)}${PROMPTS.map((t) => f(colm.prefill[String(t)].full_ms)).join("")}`);
+  rows.push(`${"  CoLM chain-1 prefill + last token k=4 (ms)".padEnd(44)}${PROMPTS.map((t) => f(colm.prefill[String(t)].chain1_ms)).join("")}`);
+  rows.push(`${"  speedup".padEnd(44)}${PROMPTS.map((t) => f(colm.prefill[String(t)].speedup, 2)).join("")}`);
+}
+if (dense) rows.push(`${"  dense (one chain) prefill (ms)".padEnd(44)}${PROMPTS.map((t) => f(dense.prefill[String(t)].full_ms)).join("")}`);
+rows.push(`${"decode tok/s, batch 1, " + CONTEXT + " tokens of context".padEnd(21)}`.padEnd(44) + ["k=1", "k=2", "k=3", "k=4", "dense"].map((h) => h.padStart(9)).join(""));
+rows.push("".padEnd(44) + [1, 2, 3, 4].map((k) => f(colm?.decode_tokens_per_s[String(k)], 1)).join("") + f(dense?.decode_tokens_per_s["1"], 1));
+if (colm) rows.push(`resident memory / weight bytes: ${colm.rss_over_weight_bytes.toFixed(2)} (${(colm.weight_bytes / 2 ** 20).toFixed(0)} MiB of weights, every size ready)`);
+console.log(rows.join("\n"));
+console.log("wrote loadtest/results/engine.json");

@@ -36,8 +36,13 @@ export class EngineError extends Error {
   }
 }
 
-/** Prefill chunk: long prompts run through chain 1 this many tokens at a time. */
-const PREFILL_CHUNK = 512;
+/**
+ * Prefill chunk: prompts run through chain 1 this many tokens at a time. The first chunk of a
+ * prompt uses the fused causal attention kernel and later chunks the cache path, which
+ * materialises scores, so one chunk is fastest; the scheduler issue will trade it against
+ * interleaving decode steps.
+ */
+const PREFILL_CHUNK = 4096;
 
 export class ColmEngine implements Engine {
   private readonly live = new Set<KvCache>();
