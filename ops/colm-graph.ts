@@ -7,11 +7,13 @@
 // blocks on and below the chain diagonal exist. Attention of a fresh prompt (empty cache) runs in
 // one fused causal kernel (GroupQueryAttention); later steps read the cache buffers in place.
 //
-// Inputs:  tokens int64 [T]; chains int64 scalar; logits_rows int64 [R] (rows whose logits are
-//          wanted; empty for a KV-only prefill); past_length int64 scalar P; past_key_l /
-//          past_value_l float [kv_heads, C, hd], the cache buffers (C ≥ P slots, first P valid).
+// A call runs B sequences ("rows") of T new tokens each; token (b, t) is flattened to b·T + t.
+// Inputs:  tokens int64 [B, T]; chains int64 scalar; logits_rows int64 [R] (flattened tokens whose
+//          logits are wanted; empty for a KV-only prefill); past_length int64 [B] (P_b);
+//          past_key_l / past_value_l float [B, kv_heads, C, hd], the rows' cache buffers (C ≥ P_b
+//          slots, the first P_b of row b valid).
 // Outputs: logits [R, V]; hidden [R, d_k] (final hidden state, pre-norm);
-//          new_key_l / new_value_l [T, kv_heads·hd] (rotated keys and values of the new tokens).
+//          new_key_l / new_value_l [B·T, kv_heads·hd] (rotated keys and values of the new tokens).
 import type { Checkpoint, ChainLinear } from "../models/checkpoint.ts";
 import type { ColmConfig } from "../models/config.ts";
 import { DataType, GraphBuilder } from "./graph.ts";
@@ -72,18 +74,19 @@ function registerWeights(root: GraphBuilder, ckpt: Checkpoint): void {
 
 /** Values the root computes once per call and every pass reads. */
 interface Shared {
-  tokens: string;
+  tokens: string; // [B·T]
   rows: string;
-  positions: string; // [1, T] int64
-  fresh: string; // bool: P = 0, the cache is empty (a prompt's first chunk)
-  seqlensK: string; // int32 [1]: T - 1 (GroupQueryAttention's convention), for fresh prompts
+  bt: string; // the shape [B, T, -1], to view [B·T, n] activations per row
+  positions: string; // [B, T] int64
+  fresh: string; // bool: every P_b = 0, the caches are empty (prompts' first chunks)
+  seqlensK: string; // int32 [B]: T - 1 (GroupQueryAttention's convention), for fresh prompts
   totalLength: string; // int32: T
-  maskNew: string; // [T, T] additive causal mask among the new tokens
-  maskPast: string; // [1, C] additive mask hiding cache slots ≥ P
+  maskNew: string; // [T, T] additive causal mask among a row's new tokens
+  maskPast: string; // [B, 1, 1, C] additive mask hiding cache slots ≥ P_b
   splitPastNew: string; // [C, T]
   pastKey: string[];
   pastValue: string[];
-  /** Rotated keys / values of the new tokens, [1, T, kv·hd], per layer (made by pass 1). */
+  /** Rotated keys / values of the new tokens, [B, T, kv·hd], per layer (made by pass 1). */
   keys: string[];
   values: string[];
 }
@@ -120,16 +123,16 @@ class ChainPass {
     return this.g.op("SimplifiedLayerNormalization", [x, `${name}.c${this.i}`], { axis: -1, epsilon: { float: this.c.norm_eps } });
   }
 
-  /** Rotary embedding (rotate-half) of [T, heads·hd] at the shared positions → [1, T, heads·hd]. */
+  /** Rotary embedding (rotate-half) of [B·T, heads·hd] at the shared positions → [B, T, heads·hd]. */
   private rope(x: string, heads: number, s: Shared): string {
     const g = this.g;
-    const x3 = g.op("Unsqueeze", [x, g.int64([0])]);
+    const x3 = g.op("Reshape", [x, s.bt]);
     return g.op("RotaryEmbedding", [x3, s.positions, "rope.cos", "rope.sin"], { interleaved: 0, num_heads: heads }, MS);
   }
 
   /**
-   * Causal attention of chain i's heads (rotated queries [1, T, h_i·hd]) over the shared keys and
-   * values → [T, h_i·hd]. Head m of chain i reads kv head floor(m / (h_i / kv_heads)), which is
+   * Causal attention of chain i's heads (rotated queries [B, T, h_i·hd]) over the shared keys and
+   * values → [B·T, h_i·hd]. Head m of chain i reads kv head floor(m / (h_i / kv_heads)), which is
    * the usual grouped-query layout for chain i's heads alone.
    */
   private attention(q: string, l: number, s: Shared): string {
@@ -138,30 +141,34 @@ class ChainPass {
     // A fresh prompt: one fused causal kernel, no [T, T] score matrix through memory.
     const fresh = g.subgraph(`fresh_${i}_${l}`);
     const [out] = fresh.ops("GroupQueryAttention", [q, s.keys[l], s.values[l], "", "", s.seqlensK, s.totalLength], 3, { num_heads: heads, kv_num_heads: c.kv_heads, scale: { float: 1 / Math.sqrt(c.head_dim) } }, MS);
-    fresh.output(`fresh_${i}_${l}.heads`, fresh.op("Squeeze", [out, fresh.int64([0])]));
+    fresh.output(`fresh_${i}_${l}.heads`, fresh.op("Reshape", [out, fresh.int64([-1, heads * c.head_dim])]));
     // Decode and later chunks: the cache is read in place, the new tokens are attended beside it.
     const cached = g.subgraph(`cached_${i}_${l}`);
     cached.output(`cached_${i}_${l}.heads`, this.cacheAttention(cached, q, l, s));
     return g.ops("If", [s.fresh], 1, { then_branch: { graph: fresh.proto() }, else_branch: { graph: cached.proto() } })[0];
   }
 
-  /** Attention over the cache ([kv, C, hd], slots ≥ P masked) and the new tokens, with plain ops. */
+  /**
+   * Attention over each row's cache ([B, kv, C, hd], slots ≥ P_b masked) and its new tokens, with
+   * plain ops. Queries regroup by kv head: [B, T, kv, group, hd] → [B, kv, group·T, hd].
+   */
   private cacheAttention(g: GraphBuilder, q: string, l: number, s: Shared): string {
     const { c } = this;
     const hd = c.head_dim;
     const kvh = c.kv_heads;
     const group = c.chain_heads[this.i - 1] / kvh;
-    const byKv = (x: string, perm: number[]): string => g.op("Transpose", [g.op("Reshape", [x, g.int64([-1, kvh, hd])])], { perm });
-    const qHeads = g.op("Reshape", [g.op("Transpose", [g.op("Reshape", [q, g.int64([-1, kvh, group, hd])])], { perm: [1, 2, 0, 3] }), g.int64([kvh, -1, hd])]); // [kv, group·T, hd]
+    const byKv = (x: string): string => g.op("Transpose", [g.op("Reshape", [x, g.int64([0, 0, kvh, hd])])], { perm: [0, 2, 1, 3] }); // [B, kv, T, hd]
+    const qByKv = g.op("Transpose", [g.op("Reshape", [q, g.int64([0, 0, kvh, group, hd])])], { perm: [0, 2, 3, 1, 4] });
+    const qHeads = g.op("Reshape", [qByKv, g.int64([0, kvh, -1, hd])]); // [B, kv, group·T, hd]
     const maskNew = group === 1 ? s.maskNew : g.op("Tile", [s.maskNew, g.int64([group, 1])]); // rows are (group, t)
     const scaled = { transB: 1, alpha: { float: 1 / Math.sqrt(hd) } };
-    const scoresPast = g.op("Add", [g.op("FusedMatMul", [qHeads, s.pastKey[l]], scaled, MS), s.maskPast]); // [kv, group·T, C]
-    const scoresNew = g.op("Add", [g.op("FusedMatMul", [qHeads, byKv(s.keys[l], [1, 0, 2])], scaled, MS), maskNew]); // [kv, group·T, T]
+    const scoresPast = g.op("Add", [g.op("FusedMatMul", [qHeads, s.pastKey[l]], scaled, MS), s.maskPast]); // [B, kv, group·T, C]
+    const scoresNew = g.op("Add", [g.op("FusedMatMul", [qHeads, byKv(s.keys[l])], scaled, MS), maskNew]); // [B, kv, group·T, T]
     const probs = g.op("Softmax", [g.op("Concat", [scoresPast, scoresNew], { axis: -1 })], { axis: -1 });
     const [probsPast, probsNew] = g.ops("Split", [probs, s.splitPastNew], 2, { axis: -1 });
-    const out = g.op("Add", [g.op("MatMul", [probsPast, s.pastValue[l]]), g.op("MatMul", [probsNew, byKv(s.values[l], [1, 0, 2])])]);
-    const byGroup = g.op("Reshape", [out, g.int64([kvh, group, -1, hd])]);
-    return g.op("Reshape", [g.op("Transpose", [byGroup], { perm: [2, 0, 1, 3] }), g.int64([-1, group * kvh * hd])]);
+    const out = g.op("Add", [g.op("MatMul", [probsPast, s.pastValue[l]]), g.op("MatMul", [probsNew, byKv(s.values[l])])]);
+    const byGroup = g.op("Reshape", [out, g.int64([0, kvh, group, -1, hd])]); // [B, kv, group, T, hd]
+    return g.op("Reshape", [g.op("Transpose", [byGroup], { perm: [0, 3, 1, 2, 4] }), g.int64([-1, group * kvh * hd])]);
   }
 
   /** Runs the pass; pass 1 also makes (and publishes in `s`) every layer's keys and values. */
@@ -182,8 +189,8 @@ class ChainPass {
         const keyRot = this.rope(g.op("MatMul", [xn, `${p}.k`]), kvh, s);
         const value = g.op("MatMul", [xn, `${p}.v`]);
         s.keys.push(keyRot);
-        s.values.push(g.op("Unsqueeze", [value, g.int64([0])]));
-        newKeys.push(g.op("Squeeze", [keyRot, g.int64([0])]));
+        s.values.push(g.op("Reshape", [value, s.bt]));
+        newKeys.push(g.op("Reshape", [keyRot, g.int64([-1, c.kvWidth])]));
         newValues.push(value);
       }
       const q = g.op("MatMul", [this.upTo((a) => a.attnIn[l], xn), `${p}.q.c${i}`]);
@@ -227,21 +234,23 @@ export function buildColmGraph(ckpt: Checkpoint): BuiltGraph {
   const c = ckpt.config;
   const g = new GraphBuilder("colm-air");
   registerWeights(g, ckpt);
-  const tokens = g.input("tokens", DataType.INT64, ["T"]);
+  const tokens = g.input("tokens", DataType.INT64, ["B", "T"]);
   const chains = g.input("chains", DataType.INT64, []);
   const rows = g.input("logits_rows", DataType.INT64, ["R"]);
-  const P = g.input("past_length", DataType.INT64, []);
+  const P = g.input("past_length", DataType.INT64, ["B"]);
   const pastKey: string[] = [];
   const pastValue: string[] = [];
   for (let l = 0; l < c.n_layers; l++) {
-    pastKey.push(g.input(`past_key_${l}`, F, [c.kv_heads, "C", c.head_dim]));
-    pastValue.push(g.input(`past_value_${l}`, F, [c.kv_heads, "C", c.head_dim]));
+    pastKey.push(g.input(`past_key_${l}`, F, ["B", c.kv_heads, "C", c.head_dim]));
+    pastValue.push(g.input(`past_value_${l}`, F, ["B", c.kv_heads, "C", c.head_dim]));
   }
 
-  // Positions P … P+T-1 continue the cache; masks hide future new tokens and unused cache slots.
+  // Positions P_b … P_b+T-1 continue each row's cache; masks hide future new tokens and unused slots.
   const dim = (x: string, axis: number): string => g.op("Gather", [g.op("Shape", [x]), g.int64([axis], true)], { axis: 0 });
-  const T = dim(tokens, 0);
-  const C = dim(pastKey[0], 1);
+  const B = dim(tokens, 0);
+  const T = dim(tokens, 1);
+  const C = dim(pastKey[0], 2);
+  const asVector = (x: string): string => g.op("Unsqueeze", [x, g.int64([0])]);
   const zero = g.int64([0], true);
   const one = g.int64([1], true);
   // A large finite negative rather than -inf: onnxruntime's broadcast Add is ~3× slower on infinities,
@@ -249,16 +258,18 @@ export function buildColmGraph(ckpt: Checkpoint): BuiltGraph {
   const blocked = (hide: string): string => g.op("Mul", [g.op("Cast", [hide], { to: F }), g.float([-1e9], true)]);
   const newIdx = g.op("Range", [zero, T, one]);
   const slot = g.op("Unsqueeze", [g.op("Range", [zero, C, one]), g.int64([0])]); // [1, C]
+  const pastCol = g.op("Unsqueeze", [P, g.int64([1])]); // [B, 1]
   const shared: Shared = {
-    tokens,
+    tokens: g.op("Reshape", [tokens, g.int64([-1])]),
     rows,
-    positions: g.op("Unsqueeze", [g.op("Add", [newIdx, P]), g.int64([0])]),
-    fresh: g.op("Equal", [P, zero]),
-    seqlensK: g.op("Cast", [g.op("Unsqueeze", [g.op("Sub", [T, one]), g.int64([0])])], { to: DataType.INT32 }),
+    bt: g.op("Concat", [asVector(B), asVector(T), g.int64([-1])], { axis: 0 }),
+    positions: g.op("Add", [g.op("Unsqueeze", [newIdx, g.int64([0])]), pastCol]),
+    fresh: g.op("Equal", [g.op("ReduceMax", [P], { keepdims: 0 }), zero]),
+    seqlensK: g.op("Cast", [g.op("Expand", [g.op("Sub", [T, one]), asVector(B)])], { to: DataType.INT32 }),
     totalLength: g.op("Cast", [T], { to: DataType.INT32 }),
     maskNew: blocked(g.op("Greater", [g.op("Unsqueeze", [newIdx, g.int64([0])]), g.op("Unsqueeze", [newIdx, g.int64([1])])])),
-    maskPast: blocked(g.op("Not", [g.op("Less", [slot, P])])),
-    splitPastNew: g.op("Concat", [g.op("Unsqueeze", [C, g.int64([0])]), g.op("Unsqueeze", [T, g.int64([0])])], { axis: 0 }),
+    maskPast: g.op("Unsqueeze", [blocked(g.op("Not", [g.op("Less", [slot, pastCol])])), g.int64([1, 2])]),
+    splitPastNew: g.op("Concat", [asVector(C), asVector(T)], { axis: 0 }),
     pastKey,
     pastValue,
     keys: [],

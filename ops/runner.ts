@@ -72,28 +72,38 @@ export class ModelRunner {
    * Runs `tokens` (positions cache.length …) at `chains` chains. The cache is read, not written:
    * the caller appends the returned keys/values (so a failed step leaves the cache unchanged).
    */
-  async step(tokens: ArrayLike<number>, chains: number, cache: KvCache, logitsRows: readonly number[]): Promise<StepResult> {
+  step(tokens: ArrayLike<number>, chains: number, cache: KvCache, logitsRows: readonly number[]): Promise<StepResult> {
+    return this.stepRows([tokens], chains, cache, logitsRows);
+  }
+
+  /**
+   * Runs one batch: row b of `cache` gets the T tokens tokens[b] (every row the same T), all at
+   * `chains` chains. Logits rows index the flattened tokens (b · T + t).
+   */
+  async stepRows(tokens: ArrayLike<number>[], chains: number, cache: KvCache, logitsRows: readonly number[]): Promise<StepResult> {
     const c = this.config;
     if (!Number.isInteger(chains) || chains < 1 || chains > c.nChains) {
       throw new RunnerError(`chains must be an integer in 1 … ${c.nChains}, got ${chains}`);
     }
-    const T = tokens.length;
-    if (cache.length + T > c.max_position) {
-      throw new RunnerError(`sequence of ${cache.length + T} tokens exceeds max_position ${c.max_position}`);
-    }
-    const tok = BigInt64Array.from(Array.from(tokens, (t) => BigInt(t)));
+    const B = tokens.length;
+    const T = tokens[0]?.length ?? 0;
+    if (B !== cache.rows) throw new RunnerError(`${B} rows of tokens for a cache of ${cache.rows} rows`);
+    if (T === 0 || tokens.some((row) => row.length !== T)) throw new RunnerError("every row needs the same number (≥ 1) of tokens");
+    const longest = Math.max(...cache.lengths) + T;
+    if (longest > c.max_position) throw new RunnerError(`sequence of ${longest} tokens exceeds max_position ${c.max_position}`);
+    const flat = new BigInt64Array(B * T);
+    tokens.forEach((row, b) => Array.from(row, (t, i) => (flat[b * T + i] = BigInt(t))));
     const feeds: Record<string, ort.Tensor> = {
-      tokens: new ort.Tensor("int64", tok, [T]),
+      tokens: new ort.Tensor("int64", flat, [B, T]),
       chains: new ort.Tensor("int64", BigInt64Array.of(BigInt(chains)), []),
       logits_rows: new ort.Tensor("int64", BigInt64Array.from(logitsRows.map((r) => BigInt(r))), [logitsRows.length]),
+      past_length: new ort.Tensor("int64", BigInt64Array.from(cache.lengths.map((n) => BigInt(n))), [B]),
     };
-    // An empty cache is passed as zero slots so a prompt never attends over unused capacity.
-    const P = cache.length;
-    const C = P === 0 ? 0 : cache.capacity;
-    feeds.past_length = new ort.Tensor("int64", BigInt64Array.of(BigInt(P)), []);
+    // Empty caches are passed as zero slots so a prompt never attends over unused capacity.
+    const C = cache.lengths.every((n) => n === 0) ? 0 : cache.capacity;
     const empty = new Float32Array(0);
+    const shape = [B, c.kv_heads, C, c.head_dim];
     for (let l = 0; l < c.n_layers; l++) {
-      const shape = [c.kv_heads, C, c.head_dim];
       feeds[`past_key_${l}`] = new ort.Tensor("float32", C ? cache.keyBuffer(l) : empty, shape);
       feeds[`past_value_${l}`] = new ort.Tensor("float32", C ? cache.valueBuffer(l) : empty, shape);
     }

@@ -21,9 +21,12 @@ export function newCache(runner: ModelRunner): KvCache {
   return new KvCache(runner.config.n_layers, runner.config.kv_heads, runner.config.head_dim);
 }
 
-/** Whole-sequence forward at `chains` with an empty cache, logits for every row. */
-export function fullForward(runner: ModelRunner, tokens: number[], chains: number): Promise<StepResult> {
-  return runner.step(tokens, chains, newCache(runner), range(tokens.length));
+/** Whole-sequence forward at `chains` from an empty cache, logits for every row; the filled cache too. */
+export async function fullForward(runner: ModelRunner, tokens: number[], chains: number): Promise<StepResult & { cache: KvCache }> {
+  const cache = newCache(runner);
+  const out = await runner.step(tokens, chains, cache, range(tokens.length));
+  cache.append(out.newKeys, out.newValues, tokens.length);
+  return { ...out, cache };
 }
 
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {

@@ -1,0 +1,64 @@
+// Several sequences decoded in one batched step (rows of one cache) get exactly the logits each
+// gets alone: the foundation of continuous batching.
+import { test, describe, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { KvCache } from "../kernels/kv-cache.ts";
+import { TINY_EQUAL, TINY_UNEQUAL, makeCheckpoint } from "./helpers/checkpoints.ts";
+import { fullForward, loadRunner, maxAbsDiff, type Loaded } from "./helpers/run.ts";
+
+for (const [label, cfg] of [["equal chains", TINY_EQUAL], ["unequal chains", TINY_UNEQUAL]] as const) {
+  describe(`batched rows (${label})`, () => {
+    let m: Loaded;
+    before(async () => {
+      m = await loadRunner(makeCheckpoint(cfg, 21));
+    });
+    after(() => m.runner.close());
+
+    test("rows of different lengths, one decode step each, match each sequence run alone", async () => {
+      const c = m.ckpt.config;
+      const V = c.vocab_size;
+      const rows = 3;
+      const prompts = [
+        [4, 8, 15, 16, 23],
+        [42, 7, 1, 9, 30],
+        [11, 12, 13, 14, 15],
+      ];
+      const cache = new KvCache(c.n_layers, c.kv_heads, c.head_dim, 4, rows); // forces growth
+      const pre = await m.runner.stepRows(prompts, 1, cache, []);
+      cache.append(pre.newKeys, pre.newValues, 5);
+      cache.truncate(3, 1);
+      cache.truncate(1, 2);
+      const history = prompts.map((p, r) => p.slice(0, cache.lengths[r]));
+      for (let step = 0; step < 4; step++) {
+        const k = (step % c.nChains) + 1;
+        const next = history.map((h, r) => (h[h.length - 1] * 7 + r + step) % V);
+        const out = await m.runner.stepRows(next.map((t) => [t]), k, cache, [0, 1, 2]);
+        cache.append(out.newKeys, out.newValues, 1);
+        for (let r = 0; r < rows; r++) {
+          history[r].push(next[r]);
+          const alone = await fullForward(m.runner, history[r], k);
+          const expected = alone.logits.subarray((history[r].length - 1) * V);
+          const d = maxAbsDiff(out.logits.subarray(r * V, (r + 1) * V), expected);
+          assert.ok(d < 1e-4, `step ${step}, row ${r} (length ${history[r].length}) at k=${k}: ${d}`);
+          for (let l = 0; l < c.n_layers; l++) assert.ok(maxAbsDiff(cache.read(l, "keys", r), alone.cache.read(l, "keys")) < 1e-5);
+        }
+      }
+    });
+
+    test("fresh prompts of equal length prefill together", async () => {
+      const c = m.ckpt.config;
+      const V = c.vocab_size;
+      const prompts = [
+        [3, 1, 4, 1, 5, 9],
+        [2, 7, 1, 8, 2, 8],
+      ];
+      const cache = new KvCache(c.n_layers, c.kv_heads, c.head_dim, 8, 2);
+      const k = c.nChains;
+      const out = await m.runner.stepRows(prompts, k, cache, [5, 11]);
+      for (let r = 0; r < 2; r++) {
+        const alone = await fullForward(m.runner, prompts[r], k);
+        assert.ok(maxAbsDiff(out.logits.subarray(r * V, (r + 1) * V), alone.logits.subarray(5 * V)) < 1e-4);
+      }
+    });
+  });
+}
