@@ -31,3 +31,4 @@ $PY models/train/evaluate.py --run $RUNS/dense
 $PY models/train/export.py --run $RUNS/colm --out models/colm-kjv --name colm-kjv
 $PY models/train/fixtures.py --model models/colm-kjv --out test/fixtures/colm-kjv-golden.json
 $PY models/train/card.py --colm $RUNS/colm --dense $RUNS/dense --out models/colm-kjv/card.md
+$PY models/train/check_reference.py --model models/colm-kjv --golden test/fixtures/colm-kjv-golden.json
