@@ -25,7 +25,7 @@ SEQUENCES = [
     "In the beginning",                                           # 16 bytes
     "And God said, Let there be light: and there was light.",     # 54 bytes
     "Jesus wept.\n",                                              # 12 bytes, ends in newline
-    "The LORD is my shepherd; I shall not want.\nHe maketh me to lie",  # 64 bytes, crosses a line
+    "The LORD is my shepherd; I shall not want.\nHe maketh me to lie",  # 62 bytes, crosses a line
 ]
 GREEDY_PROMPTS = ["And God said", "The LORD is my"]
 N_LAST = 4
