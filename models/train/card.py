@@ -111,10 +111,14 @@ def main():
       "per byte (exp of the loss); bits/byte = loss / ln 2.\n")
     w("| model | k | params | val loss (nats/byte) | val ppl (per byte) | bits/byte | decode tok/s (colm-serve) |")
     w("| --- | --- | --- | --- | --- | --- | --- |")
+    # Decode speed comes from the engine's benchmark (npm run bench:model), when it has been run.
+    bench_path = os.path.join("loadtest", "results", "colm-kjv.json")
+    decode = json.load(open(bench_path))["decode_tokens_per_s"] if os.path.exists(bench_path) else {}
     for k in range(1, n + 1):
         s = str(k)
+        rate = f"{decode[s]:.0f}" if s in decode else "run `npm run bench:model`"
         w(f"| colm-kjv | {k} | {fmt_params(c['params_nonzero'][s])} | {c['val_loss'][s]:.4f} | "
-          f"{c['val_ppl'][s]:.3f} | {c['val_bpb'][s]:.3f} | TBD |")
+          f"{c['val_ppl'][s]:.3f} | {c['val_bpb'][s]:.3f} | {rate} |")
     w(f"| dense baseline | – | {fmt_params(d['params_nonzero']['1'])} | {d['val_loss']['1']:.4f} | "
       f"{d['val_ppl']['1']:.3f} | {d['val_bpb']['1']:.3f} | n/a (not shipped) |")
     w("")

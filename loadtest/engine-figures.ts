@@ -1,0 +1,107 @@
+// Engine figures for one checkpoint, measured on the engine's own prefill/decode: load time,
+// resident memory per weight byte with every size ready, prefill (full size vs chain-1) by prompt
+// length, and batch-1 decode tokens/s per chain count. Shared by the engine and model benchmarks.
+import { readFileSync } from "node:fs";
+import { KvCache } from "../kernels/kv-cache.ts";
+import { loadModel } from "../server/engine.ts";
+
+export interface PrefillFigures {
+  /** Whole prompt at full size, logits for the last token only. */
+  full_ms: number;
+  /** Chain 1 over tokens 1 … T-1 (no logits), then the last token at full size (spec §5.4). */
+  chain1_ms?: number;
+  speedup?: number;
+  max_abs_diff?: number;
+}
+
+export interface ModelFigures {
+  weight_bytes: number;
+  rss_over_weight_bytes: number;
+  load_ms: number;
+  /** By prompt length. */
+  prefill: Record<string, PrefillFigures>;
+  decode_tokens_per_s: Record<string, number>;
+}
+
+export interface MeasureOptions {
+  prompts: number[];
+  /** Tokens of context (filled by chain 1) before decoding. */
+  context: number;
+  decodeSteps: number;
+  repeats: number;
+}
+
+export const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+const rssBytes = (): number => {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"));
+  return m ? Number(m[1]) * 1024 : process.memoryUsage().rss;
+};
+
+async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
+  const t0 = performance.now();
+  const r = await fn();
+  return [performance.now() - t0, r];
+}
+
+export async function measureModel(dir: string, o: MeasureOptions): Promise<ModelFigures> {
+  const rss0 = rssBytes();
+  const t0 = performance.now();
+  const engine = await loadModel(dir);
+  const load_ms = performance.now() - t0;
+  const c = engine.runner.config;
+  const n = c.nChains;
+  const V = c.vocab_size;
+  const tokensOf = (count: number, seed: number): number[] => Array.from({ length: count }, (_, i) => (i * 7919 + seed * 104729) % V);
+  const cache = (tokens: number): KvCache => new KvCache(c.n_layers, c.kv_heads, c.head_dim, tokens);
+  // Warm every size once so all of them are ready before memory is read.
+  for (let k = 1; k <= n; k++) await engine.prefill(tokensOf(8, k), k, cache(8), false);
+  // Load-time buffers (checkpoint, graph bytes) are garbage now; collect them before reading RSS.
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (!gc) throw new Error("run with node --expose-gc (npm run bench:engine does)");
+  for (let i = 0; i < 3; i++) {
+    gc();
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const rss = rssBytes() - rss0;
+
+  const prefill: Record<string, PrefillFigures> = {};
+  for (const T of o.prompts) {
+    const prompt = tokensOf(T, 1);
+    const full: number[] = [];
+    const split: number[] = [];
+    let diff = 0;
+    for (let r = 0; r < o.repeats; r++) {
+      const [tf, a] = await timed(() => engine.prefill(prompt, n, cache(T), false));
+      full.push(tf);
+      if (n > 1) {
+        const [ts, b] = await timed(() => engine.prefill(prompt, n, cache(T), true));
+        split.push(ts);
+        for (let i = 0; i < a.length; i++) diff = Math.max(diff, Math.abs(a[i] - b[i]));
+      }
+    }
+    prefill[String(T)] = n > 1 ? { full_ms: median(full), chain1_ms: median(split), speedup: median(full) / median(split), max_abs_diff: diff } : { full_ms: median(full) };
+  }
+
+  // Decode: batch 1 with o.context tokens cached (filled by chain 1).
+  const decode: Record<string, number> = {};
+  const base = cache(o.context + o.decodeSteps + 1);
+  await engine.prefill(tokensOf(o.context, 2), 1, base);
+  for (let k = 1; k <= n; k++) {
+    const rates: number[] = [];
+    for (let r = 0; r < o.repeats; r++) {
+      base.truncate(o.context);
+      const [ms] = await timed(async () => {
+        let tok = 1;
+        for (let s = 0; s < o.decodeSteps; s++) {
+          await engine.decode(tok, k, base);
+          tok = (tok * 31 + s) % V;
+        }
+      });
+      rates.push((o.decodeSteps * 1000) / ms);
+    }
+    decode[String(k)] = median(rates);
+  }
+  await engine.close();
+  return { weight_bytes: engine.runner.weightBytes, rss_over_weight_bytes: rss / engine.runner.weightBytes, load_ms, prefill, decode_tokens_per_s: decode };
+}
