@@ -63,26 +63,41 @@ export class KvCache {
     return this.values[l];
   }
 
-  /** Appends `tokens` tokens to every row, keys/values given token-major ([rows · tokens, kv_heads · hd]). */
-  append(newKeys: Float32Array[], newValues: Float32Array[], tokens: number): void {
+  /**
+   * Appends `tokens` tokens to rows firstRow … firstRow+count-1, keys/values given token-major
+   * ([count · tokens, kv_heads · hd], as a step over those rows returns them).
+   */
+  append(newKeys: Float32Array[], newValues: Float32Array[], tokens: number, firstRow = 0, count = this.rows - firstRow): void {
     if (newKeys.length !== this.layers || newValues.length !== this.layers) {
       throw new RangeError(`KvCache.append: expected ${this.layers} layers, got ${newKeys.length}/${newValues.length}`);
     }
-    this.reserve(Math.max(...this.lengths) + tokens);
+    const rows = Array.from({ length: count }, (_, i) => firstRow + i);
+    this.reserve(Math.max(...rows.map((r) => this.lengths[r])) + tokens);
     const { kvHeads, headDim: hd, cap } = this;
     for (let l = 0; l < this.layers; l++) {
-      for (let r = 0; r < this.rows; r++) {
+      rows.forEach((r, i) => {
         for (let t = 0; t < tokens; t++) {
           for (let h = 0; h < kvHeads; h++) {
-            const from = ((r * tokens + t) * kvHeads + h) * hd;
-            const to = (((r * kvHeads + h) * cap) + this.lengths[r] + t) * hd;
+            const from = ((i * tokens + t) * kvHeads + h) * hd;
+            const to = ((r * kvHeads + h) * cap + this.lengths[r] + t) * hd;
             this.keys[l].set(newKeys[l].subarray(from, from + hd), to);
             this.values[l].set(newValues[l].subarray(from, from + hd), to);
           }
         }
-      }
+      });
     }
-    for (let r = 0; r < this.rows; r++) this.lengths[r] += tokens;
+    for (const r of rows) this.lengths[r] += tokens;
+  }
+
+  /** Moves row `from`'s tokens into row `to` (compacting the rows in use); `from` is left empty. */
+  moveRow(from: number, to: number): void {
+    const size = this.kvHeads * this.cap * this.headDim;
+    for (let l = 0; l < this.layers; l++) {
+      this.keys[l].copyWithin(to * size, from * size, (from + 1) * size);
+      this.values[l].copyWithin(to * size, from * size, (from + 1) * size);
+    }
+    this.lengths[to] = this.lengths[from];
+    this.lengths[from] = 0;
   }
 
   /** Ensures room for `tokens` tokens in every row, doubling the capacity as needed. */

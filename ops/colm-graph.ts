@@ -8,8 +8,9 @@
 // one fused causal kernel (GroupQueryAttention); later steps read the cache buffers in place.
 //
 // A call runs B sequences ("rows") of T new tokens each; token (b, t) is flattened to b·T + t.
-// Inputs:  tokens int64 [B, T]; chains int64 scalar; logits_rows int64 [R] (flattened tokens whose
-//          logits are wanted; empty for a KV-only prefill); past_length int64 [B] (P_b);
+// Inputs:  tokens int64 [B, T]; chains int64 scalar (passes to run); logits_rows int64 [R] (flattened
+//          tokens whose logits are wanted; empty for a KV-only prefill); logits_chains int64 [R]
+//          (the sub-model, ≤ chains, whose logits each of those rows gets); past_length int64 [B];
 //          past_key_l / past_value_l float [B, kv_heads, C, hd], the rows' cache buffers (C ≥ P_b
 //          slots, the first P_b of row b valid).
 // Outputs: logits [R, V]; hidden [R, d_k] (final hidden state, pre-norm);
@@ -237,6 +238,7 @@ export function buildColmGraph(ckpt: Checkpoint): BuiltGraph {
   const tokens = g.input("tokens", DataType.INT64, ["B", "T"]);
   const chains = g.input("chains", DataType.INT64, []);
   const rows = g.input("logits_rows", DataType.INT64, ["R"]);
+  const rowChains = g.op("Unsqueeze", [g.input("logits_chains", DataType.INT64, ["R"]), g.int64([1])]); // [R, 1]
   const P = g.input("past_length", DataType.INT64, ["B"]);
   const pastKey: string[] = [];
   const pastValue: string[] = [];
@@ -290,7 +292,10 @@ export function buildColmGraph(ckpt: Checkpoint): BuiltGraph {
     const run = parent.subgraph(`chain_${i}`);
     const pass = new ChainPass(run, c, i, done).build(shared, c.tie_embeddings);
     const [logits, hidden] = nest(run, [...done, pass.acts]);
-    run.output(`chain_${i}.logits`, logits);
+    // Rows that asked for fewer than i chains keep the logits of passes 1 … i-1 (chain causality:
+    // running more chains never changes the smaller sub-model's output).
+    const fewer = run.op("Less", [rowChains, run.int64([i], true)]);
+    run.output(`chain_${i}.logits`, run.op("Where", [fewer, soFar.logits, logits]));
     run.output(`chain_${i}.hidden`, hidden);
     const stop = parent.subgraph(`upto_${i - 1}`);
     stop.output(`upto_${i - 1}.logits`, soFar.logits);

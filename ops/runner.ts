@@ -77,35 +77,42 @@ export class ModelRunner {
   }
 
   /**
-   * Runs one batch: row b of `cache` gets the T tokens tokens[b] (every row the same T), all at
-   * `chains` chains. Logits rows index the flattened tokens (b · T + t).
+   * Runs one batch over rows firstRow … firstRow+B-1 of `cache`: row b gets the T tokens tokens[b]
+   * (every row the same T). `chains` is one count for all rows or one per row; a row's logits are
+   * those of its own sub-model (the call runs the largest). Logits rows index the flattened
+   * tokens (b · T + t).
    */
-  async stepRows(tokens: ArrayLike<number>[], chains: number, cache: KvCache, logitsRows: readonly number[]): Promise<StepResult> {
+  async stepRows(tokens: ArrayLike<number>[], chains: number | readonly number[], cache: KvCache, logitsRows: readonly number[], firstRow = 0): Promise<StepResult> {
     const c = this.config;
-    if (!Number.isInteger(chains) || chains < 1 || chains > c.nChains) {
-      throw new RunnerError(`chains must be an integer in 1 … ${c.nChains}, got ${chains}`);
-    }
     const B = tokens.length;
     const T = tokens[0]?.length ?? 0;
-    if (B !== cache.rows) throw new RunnerError(`${B} rows of tokens for a cache of ${cache.rows} rows`);
+    const perRow = typeof chains === "number" ? new Array<number>(B).fill(chains) : chains;
+    if (perRow.length !== B || perRow.some((k) => !Number.isInteger(k) || k < 1 || k > c.nChains)) {
+      throw new RunnerError(`chains must be integers in 1 … ${c.nChains}, one per row; got ${JSON.stringify(chains)}`);
+    }
+    if (firstRow < 0 || firstRow + B > cache.rows) throw new RunnerError(`rows ${firstRow} … ${firstRow + B - 1} are outside a cache of ${cache.rows} rows`);
     if (T === 0 || tokens.some((row) => row.length !== T)) throw new RunnerError("every row needs the same number (≥ 1) of tokens");
-    const longest = Math.max(...cache.lengths) + T;
+    const lengths = cache.lengths.slice(firstRow, firstRow + B);
+    const longest = Math.max(...lengths) + T;
     if (longest > c.max_position) throw new RunnerError(`sequence of ${longest} tokens exceeds max_position ${c.max_position}`);
     const flat = new BigInt64Array(B * T);
     tokens.forEach((row, b) => Array.from(row, (t, i) => (flat[b * T + i] = BigInt(t))));
     const feeds: Record<string, ort.Tensor> = {
       tokens: new ort.Tensor("int64", flat, [B, T]),
-      chains: new ort.Tensor("int64", BigInt64Array.of(BigInt(chains)), []),
+      chains: new ort.Tensor("int64", BigInt64Array.of(BigInt(Math.max(...perRow))), []),
       logits_rows: new ort.Tensor("int64", BigInt64Array.from(logitsRows.map((r) => BigInt(r))), [logitsRows.length]),
-      past_length: new ort.Tensor("int64", BigInt64Array.from(cache.lengths.map((n) => BigInt(n))), [B]),
+      logits_chains: new ort.Tensor("int64", BigInt64Array.from(logitsRows.map((r) => BigInt(perRow[Math.floor(r / T)]))), [logitsRows.length]),
+      past_length: new ort.Tensor("int64", BigInt64Array.from(lengths.map((n) => BigInt(n))), [B]),
     };
-    // Empty caches are passed as zero slots so a prompt never attends over unused capacity.
-    const C = cache.lengths.every((n) => n === 0) ? 0 : cache.capacity;
-    const empty = new Float32Array(0);
+    // Empty caches are passed as zero slots so a prompt never attends over unused capacity; the
+    // rows' buffers are one contiguous view (rows are the outermost axis), never a copy.
+    const C = lengths.every((n) => n === 0) ? 0 : cache.capacity;
+    const rowSize = c.kv_heads * cache.capacity * c.head_dim;
+    const view = (buffer: Float32Array): Float32Array => (C ? buffer.subarray(firstRow * rowSize, (firstRow + B) * rowSize) : new Float32Array(0));
     const shape = [B, c.kv_heads, C, c.head_dim];
     for (let l = 0; l < c.n_layers; l++) {
-      feeds[`past_key_${l}`] = new ort.Tensor("float32", C ? cache.keyBuffer(l) : empty, shape);
-      feeds[`past_value_${l}`] = new ort.Tensor("float32", C ? cache.valueBuffer(l) : empty, shape);
+      feeds[`past_key_${l}`] = new ort.Tensor("float32", view(cache.keyBuffer(l)), shape);
+      feeds[`past_value_${l}`] = new ort.Tensor("float32", view(cache.valueBuffer(l)), shape);
     }
     const out = await this.session.run(feeds);
     const data = (name: string): Float32Array => out[name].data as Float32Array;

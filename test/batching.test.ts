@@ -14,7 +14,7 @@ for (const [label, cfg] of [["equal chains", TINY_EQUAL], ["unequal chains", TIN
     });
     after(() => m.runner.close());
 
-    test("rows of different lengths, one decode step each, match each sequence run alone", async () => {
+    test("rows of different lengths and chain counts, one decode step each, match each sequence run alone", async () => {
       const c = m.ckpt.config;
       const V = c.vocab_size;
       const rows = 3;
@@ -30,11 +30,12 @@ for (const [label, cfg] of [["equal chains", TINY_EQUAL], ["unequal chains", TIN
       cache.truncate(1, 2);
       const history = prompts.map((p, r) => p.slice(0, cache.lengths[r]));
       for (let step = 0; step < 4; step++) {
-        const k = (step % c.nChains) + 1;
+        const ks = history.map((_, r) => ((step + r) % c.nChains) + 1); // every row its own sub-model
         const next = history.map((h, r) => (h[h.length - 1] * 7 + r + step) % V);
-        const out = await m.runner.stepRows(next.map((t) => [t]), k, cache, [0, 1, 2]);
+        const out = await m.runner.stepRows(next.map((t) => [t]), ks, cache, [0, 1, 2]);
         cache.append(out.newKeys, out.newValues, 1);
         for (let r = 0; r < rows; r++) {
+          const k = ks[r];
           history[r].push(next[r]);
           const alone = await fullForward(m.runner, history[r], k);
           const expected = alone.logits.subarray((history[r].length - 1) * V);
@@ -42,6 +43,26 @@ for (const [label, cfg] of [["equal chains", TINY_EQUAL], ["unequal chains", TIN
           assert.ok(d < 1e-4, `step ${step}, row ${r} (length ${history[r].length}) at k=${k}: ${d}`);
           for (let l = 0; l < c.n_layers; l++) assert.ok(maxAbsDiff(cache.read(l, "keys", r), alone.cache.read(l, "keys")) < 1e-5);
         }
+      }
+    });
+
+    test("a step over a sub-range of rows leaves the other rows alone; moved rows keep decoding", async () => {
+      const c = m.ckpt.config;
+      const V = c.vocab_size;
+      const cache = new KvCache(c.n_layers, c.kv_heads, c.head_dim, 16, 3);
+      const a = [5, 6, 7, 8];
+      const b = [9, 10, 11];
+      let out = await m.runner.stepRows([a], 2, cache, [], 0);
+      cache.append(out.newKeys, out.newValues, a.length, 0, 1);
+      out = await m.runner.stepRows([b], 1, cache, [], 2); // row 2 only
+      cache.append(out.newKeys, out.newValues, b.length, 2, 1);
+      assert.deepEqual(cache.lengths, [4, 0, 3]);
+      cache.moveRow(2, 1); // compact: rows 0 … 1 in use
+      assert.deepEqual(cache.lengths, [4, 3, 0]);
+      out = await m.runner.stepRows([[1], [2]], [c.nChains, 2], cache, [0, 1], 0);
+      for (const [r, seq, k] of [[0, [...a, 1], c.nChains], [1, [...b, 2], 2]] as const) {
+        const alone = await fullForward(m.runner, [...seq], k);
+        assert.ok(maxAbsDiff(out.logits.subarray(r * V, (r + 1) * V), alone.logits.subarray((seq.length - 1) * V)) < 1e-4, `row ${r}`);
       }
     });
 
