@@ -16,7 +16,7 @@ export class KvCache {
     readonly layers: number,
     readonly kvHeads: number,
     readonly headDim: number,
-    initialCapacity = 64,
+    private readonly initialCapacity = 64,
     readonly rows = 1,
   ) {
     this.cap = Math.max(1, initialCapacity);
@@ -142,6 +142,14 @@ export class KvCache {
   truncate(length: number, row = 0): void {
     if (length < 0 || length > this.lengths[row]) throw new RangeError(`KvCache.truncate(${length}) outside [0, ${this.lengths[row]}]`);
     this.lengths[row] = length;
+  }
+
+  /** Gives grown capacity back once every row is empty (an idle server holds little). */
+  shrink(): void {
+    if (this.lengths.some((n) => n > 0) || this.cap <= this.initialCapacity || this.keys.length !== this.layers) return;
+    this.cap = Math.max(1, this.initialCapacity);
+    this.keys = this.alloc();
+    this.values = this.alloc();
   }
 
   /** Frees the storage; the cache holds nothing afterwards. */

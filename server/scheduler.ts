@@ -1,0 +1,147 @@
+// Continuous batching: one loop over slots, in the spirit of llama.cpp's server. Every running
+// sequence owns a row of one shared KV cache; new sequences join between decode steps (their
+// prompt prefilled by chain 1, spec §5.4), each step advances every running sequence by one
+// token in ONE batched call — each row at its own chain count — and finished or cancelled
+// sequences leave at once (the last row moves into the hole, so rows in use stay a prefix).
+import { KvCache } from "../kernels/kv-cache.ts";
+import type { ModelRunner } from "../ops/runner.ts";
+import type { Sequence } from "./sequence.ts";
+
+/**
+ * Prompt chunk run through chain 1 per call. The first chunk of a prompt uses the fused causal
+ * attention kernel and later chunks the cache path, which materialises scores, so one chunk is
+ * fastest; a smaller one would bound how long a long prompt stalls the running sequences.
+ */
+const PREFILL_CHUNK = 4096;
+
+/**
+ * Fills row `row` of `cache` with `prompt` and returns the logits of its last token at `chains`
+ * chains. With chain-1 prefill (spec §5.4), tokens 1 … T-1 run through chain 1 only, with no logits.
+ */
+export async function prefillRow(runner: ModelRunner, cache: KvCache, row: number, prompt: readonly number[], chains: number, chain1Prefill = true): Promise<Float32Array> {
+  const head = chain1Prefill ? prompt.length - 1 : 0;
+  for (let at = 0; at < head; at += PREFILL_CHUNK) {
+    const chunk = prompt.slice(at, Math.min(head, at + PREFILL_CHUNK));
+    const out = await runner.stepRows([chunk], 1, cache, [], row);
+    cache.append(out.newKeys, out.newValues, chunk.length, row, 1);
+  }
+  const rest = prompt.slice(head);
+  const out = await runner.stepRows([rest], chains, cache, [rest.length - 1], row);
+  cache.append(out.newKeys, out.newValues, rest.length, row, 1);
+  return out.logits;
+}
+
+export class Scheduler {
+  private readonly cache: KvCache;
+  /** running[r] owns cache row r. */
+  private readonly running: Sequence[] = [];
+  private readonly waiting: Sequence[] = [];
+  private loop: Promise<void> | null = null;
+
+  constructor(
+    private readonly runner: ModelRunner,
+    readonly maxRows: number,
+  ) {
+    const c = runner.config;
+    this.cache = new KvCache(c.n_layers, c.kv_heads, c.head_dim, 64, maxRows);
+  }
+
+  /** KV bytes held by live sequences (cancelled ones count as freed at once). */
+  kvBytesInUse(): number {
+    let tokens = 0;
+    this.running.forEach((s, r) => {
+      if (!s.cancelled) tokens += this.cache.lengths[r];
+    });
+    return tokens * this.cache.bytesPerToken;
+  }
+
+  get counts(): { running: number; waiting: number } {
+    return { running: this.running.length, waiting: this.waiting.length };
+  }
+
+  submit(seq: Sequence): void {
+    this.waiting.push(seq);
+    this.loop ??= this.run().finally(() => {
+      this.loop = null;
+      if (this.waiting.length) this.submit(this.waiting.shift()!); // raced in while the loop was ending
+    });
+  }
+
+  private async run(): Promise<void> {
+    while (this.running.length || this.waiting.length) {
+      await this.admit();
+      this.emit();
+      await this.decode();
+      await new Promise((resolve) => setImmediate(resolve)); // let I/O (new requests, writes) run
+    }
+  }
+
+  /** Moves one waiting sequence into a row and prefills it (one per step, so decode never stalls long). */
+  private async admit(): Promise<void> {
+    while (this.waiting.length && this.waiting[0].cancelled) this.waiting.shift()!.finish("cancelled");
+    if (!this.waiting.length || this.running.length >= this.maxRows) return;
+    const seq = this.waiting.shift()!;
+    const row = this.running.length;
+    this.running.push(seq);
+    try {
+      seq.logits = await this.prefill(seq, row);
+    } catch (err) {
+      this.remove(row);
+      seq.fail(err);
+    }
+  }
+
+  private async prefill(seq: Sequence, row: number): Promise<Float32Array> {
+    const t0 = performance.now();
+    const logits = await prefillRow(this.runner, this.cache, row, seq.prompt, seq.chainsFor(0), seq.chain1Prefill);
+    seq.prefillMs = performance.now() - t0;
+    return logits;
+  }
+
+  /** Samples the next token of every sequence that has logits; drops the finished ones. */
+  private emit(): void {
+    for (let r = this.running.length - 1; r >= 0; r--) {
+      const seq = this.running[r];
+      if (seq.cancelled) seq.finish("cancelled");
+      else if (seq.logits) seq.sampleNext(this.cache.lengths[r] >= this.runner.config.max_position);
+      if (seq.done) this.remove(r);
+    }
+  }
+
+  /** One batched step: every running row advances by its last token, at its own chain count. */
+  private async decode(): Promise<void> {
+    const rows = this.running.length;
+    if (!rows) return;
+    const tokens = this.running.map((s) => [s.lastToken]);
+    const chains = this.running.map((s) => s.chainsFor(s.generated.length));
+    const t0 = performance.now();
+    try {
+      const out = await this.runner.stepRows(tokens, chains, this.cache, Array.from({ length: rows }, (_, r) => r), 0);
+      this.cache.append(out.newKeys, out.newValues, 1, 0, rows);
+      const V = this.runner.config.vocab_size;
+      const ms = performance.now() - t0;
+      this.running.forEach((s, r) => {
+        s.logits = out.logits.slice(r * V, (r + 1) * V);
+        s.decodeMs += ms;
+      });
+    } catch (err) {
+      for (let r = rows - 1; r >= 0; r--) {
+        const seq = this.running[r];
+        this.remove(r);
+        seq.fail(err);
+      }
+    }
+  }
+
+  /** Frees row r: its sequence leaves and the last row moves into its place. */
+  private remove(r: number): void {
+    const last = this.running.length - 1;
+    this.cache.truncate(0, r);
+    if (r !== last) {
+      this.cache.moveRow(last, r);
+      this.running[r] = this.running[last];
+    }
+    this.running.pop();
+    if (this.running.length === 0) this.cache.shrink();
+  }
+}

@@ -1,0 +1,131 @@
+// One generation's state inside the scheduler: sampler, stop strings, incremental detokenizer,
+// the chain count per token, and a queue the caller's async iterator reads from.
+import { Sampler } from "../kernels/sampling.ts";
+import { StopMatcher } from "../kernels/stop.ts";
+import { IncrementalDecoder, tokenText } from "../models/tokenizer.ts";
+import type { FinishReason, GenerateOptions, GeneratedToken, GenerationSummary, ModelInfo, Tokenizer } from "./engine-types.ts";
+
+export class ChainsError extends Error {
+  override name = "EngineError";
+  readonly code = "invalid_chains";
+  readonly param = "chains";
+}
+
+type Event = { token: GeneratedToken } | { summary: GenerationSummary } | { error: unknown };
+
+export class Sequence {
+  readonly generated: number[] = [];
+  /** Logits for the next token, set by the scheduler after each step. */
+  logits: Float32Array | null = null;
+  prefillMs = 0;
+  decodeMs = 0;
+  done = false;
+  private stoppedByString = false;
+  private consumerGone = false;
+  private readonly sampler: Sampler;
+  private readonly stop: StopMatcher;
+  private readonly decoder: IncrementalDecoder;
+  private readonly events: Event[] = [];
+  private wake: (() => void) | null = null;
+  private lastChains = 0;
+
+  constructor(
+    readonly prompt: number[],
+    private readonly options: GenerateOptions,
+    private readonly info: ModelInfo,
+    private readonly tokenizer: Tokenizer,
+  ) {
+    this.sampler = new Sampler(options.sampling ?? {}, info.vocabSize);
+    this.stop = new StopMatcher(options.stop ?? []);
+    this.decoder = new IncrementalDecoder(tokenizer);
+  }
+
+  get chain1Prefill(): boolean {
+    return this.options.chain1Prefill ?? true;
+  }
+
+  get cancelled(): boolean {
+    return this.consumerGone || (this.options.signal?.aborted ?? false);
+  }
+
+  get lastToken(): number {
+    return this.generated[this.generated.length - 1];
+  }
+
+  /** The chain count for token `index` (LM switching: it may change at any token). */
+  chainsFor(index: number): number {
+    const n = this.info.nChains;
+    const k = this.options.chooseChains ? this.options.chooseChains(index) : (this.options.chains ?? n);
+    if (Number.isInteger(k) && k >= 1 && k <= n) return (this.lastChains = k);
+    this.fail(new ChainsError(`chooseChains returned ${k}; expected 1 … ${n}`));
+    return 1;
+  }
+
+  /** Samples a token from `logits`, queues it, and finishes the generation when it should end. */
+  sampleNext(atContextLimit: boolean): void {
+    const logits = this.logits!;
+    this.logits = null;
+    const sampled = this.sampler.sample(logits, this.prompt, this.generated);
+    this.generated.push(sampled.tokenId);
+    const eos = this.info.eosTokenId;
+    if (eos !== null && sampled.tokenId === eos && this.options.stopOnEos !== false) return this.finish("stop");
+    const matched = this.stop.push(this.decoder.push(sampled.tokenId));
+    const token: GeneratedToken = { index: this.generated.length - 1, tokenId: sampled.tokenId, text: matched.emit, chains: this.lastChains };
+    if (sampled.logprob !== undefined) token.logprob = sampled.logprob;
+    if (sampled.topLogprobs) token.topLogprobs = sampled.topLogprobs.map((t) => ({ ...t, token: tokenText(this.tokenizer, t.tokenId) }));
+    this.push({ token });
+    if (matched.stopped) {
+      this.stoppedByString = true;
+      return this.finish("stop");
+    }
+    if (this.generated.length >= this.options.maxTokens || atContextLimit) this.finish("length");
+  }
+
+  finish(reason: FinishReason): void {
+    if (this.done) return;
+    this.done = true;
+    const tailText = this.stoppedByString ? "" : this.stop.push(this.decoder.flush()).emit + this.stop.flush();
+    this.push({
+      summary: {
+        finishReason: this.cancelled ? "cancelled" : reason,
+        promptTokens: this.prompt.length,
+        completionTokens: this.generated.length,
+        tailText,
+        prefillMs: this.prefillMs,
+        decodeMs: this.decodeMs,
+      },
+    });
+  }
+
+  fail(error: unknown): void {
+    if (this.done) return;
+    this.done = true;
+    this.push({ error });
+  }
+
+  /** The consumer stopped reading: the scheduler drops the sequence at its next step. */
+  abandon(): void {
+    this.consumerGone = true;
+  }
+
+  private push(e: Event): void {
+    this.events.push(e);
+    this.wake?.();
+    this.wake = null;
+  }
+
+  /** The caller's side: tokens as they come, then the summary (or the error). */
+  async *stream(): AsyncGenerator<GeneratedToken, GenerationSummary, void> {
+    try {
+      for (;;) {
+        while (!this.events.length) await new Promise<void>((resolve) => (this.wake = resolve));
+        const e = this.events.shift()!;
+        if ("token" in e) yield e.token;
+        else if ("summary" in e) return e.summary;
+        else throw e.error;
+      }
+    } finally {
+      this.abandon();
+    }
+  }
+}
