@@ -6,7 +6,7 @@ import { loadCheckpoint, parameterCount } from "../models/checkpoint.ts";
 import { loadTokenizer, tokenText } from "../models/tokenizer.ts";
 import { KvCache } from "../kernels/kv-cache.ts";
 import { ModelRunner, type Device } from "../ops/runner.ts";
-import { Scheduler, prefillRow } from "./scheduler.ts";
+import { Scheduler, prefillRow, type StepStats } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
 import type {
   Engine,
@@ -52,6 +52,11 @@ export class ColmEngine implements Engine {
 
   kvBytesInUse(): number {
     return this.scheduler.kvBytesInUse();
+  }
+
+  /** Called after every model call with what it cost (prefill or batched decode step). */
+  onStep(listener: (s: StepStats) => void): void {
+    this.scheduler.onStep(listener);
   }
 
   /** Sequences in the running batch and waiting for a row. */

@@ -31,8 +31,21 @@ export async function prefillRow(runner: ModelRunner, cache: KvCache, row: numbe
   return out.logits;
 }
 
+/** What one model call cost: the scheduler reports every step (the cost model learns from them). */
+export interface StepStats {
+  kind: "prefill" | "decode";
+  /** Sequences in the call (decode) or 1 (prefill). */
+  rows: number;
+  /** New tokens processed (prompt tokens for a prefill, one per row for a decode step). */
+  tokens: number;
+  /** Chain count the call ran (the largest of its rows). */
+  chains: number;
+  ms: number;
+}
+
 export class Scheduler {
   private readonly cache: KvCache;
+  private readonly stepListeners: ((s: StepStats) => void)[] = [];
   /** running[r] owns cache row r. */
   private readonly running: Sequence[] = [];
   private readonly waiting: Sequence[] = [];
@@ -57,6 +70,14 @@ export class Scheduler {
 
   get counts(): { running: number; waiting: number } {
     return { running: this.running.length, waiting: this.waiting.length };
+  }
+
+  onStep(listener: (s: StepStats) => void): void {
+    this.stepListeners.push(listener);
+  }
+
+  private report(s: StepStats): void {
+    for (const fn of this.stepListeners) fn(s);
   }
 
   submit(seq: Sequence): void {
@@ -93,8 +114,10 @@ export class Scheduler {
 
   private async prefill(seq: Sequence, row: number): Promise<Float32Array> {
     const t0 = performance.now();
-    const logits = await prefillRow(this.runner, this.cache, row, seq.prompt, seq.chainsFor(0), seq.chain1Prefill);
+    const chains = seq.chainsFor(0);
+    const logits = await prefillRow(this.runner, this.cache, row, seq.prompt, chains, seq.chain1Prefill);
     seq.prefillMs = performance.now() - t0;
+    this.report({ kind: "prefill", rows: 1, tokens: seq.prompt.length, chains, ms: seq.prefillMs });
     return logits;
   }
 
@@ -120,6 +143,7 @@ export class Scheduler {
       this.cache.append(out.newKeys, out.newValues, 1, 0, rows);
       const V = this.runner.config.vocab_size;
       const ms = performance.now() - t0;
+      this.report({ kind: "decode", rows, tokens: rows, chains: Math.max(...chains), ms });
       this.running.forEach((s, r) => {
         s.logits = out.logits.slice(r * V, (r + 1) * V);
         s.decodeMs += ms;
