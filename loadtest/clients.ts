@@ -198,6 +198,8 @@ interface WsMessage {
 interface Pending {
   tracker: Tracker;
   resolve: (r: RequestRecord) => void;
+  /** Removes the abort listener. */
+  detach: () => void;
 }
 
 /** WebSocket: one socket, concurrent generations keyed by id. */
@@ -237,13 +239,13 @@ export class WsClient implements LoadClient {
         resolve(tracker.record());
         return;
       }
-      this.pending.set(id, { tracker, resolve });
       const onAbort = () => {
         if (!this.pending.has(id)) return;
         if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "cancel", id }));
         tracker.fail("cut", "grace_deadline", "cut at the grace deadline");
         this.finish(id);
       };
+      this.pending.set(id, { tracker, resolve, detach: () => signal.removeEventListener("abort", onAbort) });
       if (signal.aborted) return onAbort();
       signal.addEventListener("abort", onAbort, { once: true });
       this.ws.send(JSON.stringify({ type: "generate", id, ...requestBody(spec) }));
@@ -254,6 +256,7 @@ export class WsClient implements LoadClient {
     const p = this.pending.get(id);
     if (!p) return;
     this.pending.delete(id);
+    p.detach();
     p.resolve(p.tracker.record());
   }
 

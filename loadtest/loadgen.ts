@@ -9,6 +9,7 @@
 // --duration seconds, whichever comes first; requests still running then get --grace seconds
 // to finish and are cut after that. Only loopback servers are accepted. Every random choice
 // (arrival gaps, lengths, prompts, classes) comes from --seed.
+import { setMaxListeners } from "node:events";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -144,6 +145,7 @@ export async function runLoad(o: LoadOptions, hooks: RunHooks = {}): Promise<Loa
   const elapsedMs = () => performance.now() - t0;
   const stop = new AbortController(); // no new requests after this
   const cut = new AbortController(); // in-flight requests are cut
+  setMaxListeners(0, cut.signal); // every in-flight request listens on it
   const stopTimer = setTimeout(() => stop.abort(), o.durationS * 1000);
   const records: RequestRecord[] = [];
   let sent = 0;
