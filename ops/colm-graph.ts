@@ -90,6 +90,9 @@ interface Shared {
   /** Rotated keys / values of the new tokens, [B, T, kv·hd], per layer (made by pass 1). */
   keys: string[];
   values: string[];
+  /** The same as [B, kv, T, hd], for the cache path of every pass. */
+  keyHeads: string[];
+  valueHeads: string[];
 }
 
 /** What pass i leaves at each layer for the passes after it. */
@@ -158,16 +161,15 @@ class ChainPass {
     const hd = c.head_dim;
     const kvh = c.kv_heads;
     const group = c.chain_heads[this.i - 1] / kvh;
-    const byKv = (x: string): string => g.op("Transpose", [g.op("Reshape", [x, g.int64([0, 0, kvh, hd])])], { perm: [0, 2, 1, 3] }); // [B, kv, T, hd]
     const qByKv = g.op("Transpose", [g.op("Reshape", [q, g.int64([0, 0, kvh, group, hd])])], { perm: [0, 2, 3, 1, 4] });
     const qHeads = g.op("Reshape", [qByKv, g.int64([0, kvh, -1, hd])]); // [B, kv, group·T, hd]
     const maskNew = group === 1 ? s.maskNew : g.op("Tile", [s.maskNew, g.int64([group, 1])]); // rows are (group, t)
     const scaled = { transB: 1, alpha: { float: 1 / Math.sqrt(hd) } };
     const scoresPast = g.op("Add", [g.op("FusedMatMul", [qHeads, s.pastKey[l]], scaled, MS), s.maskPast]); // [B, kv, group·T, C]
-    const scoresNew = g.op("Add", [g.op("FusedMatMul", [qHeads, byKv(s.keys[l])], scaled, MS), maskNew]); // [B, kv, group·T, T]
+    const scoresNew = g.op("Add", [g.op("FusedMatMul", [qHeads, s.keyHeads[l]], scaled, MS), maskNew]); // [B, kv, group·T, T]
     const probs = g.op("Softmax", [g.op("Concat", [scoresPast, scoresNew], { axis: -1 })], { axis: -1 });
     const [probsPast, probsNew] = g.ops("Split", [probs, s.splitPastNew], 2, { axis: -1 });
-    const out = g.op("Add", [g.op("MatMul", [probsPast, s.pastValue[l]]), g.op("MatMul", [probsNew, byKv(s.values[l])])]);
+    const out = g.op("Add", [g.op("MatMul", [probsPast, s.pastValue[l]]), g.op("MatMul", [probsNew, s.valueHeads[l]])]);
     const byGroup = g.op("Reshape", [out, g.int64([0, kvh, group, -1, hd])]); // [B, kv, group, T, hd]
     return g.op("Reshape", [g.op("Transpose", [byGroup], { perm: [0, 3, 1, 2, 4] }), g.int64([-1, group * kvh * hd])]);
   }
@@ -189,8 +191,12 @@ class ChainPass {
         // Chain 1 also makes the keys and values every chain shares (spec §3, CoLM-Air).
         const keyRot = this.rope(g.op("MatMul", [xn, `${p}.k`]), kvh, s);
         const value = g.op("MatMul", [xn, `${p}.v`]);
+        const value3 = g.op("Reshape", [value, s.bt]);
+        const byKv = (x: string): string => g.op("Transpose", [g.op("Reshape", [x, g.int64([0, 0, kvh, c.head_dim])])], { perm: [0, 2, 1, 3] });
         s.keys.push(keyRot);
-        s.values.push(g.op("Reshape", [value, s.bt]));
+        s.values.push(value3);
+        s.keyHeads.push(byKv(keyRot));
+        s.valueHeads.push(byKv(value3));
         newKeys.push(g.op("Reshape", [keyRot, g.int64([-1, c.kvWidth])]));
         newValues.push(value);
       }
@@ -276,6 +282,8 @@ export function buildColmGraph(ckpt: Checkpoint): BuiltGraph {
     pastValue,
     keys: [],
     values: [],
+    keyHeads: [],
+    valueHeads: [],
   };
 
   const first = new ChainPass(g, c, 1, []).build(shared, c.tie_embeddings);
