@@ -1,34 +1,17 @@
 // npm run bench:batching — continuous batching on bench-s (random weights): generated tokens/s
 // with 1, 4 and 16 concurrent greedy requests through the engine, against the same requests
 // served one at a time. Writes loadtest/results/batching.json.
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { availableParallelism, cpus } from "node:os";
-import { join } from "node:path";
-import type { ColmConfigJson } from "../models/config.ts";
-import { writeRandomCheckpoint } from "../models/random.ts";
 import { loadModel, type ColmEngine } from "../server/engine.ts";
+import { BENCH_S, benchCheckpoint } from "./shapes.ts";
 
-const BENCH_S: ColmConfigJson = {
-  architecture: "colm-air",
-  name: "bench-s",
-  vocab_size: 8192,
-  n_layers: 8,
-  head_dim: 64,
-  chain_heads: [2, 2, 2, 2],
-  kv_heads: 2,
-  ffn_chain_dims: [352, 352, 352, 352],
-  max_position: 2048,
-  tie_embeddings: false,
-  tokenizer: "byte",
-};
 const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, "").split("=") as [string, string]));
 const PROMPT = Number(args.get("prompt") ?? 128);
 const MAX_TOKENS = Number(args.get("max-tokens") ?? 64);
 const CHAINS = Number(args.get("chains") ?? 4);
 
-const dir = join(".cache", "bench", "bench-s");
-if (!existsSync(join(dir, "model.safetensors"))) writeRandomCheckpoint(dir, BENCH_S, 1234);
-const engine = await loadModel(dir, { maxBatch: 16 });
+const engine = await loadModel(benchCheckpoint(BENCH_S), { maxBatch: 16 });
 
 const prompt = (i: number): number[] => Array.from({ length: PROMPT }, (_, j) => (i * 131 + j * 17) % BENCH_S.vocab_size);
 async function run(e: ColmEngine, i: number): Promise<number> {

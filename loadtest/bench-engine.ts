@@ -1,29 +1,11 @@
 // npm run bench:engine — engine benchmark on bench-m (spec-conformant random checkpoints):
 // chain-1 prefill speedup, decode tokens/s per chain count, resident memory per weight byte,
 // and the same figures for a dense model of the same full width. Writes loadtest/results/engine.json.
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus, availableParallelism } from "node:os";
-import { join } from "node:path";
 import type { ColmConfigJson } from "../models/config.ts";
-import { writeRandomCheckpoint } from "../models/random.ts";
+import { BENCH_M, DENSE_M, benchCheckpoint } from "./shapes.ts";
 import { measureModel, type ModelFigures } from "./engine-figures.ts";
-
-const BENCH_M: ColmConfigJson = {
-  architecture: "colm-air",
-  name: "bench-m",
-  vocab_size: 32000,
-  n_layers: 16,
-  head_dim: 64,
-  chain_heads: [4, 4, 4, 4],
-  kv_heads: 4,
-  ffn_chain_dims: [704, 704, 704, 704],
-  rope_theta: 10000,
-  norm_eps: 1e-5,
-  max_position: 4096,
-  tie_embeddings: false,
-  tokenizer: "byte",
-};
-const DENSE_M: ColmConfigJson = { ...BENCH_M, name: "dense-m", chain_heads: [16], ffn_chain_dims: [2816] };
 
 const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, "").split("=") as [string, string]));
 const PROMPT = Number(args.get("prompt") ?? 1024);
@@ -32,19 +14,8 @@ const CONTEXT = Number(args.get("context") ?? 512);
 const DECODE_STEPS = Number(args.get("steps") ?? 24);
 const REPEATS = Number(args.get("repeats") ?? 3);
 
-function checkpoint(config: ColmConfigJson): string {
-  const dir = join(".cache", "bench", String(config.name));
-  if (!existsSync(join(dir, "model.safetensors"))) {
-    console.error(`writing random checkpoint ${dir} …`);
-    writeRandomCheckpoint(dir, config, 1234);
-  } else {
-    writeFileSync(join(dir, "config.json"), JSON.stringify(config, null, 2) + "\n"); // same weights, current config
-  }
-  return dir;
-}
-
 const measure = (config: ColmConfigJson): Promise<ModelFigures> =>
-  measureModel(checkpoint(config), { prompts: PROMPTS, context: CONTEXT, decodeSteps: DECODE_STEPS, repeats: REPEATS });
+  measureModel(benchCheckpoint(config), { prompts: PROMPTS, context: CONTEXT, decodeSteps: DECODE_STEPS, repeats: REPEATS });
 
 const which = args.get("model") ?? "both";
 const colm = which !== "dense" ? await measure(BENCH_M) : undefined;

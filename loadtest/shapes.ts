@@ -1,0 +1,29 @@
+// The benchmark shapes of the issues (random weights, cached under .cache/bench/<name>), with the
+// same widths, depths and vocabularies as the llama.cpp anchors in ../shared/performance-anchors.md.
+import { existsSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { ColmConfigJson } from "../models/config.ts";
+import { writeRandomCheckpoint } from "../models/random.ts";
+
+const common = { architecture: "colm-air", head_dim: 64, rope_theta: 10000, norm_eps: 1e-5, tie_embeddings: false, tokenizer: "byte" } as const;
+
+/** bench-s: V 8192, D 512 as 4 chains of 128, 8 layers, FFN 4×352. */
+export const BENCH_S: ColmConfigJson = { ...common, name: "bench-s", vocab_size: 8192, n_layers: 8, chain_heads: [2, 2, 2, 2], kv_heads: 2, ffn_chain_dims: [352, 352, 352, 352], max_position: 2048 };
+
+/** bench-m: V 32000, D 1024 as 4 chains of 256, 16 layers, FFN 4×704. */
+export const BENCH_M: ColmConfigJson = { ...common, name: "bench-m", vocab_size: 32000, n_layers: 16, chain_heads: [4, 4, 4, 4], kv_heads: 4, ffn_chain_dims: [704, 704, 704, 704], max_position: 4096 };
+
+/** bench-m's full width as one chain: the dense baseline. */
+export const DENSE_M: ColmConfigJson = { ...BENCH_M, name: "dense-m", chain_heads: [16], ffn_chain_dims: [2816] };
+
+/** The folder of a random checkpoint of `config`, written on first use (same seed, same weights). */
+export function benchCheckpoint(config: ColmConfigJson): string {
+  const dir = join(".cache", "bench", String(config.name));
+  if (!existsSync(join(dir, "model.safetensors"))) {
+    console.error(`writing random checkpoint ${dir} …`);
+    writeRandomCheckpoint(dir, config, 1234);
+  } else {
+    writeFileSync(join(dir, "config.json"), JSON.stringify(config, null, 2) + "\n"); // same weights, current config
+  }
+  return dir;
+}
