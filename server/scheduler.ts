@@ -90,9 +90,16 @@ export class Scheduler {
 
   private async run(): Promise<void> {
     while (this.running.length || this.waiting.length) {
-      await this.admit();
-      this.emit();
-      await this.decode();
+      try {
+        await this.admit();
+        this.emit();
+        await this.decode();
+      } catch (err) {
+        // A bug must not leave callers waiting forever or take the process down: fail them all.
+        for (const seq of [...this.running, ...this.waiting]) seq.fail(err);
+        while (this.running.length) this.remove(this.running.length - 1);
+        this.waiting.length = 0;
+      }
       await new Promise((resolve) => setImmediate(resolve)); // let I/O (new requests, writes) run
     }
   }
