@@ -48,6 +48,26 @@ describe("scheduler", () => {
     assert.deepEqual(engine.load, { running: 0, waiting: 0 });
   });
 
+  test("a failing model call fails the generations in it, frees their rows, and the next request works", async () => {
+    const runner = engine.runner;
+    const real = runner.stepRows.bind(runner);
+    let calls = 0;
+    runner.stepRows = async (...args: Parameters<typeof real>) => {
+      if (++calls === 3) throw new Error("injected fault");
+      return real(...args);
+    };
+    try {
+      const outcomes = await Promise.allSettled(requests.slice(0, 3).map((r) => tokensOf(engine, r.prompt, r.options)));
+      assert.ok(outcomes.some((o) => o.status === "rejected" && /injected fault/.test(String(o.reason))));
+    } finally {
+      runner.stepRows = real;
+    }
+    assert.equal(engine.kvBytesInUse(), 0);
+    assert.deepEqual(engine.load, { running: 0, waiting: 0 });
+    const again = await tokensOf(engine, requests[0].prompt, requests[0].options);
+    assert.equal(again.ids.length, requests[0].options.maxTokens);
+  });
+
   test("more requests than rows wait for a row and still finish; a cancelled one leaves at once", async () => {
     const controller = new AbortController();
     const cancelled = (async () => {
