@@ -6,6 +6,8 @@ import express, { type Express, type NextFunction, type Request, type Response }
 import { Admission } from "./admission.ts";
 import { chatRoute } from "./chat.ts";
 import { completionsRoute } from "./completions.ts";
+import { CostModel, warmUp, type StepObservation } from "./cost-model.ts";
+import { LatencyRouter, type HysteresisConfig, type LoadSnapshot } from "./latency-router.ts";
 import { InFlight, requireEngine, type ServerContext } from "./context.ts";
 import type { Engine, ModelInfo } from "./engine-types.ts";
 import { ApiError, errorMiddleware, invalidApiKey, methodNotAllowed, modelNotFound, routeNotFound, sendError, serviceUnavailable } from "./errors.ts";
@@ -24,6 +26,30 @@ export interface AppOptions {
   bodyLimit?: string | number;
   ws?: Partial<{ pingIntervalMs: number; maxBufferedBytes: number; stallTimeoutMs: number; maxPayloadBytes: number }>;
   log?: (line: string) => void;
+  router?: RouterOptions;
+}
+
+export interface RouterOptions {
+  /**
+   * Run the start-up warm-up (a few prefill and decode steps per chain count, in the background).
+   * Default: true when the engine arrives through setEngine (server start-up); false for an
+   * engine handed to createApp (embedding, tests: the cost model then learns from the first
+   * requests; call calibrate() to warm up explicitly).
+   */
+  calibrate?: boolean;
+  hysteresis?: Partial<HysteresisConfig>;
+  /** EWMA weight of a new step in the cost model (default 0.1). */
+  alpha?: number;
+  /** Clock in ms for budgets (default performance.now). */
+  now?: () => number;
+  /** A cost model to start from (tests inject known costs); default: a fresh one. */
+  costModel?: CostModel;
+}
+
+/** What ColmEngine offers beyond the Engine interface that the router uses when present. */
+interface SteppingEngine {
+  onStep(listener: (s: StepObservation) => void): void;
+  readonly load: { running: number; waiting: number };
 }
 
 export interface ColmApp {
@@ -34,6 +60,10 @@ export interface ColmApp {
   readonly inflight: InFlight;
   readonly engine: Engine | null;
   readonly draining: boolean;
+  /** The latency router (cost model + load), once an engine is set. */
+  readonly router: LatencyRouter | null;
+  /** Warm the cost model up through the engine now (see RouterOptions.calibrate). */
+  calibrate(): Promise<void>;
   /** Set the engine once it has loaded (until then /health and /v1/* answer 503). */
   setEngine(engine: Engine): void;
   /** Serve WebSocket upgrades of an http.Server (done by listen()). */
@@ -51,6 +81,7 @@ const KNOWN_ROUTES: Record<string, string> = {
   "/health": "GET",
   "/metrics": "GET",
   "/v1/models": "GET",
+  "/v1/router": "GET",
   "/v1/completions": "POST",
   "/v1/chat/completions": "POST",
   [WS_PATH]: "GET",
@@ -100,6 +131,29 @@ export function createApp(initialEngine: Engine | null, options: AppOptions = {}
   });
   const inflight = new InFlight();
   let stream: StreamServer | undefined;
+  let router: LatencyRouter | null = null;
+
+  /** A router learning from `e`'s steps; load = the engine's batch and queue (plus admission's). */
+  const makeRouter = (e: Engine): LatencyRouter => {
+    const model = options.router?.costModel ?? new CostModel({ nChains: e.info.nChains, alpha: options.router?.alpha });
+    const parts = e as Engine & Partial<SteppingEngine>;
+    if (typeof parts.onStep === "function") parts.onStep((step) => model.observe(step));
+    const load = (): LoadSnapshot => {
+      const l = typeof parts.onStep === "function" ? parts.load : undefined;
+      return l ? { running: l.running, queued: l.waiting + admission.waiting } : { running: admission.running, queued: admission.waiting };
+    };
+    return new LatencyRouter({ model, load, now: options.router?.now, hysteresis: options.router?.hysteresis });
+  };
+  const calibrate = async (e: Engine, r: LatencyRouter): Promise<void> => {
+    const t0 = performance.now();
+    await warmUp(e);
+    r.calibrated = true;
+    log(`router: calibrated in ${(performance.now() - t0).toFixed(0)} ms`);
+  };
+  if (initialEngine) {
+    const r = (router = makeRouter(initialEngine));
+    if (options.router?.calibrate === true) void calibrate(initialEngine, r).catch((err) => log(`router: warm-up failed: ${(err as Error)?.message ?? String(err)}`));
+  }
   const metrics = new Metrics({
     running: () => admission.running,
     waiting: () => admission.waiting,
@@ -107,8 +161,17 @@ export function createApp(initialEngine: Engine | null, options: AppOptions = {}
     kvBytesCapacity: () => (engine ? admission.maxRunning * engine.info.maxPosition * engine.info.kvBytesPerToken : 0),
     wsConnections: () => stream?.connections ?? 0,
     modelInfo: () => (engine ? { model: engine.info.name, device: engine.info.device, nChains: engine.info.nChains } : null),
+    routerPredictions: () => {
+      if (!router || !engine) return null;
+      const v = router.view();
+      return { tpot: v.chains.map((c) => ({ chains: c.chains, currentMs: c.tpot_ms, b1Ms: c.tpot_ms_b1 })), prefillMsPerToken: v.prefill_ms_per_token };
+    },
   });
-  const ctx: ServerContext = {
+  // The handlers find the router through routerOf(ctx) (server/latency-router.ts).
+  const ctx: ServerContext & { readonly router: LatencyRouter | undefined } = {
+    get router() {
+      return router ?? undefined;
+    },
     engine: () => requireEngine(engine),
     metrics,
     admission,
@@ -178,6 +241,12 @@ export function createApp(initialEngine: Engine | null, options: AppOptions = {}
     res.json(entry);
   });
 
+  // What the latency router believes: per-k predicted time per output token, prefill cost, load.
+  app.get("/v1/router", (_req, res) => {
+    requireEngine(engine);
+    res.json(router!.view());
+  });
+
   // Every body is parsed as JSON whatever its Content-Type (curl -d sends form encoding).
   const json = express.json({ limit: options.bodyLimit ?? "1mb", strict: true, type: () => true });
   app.post("/v1/completions", json, completionsRoute(ctx));
@@ -208,8 +277,21 @@ export function createApp(initialEngine: Engine | null, options: AppOptions = {}
     get draining() {
       return draining;
     },
+    get router() {
+      return router;
+    },
+    async calibrate() {
+      if (engine && router) await calibrate(engine, router);
+    },
     setEngine(e: Engine) {
+      const r = makeRouter(e);
+      router = r;
       engine = e;
+      if (options.router?.calibrate ?? true) {
+        // In the background: /health is ok at once; requests arriving meanwhile simply share
+        // batches with the warm-up (batching never changes results) and teach the model too.
+        calibrate(e, r).catch((err) => log(`router: warm-up failed (${(err as Error)?.message ?? String(err)}); learning online`));
+      }
     },
     attach(server: http.Server) {
       stream!.attach(server);

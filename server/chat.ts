@@ -11,9 +11,10 @@ import type { Request, Response } from "express";
 import type { Engine, GeneratedToken } from "./engine-types.ts";
 import { admitHttp, apiRoute, type ServerContext } from "./context.ts";
 import { fromZodError, invalidField, toApiError } from "./errors.ts";
-import { ChainControl, runChoices, type GenerationResult } from "./generation.ts";
+import { runChoices, type GenerationResult } from "./generation.ts";
 import { chainFields } from "./completions.ts";
 import { encodeText, prepare, usage } from "./request.ts";
+import { mergeBudgetHeaders, planChains } from "./latency-router.ts";
 import { modelId } from "./router.ts";
 import { chatRequestSchema, type ChatMessage } from "./schemas.ts";
 import { SseWriter } from "./sse.ts";
@@ -57,6 +58,7 @@ export async function handleChat(ctx: ServerContext, req: Request, res: Response
   const parsed = chatRequestSchema.safeParse(req.body);
   if (!parsed.success) throw fromZodError(parsed.error);
   const body = parsed.data;
+  body.latency_budget = mergeBudgetHeaders(req.headers, body.latency_budget);
   const engine = ctx.engine();
   if (body.top_logprobs !== null && body.top_logprobs !== undefined && body.logprobs !== true) {
     throw invalidField("top_logprobs", "'top_logprobs' requires 'logprobs' to be true.");
@@ -70,11 +72,13 @@ export async function handleChat(ctx: ServerContext, req: Request, res: Response
     logprobs,
     extraStop: CHAT_TEMPLATE_STOPS,
   });
-  const controls = Array.from({ length: n }, () => new ChainControl(prep.chains));
+  const chainPlan = planChains(ctx, prep, prompt.length);
+  const chains = chainPlan.chains;
+  const controls = Array.from({ length: n }, () => chainPlan.control());
   const gen = await admitHttp(ctx, res, n);
   const id = `chatcmpl-${randomUUID().replace(/-/g, "")}`;
   const created = Math.floor(Date.now() / 1000);
-  const model = modelId(engine.info, prep.chains);
+  const model = modelId(engine.info, chains);
   const specs = controls.map((control, j) => ({
     prompt,
     maxTokens: prep.maxTokens,
@@ -91,7 +95,7 @@ export async function handleChat(ctx: ServerContext, req: Request, res: Response
       const extra = body.stream_options?.include_usage === true ? { usage: null } : {};
       sse.open();
       for (let j = 0; j < n; j++) {
-        await sse.send({ ...base, choices: [{ index: j, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null, chains: prep.chains }], ...extra });
+        await sse.send({ ...base, choices: [{ index: j, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null, chains }], ...extra });
       }
       let results: GenerationResult[];
       try {
@@ -124,7 +128,7 @@ export async function handleChat(ctx: ServerContext, req: Request, res: Response
       object: "chat.completion",
       created,
       model,
-      chains: prep.chains,
+      chains,
       choices: results.map((r, j) => ({
         index: j,
         message: { role: "assistant", content: r.text, refusal: null },

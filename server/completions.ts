@@ -4,8 +4,9 @@ import type { Request, Response } from "express";
 import type { Engine, GeneratedToken } from "./engine-types.ts";
 import { admitHttp, apiRoute, type HttpGeneration, type ServerContext } from "./context.ts";
 import { fromZodError, toApiError } from "./errors.ts";
-import { ChainControl, runChoices, type GenerationResult } from "./generation.ts";
+import { runChoices, type ChainControl, type GenerationResult } from "./generation.ts";
 import { checkTokenIds, encodeText, prepare, usage, type PreparedRequest } from "./request.ts";
+import { mergeBudgetHeaders, planChains } from "./latency-router.ts";
 import { modelId } from "./router.ts";
 import { completionRequestSchema, type CompletionRequest } from "./schemas.ts";
 import { SseWriter } from "./sse.ts";
@@ -77,6 +78,7 @@ export async function handleCompletion(ctx: ServerContext, req: Request, res: Re
   const parsed = completionRequestSchema.safeParse(req.body);
   if (!parsed.success) throw fromZodError(parsed.error);
   const body = parsed.data;
+  body.latency_budget = mergeBudgetHeaders(req.headers, body.latency_budget);
   const engine = ctx.engine();
   const n = body.n ?? 1;
   const logprobs = body.logprobs ?? undefined;
@@ -88,16 +90,18 @@ export async function handleCompletion(ctx: ServerContext, req: Request, res: Re
     logprobs,
   });
   const echo = body.echo === true;
+  const chainPlan = planChains(ctx, prep, Math.max(...prompts.map((p) => p.length)));
+  const chains = chainPlan.chains;
   const plans: ChoicePlan[] = [];
   prompts.forEach((p, i) => {
     const text = typeof body.prompt === "string" ? body.prompt : Array.isArray(body.prompt) && typeof body.prompt[i] === "string" ? (body.prompt[i] as string) : engine.tokenizer.decode(p);
-    for (let j = 0; j < n; j++) plans.push({ index: i * n + j, prompt: p, promptText: text, control: new ChainControl(prep.chains) });
+    for (let j = 0; j < n; j++) plans.push({ index: i * n + j, prompt: p, promptText: text, control: chainPlan.control() });
   });
 
   const gen = await admitHttp(ctx, res, plans.length);
   const id = `cmpl-${randomUUID().replace(/-/g, "")}`;
   const created = Math.floor(Date.now() / 1000);
-  const model = modelId(engine.info, prep.chains);
+  const model = modelId(engine.info, chains);
   const specs = plans.map((plan, j) => ({
     prompt: plan.prompt,
     maxTokens: prep.maxTokens,
@@ -111,7 +115,7 @@ export async function handleCompletion(ctx: ServerContext, req: Request, res: Re
 
   try {
     if (body.stream) {
-      await streamCompletion(ctx, res, gen, { id, created, model, chains: prep.chains, echo, logprobs, plans, specs, promptTokenTotal, includeUsage: body.stream_options?.include_usage === true });
+      await streamCompletion(ctx, res, gen, { id, created, model, chains, echo, logprobs, plans, specs, promptTokenTotal, includeUsage: body.stream_options?.include_usage === true });
       return;
     }
     const results = await runChoices(ctx, specs, gen.signal, () => undefined);
@@ -122,7 +126,7 @@ export async function handleCompletion(ctx: ServerContext, req: Request, res: Re
       object: "text_completion",
       created,
       model,
-      chains: prep.chains,
+      chains,
       choices,
       usage: usage(promptTokenTotal, results.reduce((a, r) => a + r.completionTokens, 0)),
     });

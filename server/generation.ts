@@ -6,12 +6,16 @@ import type { Metrics } from "./metrics.ts";
 import type { LatencyBudget } from "./schemas.ts";
 
 /**
- * The chain count a generation runs at, changeable while it runs (WS `switch`, later the
- * scheduler). The engine calls `choose(index)` before each token; a changed target takes effect
- * there and `onApplied(chains, index)` reports the index of the first token at the new count.
+ * The chain count a generation runs at, changeable while it runs (WS `switch`, the latency
+ * router's load-adaptive policy). The engine calls `choose(index)` before each token; a changed
+ * target takes effect there and `onApplied(chains, index)` reports the index of the first token
+ * at the new count.
  */
 export class ChainControl {
   target: number;
+  /** Set by the latency router for a budgeted elastic generation: picks the target before each
+   * token from (index, current count). Cleared when a client fixes the size (WS `switch`). */
+  policy?: (index: number, current: number) => number;
   private last: number;
   private started = false;
   private readonly listeners: Array<(chains: number, atIndex: number) => void> = [];
@@ -32,6 +36,7 @@ export class ChainControl {
   }
 
   readonly choose = (index: number): number => {
+    if (this.policy) this.target = this.policy(index, this.current);
     const k = this.target;
     if (k !== this.last) for (const fn of this.listeners) fn(k, index);
     this.last = k;

@@ -9,6 +9,14 @@ export interface MetricsSources {
   kvBytesCapacity: () => number;
   wsConnections: () => number;
   modelInfo: () => { model: string; device: string; nChains: number } | null;
+  /** What the latency router's cost model predicts (absent: no router gauges are filled). */
+  routerPredictions?: () => RouterPredictions | null;
+}
+
+export interface RouterPredictions {
+  /** Per chain count: predicted decode step (= time per output token) at the current batch and at B = 1, ms. */
+  tpot: Array<{ chains: number; currentMs: number | null; b1Ms: number | null }>;
+  prefillMsPerToken: number | null;
 }
 
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
@@ -132,6 +140,29 @@ export class Metrics {
       registers,
       collect() {
         this.set(src.wsConnections());
+      },
+    });
+    new Gauge({
+      name: "colm_router_predicted_tpot_seconds",
+      help: "Latency router's predicted time per output token by chain count, at the current batch size (batch=\"current\") and alone (batch=\"1\")",
+      labelNames: ["chains", "batch"],
+      registers,
+      collect() {
+        this.reset();
+        const p = src.routerPredictions?.();
+        for (const t of p?.tpot ?? []) {
+          if (t.currentMs !== null) this.set({ chains: String(t.chains), batch: "current" }, t.currentMs / 1000);
+          if (t.b1Ms !== null) this.set({ chains: String(t.chains), batch: "1" }, t.b1Ms / 1000);
+        }
+      },
+    });
+    new Gauge({
+      name: "colm_router_prefill_seconds_per_token",
+      help: "Latency router's predicted chain-1 prefill time per prompt token",
+      registers,
+      collect() {
+        const v = src.routerPredictions?.()?.prefillMsPerToken;
+        this.set(v === null || v === undefined ? 0 : v / 1000);
       },
     });
     new Gauge({

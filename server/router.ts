@@ -1,7 +1,8 @@
 // Model-size choice: which chain count k serves a request.
-// `resolveModel` turns the request's `model` / `chains` into either a fixed size or "elastic";
-// `chooseChains` picks k for an elastic request. The scheduler (issue 5) replaces chooseChains
-// with a latency-budget router; until then an elastic request gets the largest k.
+// `resolveModel` turns the request's `model` / `chains` into either a fixed size or "elastic".
+// `chooseChains` is the choice without a cost model (fixed → as asked, elastic → the largest k);
+// an app routes elastic requests by latency budget and load with server/latency-router.ts
+// (planChains), which falls back to this choice when the context has no router.
 import type { ModelInfo } from "./engine-types.ts";
 import { invalidField, modelNotFound } from "./errors.ts";
 import type { LatencyBudget } from "./schemas.ts";
@@ -15,7 +16,7 @@ export interface ChainRequest {
   maxTokens: number;
 }
 
-/** The chain count to serve `request` with. Fixed sizes are kept as asked. */
+/** The chain count to serve `request` with when nothing is known about costs. Fixed sizes are kept as asked. */
 export function chooseChains(request: ChainRequest, info: ModelInfo): number {
   if (request.fixedChains !== undefined) return request.fixedChains;
   return info.nChains;

@@ -22,7 +22,8 @@ import type { Duplex } from "node:stream";
 import { WebSocket, WebSocketServer, type RawData } from "ws";
 import { admit, type ServerContext } from "./context.ts";
 import { ApiError, fromZodError, invalidField, toApiError } from "./errors.ts";
-import { ChainControl, runGeneration } from "./generation.ts";
+import { runGeneration, type ChainControl } from "./generation.ts";
+import { planChains } from "./latency-router.ts";
 import { CHAT_TEMPLATE_STOPS, renderChat } from "./chat.ts";
 import { checkTokenIds, encodeText, prepare, usage } from "./request.ts";
 import { modelId } from "./router.ts";
@@ -194,6 +195,7 @@ export class StreamServer {
         if (!g) return send(errorMessage(new ApiError(400, `No generation with id ${JSON.stringify(msg.id)} is running.`, "invalid_request_error", "id", "unknown_id"), msg.id));
         const n = this.ctx.engine().info.nChains;
         if (msg.chains > n) return send(errorMessage(invalidField("chains", `Invalid value for 'chains': must be an integer from 1 to ${n}.`), msg.id));
+        g.control.policy = undefined; // the client fixed the size: no more load-adaptive switching
         g.control.target = msg.chains;
         if (msg.chains === g.control.current) {
           // Already the count in use (or a switch back before the previous one took effect):
@@ -238,8 +240,10 @@ export class StreamServer {
       logprobs: msg.logprobs ?? undefined,
       extraStop,
     });
+    const chainPlan = planChains(this.ctx, prep, prompt.length);
+    const chains = chainPlan.chains;
     const controller = new AbortController();
-    const g: Live = { controller, control: new ChainControl(prep.chains), produced: 0 };
+    const g: Live = { controller, control: chainPlan.control(), produced: 0 };
     live.set(msg.id, g);
     let release: () => void;
     try {
@@ -247,7 +251,7 @@ export class StreamServer {
     } catch (err) {
       live.delete(msg.id);
       if (controller.signal.aborted) {
-        send({ type: "done", id: msg.id, finish_reason: "cancelled", usage: usage(prompt.length, 0), model: modelId(engine.info, prep.chains), chains: prep.chains });
+        send({ type: "done", id: msg.id, finish_reason: "cancelled", usage: usage(prompt.length, 0), model: modelId(engine.info, chains), chains });
         return;
       }
       throw err;
@@ -287,7 +291,7 @@ export class StreamServer {
         id: msg.id,
         finish_reason: result.finishReason,
         usage: usage(result.promptTokens, result.completionTokens),
-        model: modelId(engine.info, prep.chains),
+        model: modelId(engine.info, chains),
         chains: result.finalChains,
         ...(result.summary?.tailText ? { tail_text: result.summary.tailText } : {}),
         ...(changed ? { chains_per_token: result.chainsPerToken } : {}),

@@ -1,0 +1,180 @@
+// What the server believes a model call costs, learnt online from the scheduler's StepStats.
+//
+//   decode step at chain count k with B rows:   step_k(B) = a_k + b_k · B      (ms)
+//   prefill of a T-token prompt served at k:     prefill(T, k) = p · (T − 1) + step_k(1)
+//
+// The decode line is fitted per k by exponentially weighted least squares: every decode step adds
+// (B, ms) to EWMA moments of 1, B, B², ms, B·ms, from which a_k and b_k are solved — recent steps
+// count most, old ones fade (so the model follows a machine that gets busier or quieter). While
+// all recent steps ran at one batch size the slope cannot be fitted; the last slope is kept and
+// only the intercept moves. `p` is the chain-1 prefill cost per prompt token (spec §5.4: the
+// prompt runs through chain 1, only its last token at k), an EWMA of (ms − step_k(1)) / (T − 1).
+// A decode step reports the largest chain count among its rows, so its cost is credited to that
+// k: the model describes "a batch of B rows at k", which is what a router needs for an upper bound.
+
+/** One model call, as the scheduler reports it (structurally server/scheduler.ts StepStats). */
+export interface StepObservation {
+  kind: "prefill" | "decode";
+  rows: number;
+  tokens: number;
+  chains: number;
+  ms: number;
+}
+
+/** What the router asks; tests inject a table instead of a learnt model. */
+export interface CostPredictor {
+  readonly nChains: number;
+  /** Predicted ms of one decode step at k with `batch` rows (= time per output token of each row);
+   * undefined while nothing is known about k. */
+  decodeStepMs(chains: number, batch: number): number | undefined;
+  /** Predicted ms to prefill a `promptTokens` prompt and produce its first token at k. */
+  prefillMs(promptTokens: number, chains: number): number | undefined;
+}
+
+export interface CostModelOptions {
+  nChains: number;
+  /** Weight of a new observation in every EWMA (0 < alpha ≤ 1). Default 0.1. */
+  alpha?: number;
+}
+
+/** Exponentially weighted moments of (B, ms) for one chain count. */
+interface DecodeMoments {
+  w: number;
+  sB: number;
+  sBB: number;
+  sY: number;
+  sBY: number;
+  /** Last fitted line (kept when the moments cannot determine a slope). */
+  a: number;
+  b: number;
+  observations: number;
+}
+
+export interface DecodeLine {
+  chains: number;
+  /** Fixed cost of a step (ms) and cost per row (ms). */
+  fixedMs: number;
+  perRowMs: number;
+  observations: number;
+}
+
+export class CostModel implements CostPredictor {
+  readonly nChains: number;
+  private readonly alpha: number;
+  private readonly decode: (DecodeMoments | undefined)[];
+  /** Chain-1 prefill ms per prompt token (after the first); undefined until a prefill is seen. */
+  private prefillPerToken: number | undefined;
+  private prefills = 0;
+
+  constructor(opts: CostModelOptions) {
+    if (!(opts.nChains >= 1)) throw new Error("cost model: nChains ≥ 1");
+    this.nChains = opts.nChains;
+    this.alpha = opts.alpha ?? 0.1;
+    if (!(this.alpha > 0 && this.alpha <= 1)) throw new Error("cost model: 0 < alpha ≤ 1");
+    this.decode = Array.from({ length: this.nChains + 1 }, () => undefined);
+  }
+
+  /** Learn from one model call (wire to engine.onStep). */
+  observe(s: StepObservation): void {
+    if (!(s.ms >= 0) || !Number.isFinite(s.ms) || s.chains < 1 || s.chains > this.nChains) return;
+    if (s.kind === "decode") this.observeDecode(s.chains, Math.max(1, s.rows), s.ms);
+    else this.observePrefill(s.tokens, s.chains, s.ms);
+  }
+
+  private observeDecode(k: number, B: number, ms: number): void {
+    let m = this.decode[k];
+    if (!m) {
+      // First step at k: a line through it with no per-row cost until a second batch size is seen.
+      m = this.decode[k] = { w: 1, sB: B, sBB: B * B, sY: ms, sBY: B * ms, a: ms, b: 0, observations: 1 };
+      return;
+    }
+    const keep = 1 - this.alpha;
+    m.w = keep * m.w + this.alpha;
+    m.sB = keep * m.sB + this.alpha * B;
+    m.sBB = keep * m.sBB + this.alpha * B * B;
+    m.sY = keep * m.sY + this.alpha * ms;
+    m.sBY = keep * m.sBY + this.alpha * B * ms;
+    m.observations++;
+    const meanB = m.sB / m.w;
+    const meanY = m.sY / m.w;
+    const varB = m.sBB / m.w - meanB * meanB;
+    // A slope needs spread in B (≥ ~0.25 rows² of variance); otherwise keep the last slope.
+    if (varB > 0.25) m.b = Math.max(0, (m.sBY / m.w - meanB * meanY) / varB);
+    m.a = Math.max(0, meanY - m.b * meanB);
+  }
+
+  private observePrefill(T: number, k: number, ms: number): void {
+    if (T <= 1) return; // only the last token ran: nothing to learn about chain-1 prefill
+    const last = this.decodeStepMs(k, 1) ?? 0;
+    const perToken = Math.max(0, (ms - last) / (T - 1));
+    this.prefillPerToken = this.prefillPerToken === undefined ? perToken : (1 - this.alpha) * this.prefillPerToken + this.alpha * perToken;
+    this.prefills++;
+  }
+
+  decodeStepMs(chains: number, batch: number): number | undefined {
+    const m = this.decode[chains];
+    if (!m) return undefined;
+    return m.a + m.b * Math.max(1, batch);
+  }
+
+  prefillMs(promptTokens: number, chains: number): number | undefined {
+    const last = this.decodeStepMs(chains, 1);
+    if (last === undefined) return undefined;
+    return (this.prefillPerToken ?? 0) * Math.max(0, promptTokens - 1) + last;
+  }
+
+  /** Chain-1 prefill ms per prompt token; undefined before the first multi-token prefill. */
+  get prefillMsPerToken(): number | undefined {
+    return this.prefillPerToken;
+  }
+
+  get prefillObservations(): number {
+    return this.prefills;
+  }
+
+  /** The fitted decode line of every chain count that has been seen. */
+  decodeLines(): DecodeLine[] {
+    const out: DecodeLine[] = [];
+    for (let k = 1; k <= this.nChains; k++) {
+      const m = this.decode[k];
+      if (m) out.push({ chains: k, fixedMs: m.a, perRowMs: m.b, observations: m.observations });
+    }
+    return out;
+  }
+}
+
+/** The slice of the engine a warm-up needs (ColmEngine has it; the Engine interface need not). */
+export interface WarmupEngine {
+  readonly info: { nChains: number; vocabSize: number; maxPosition: number };
+  generate(prompt: number[], options: { chains: number; maxTokens: number; sampling: { temperature: number }; stopOnEos: boolean }): AsyncGenerator<unknown, unknown, void>;
+}
+
+export interface WarmupOptions {
+  /** Prompt length of every warm-up request (default 32, clamped to the context). */
+  promptTokens?: number;
+  /** Tokens generated per warm-up request (default 4). */
+  decodeTokens?: number;
+  /** Rows of the larger batch (default 8). */
+  batch?: number;
+}
+
+/**
+ * Start-up calibration: for every k, one request alone (B = 1) and `batch` requests together, each
+ * a short prompt and a few greedy tokens. The engine's onStep listener (wired to the cost model by
+ * the caller) learns from these calls like from any other; this only makes sure every k has been
+ * seen at two batch sizes before the first real request is routed. A few dozen model calls.
+ */
+export async function warmUp(engine: WarmupEngine, opts: WarmupOptions = {}): Promise<void> {
+  const { nChains, vocabSize, maxPosition } = engine.info;
+  const decodeTokens = opts.decodeTokens ?? 4;
+  const promptTokens = Math.max(2, Math.min(opts.promptTokens ?? 32, maxPosition - decodeTokens - 1));
+  const batch = opts.batch ?? 8;
+  const prompt = (i: number) => Array.from({ length: promptTokens }, (_, j) => (i * 31 + j * 7 + 1) % vocabSize);
+  const run = async (i: number, k: number) => {
+    for await (const _ of engine.generate(prompt(i), { chains: k, maxTokens: decodeTokens, sampling: { temperature: 0 }, stopOnEos: false }));
+  };
+  for (let k = 1; k <= nChains; k++) {
+    await run(0, k);
+    await Promise.all(Array.from({ length: batch }, (_, i) => run(i + 1, k)));
+  }
+}

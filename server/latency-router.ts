@@ -1,0 +1,328 @@
+// Latency-budget routing and load-adaptive LM switching (issue 5).
+//
+// Routing: an elastic request (no `:c<k>`, no `chains`) with a latency_budget gets the largest
+// k whose predictions under the current load meet every part of its budget:
+//   TTFT  = queue + prefill(T, k)       queue = sequences ahead × (their chain-1 prefill + one step)
+//   TPOT  = step_k(B)                   B = the batch it would join (running + ahead + itself)
+//   total = TTFT + (max_tokens − 1) · TPOT
+// No budget → the largest k. A fixed size → as asked. No k fits → k = 1 (the cheapest model gives
+// the budget its best chance; refusing would turn a likely-late answer into a certain failure)
+// and a budget miss is counted at once (colm_latency_budget_misses_total{budget="no_fit"}).
+//
+// Switching: before each token of a budgeted elastic generation, its TPOT limit (tpot_ms, and
+// what is left of total_ms spread over the tokens still to come) is compared with step_k(B) at
+// the batch size it is in now. Above the limit → down to the largest k that fits (or 1); at most
+// `upMargin` × the limit at a larger k → up to the largest such k. The gap between the two
+// thresholds and a minimum number of tokens between switches keep a load that hovers around a
+// threshold from making the generation flap. Switching needs no recomputation (spec §5.5).
+import type { CostModel, CostPredictor } from "./cost-model.ts";
+import type { ServerContext } from "./context.ts";
+import { invalidField } from "./errors.ts";
+import { ChainControl } from "./generation.ts";
+import type { ChainRequest } from "./router.ts";
+import type { LatencyBudget } from "./schemas.ts";
+
+/** Sequences decoding now, and sequences waiting ahead of a new request (engine + admission). */
+export interface LoadSnapshot {
+  running: number;
+  queued: number;
+}
+
+export interface HysteresisConfig {
+  /** Move up only when the larger k is predicted at ≤ upMargin × the TPOT limit (0 < m ≤ 1). */
+  upMargin: number;
+  /** Tokens a generation stays at a chain count before it may switch again. */
+  minTokensBetweenSwitches: number;
+}
+
+export const DEFAULT_HYSTERESIS: HysteresisConfig = { upMargin: 0.8, minTokensBetweenSwitches: 4 };
+
+export interface Prediction {
+  ttftMs: number;
+  tpotMs: number;
+  totalMs: number;
+}
+
+export type RouteReason = "fixed" | "no_budget" | "budget" | "no_fit" | "no_costs";
+
+export interface RouteDecision {
+  chains: number;
+  reason: RouteReason;
+  /** Prediction at the chosen k (absent for fixed / no budget / nothing known yet). */
+  predicted?: Prediction;
+}
+
+/**
+ * Decode step cost with gaps filled: a k never seen is bounded by the nearest larger k that has
+ * been (a sub-model is never slower than a model containing it). Undefined when nothing ≥ k is known.
+ */
+function stepBound(p: CostPredictor, k: number, batch: number): number | undefined {
+  for (let j = k; j <= p.nChains; j++) {
+    const ms = p.decodeStepMs(j, batch);
+    if (ms !== undefined) return ms;
+  }
+  return undefined;
+}
+
+function prefillBound(p: CostPredictor, promptTokens: number, k: number): number | undefined {
+  for (let j = k; j <= p.nChains; j++) {
+    const ms = p.prefillMs(promptTokens, j);
+    if (ms !== undefined) return ms;
+  }
+  return undefined;
+}
+
+/** Predicted TTFT / TPOT / total for a new request served at k under `load`. */
+export function predict(p: CostPredictor, k: number, promptTokens: number, maxTokens: number, load: LoadSnapshot): Prediction | undefined {
+  const batch = load.running + load.queued + 1;
+  const tpot = stepBound(p, k, batch);
+  const prefill = prefillBound(p, promptTokens, k);
+  if (tpot === undefined || prefill === undefined) return undefined;
+  // Each sequence ahead is admitted one per scheduler step: its chain-1 prefill, then a step.
+  const ahead = (prefillBound(p, promptTokens, 1) ?? prefill) + stepBound(p, 1, batch)!;
+  const ttft = load.queued * ahead + prefill;
+  return { ttftMs: ttft, tpotMs: tpot, totalMs: ttft + Math.max(0, maxTokens - 1) * tpot };
+}
+
+export function meets(pred: Prediction, budget: LatencyBudget): boolean {
+  return (
+    (budget.ttft_ms === undefined || pred.ttftMs <= budget.ttft_ms) &&
+    (budget.tpot_ms === undefined || pred.tpotMs <= budget.tpot_ms) &&
+    (budget.total_ms === undefined || pred.totalMs <= budget.total_ms)
+  );
+}
+
+function hasBudget(b: LatencyBudget | undefined): b is LatencyBudget {
+  return b !== undefined && (b.ttft_ms !== undefined || b.tpot_ms !== undefined || b.total_ms !== undefined);
+}
+
+/** The routing rule (see the header): pure, so tests drive it with a table of costs and loads. */
+export function route(request: ChainRequest, p: CostPredictor, load: LoadSnapshot): RouteDecision {
+  const n = p.nChains;
+  if (request.fixedChains !== undefined) return { chains: request.fixedChains, reason: "fixed" };
+  if (!hasBudget(request.latencyBudget)) return { chains: n, reason: "no_budget" };
+  let anyKnown = false;
+  for (let k = n; k >= 1; k--) {
+    const pred = predict(p, k, request.promptTokens, request.maxTokens, load);
+    if (!pred) continue;
+    anyKnown = true;
+    if (meets(pred, request.latencyBudget)) return { chains: k, reason: "budget", predicted: pred };
+  }
+  // Nothing measured yet (no warm-up, no traffic): no basis to shrink the model.
+  if (!anyKnown) return { chains: n, reason: "no_costs" };
+  return { chains: 1, reason: "no_fit", predicted: predict(p, 1, request.promptTokens, request.maxTokens, load) };
+}
+
+export interface AdaptiveDeps {
+  predictor: CostPredictor;
+  /** Rows in the running batch now (the one this generation is in). */
+  batch: () => number;
+  now: () => number;
+  hysteresis: HysteresisConfig;
+}
+
+/**
+ * The per-token chain policy of one budgeted elastic generation: `choose(index, current)` returns
+ * the chain count for token `index` (see the header for the rule). Stateful: remembers the index
+ * of its last switch.
+ */
+export class AdaptiveChains {
+  /** Index of the last switch (none yet: the first may come at token 1). */
+  private lastSwitchAt = -Infinity;
+
+  constructor(
+    private readonly deps: AdaptiveDeps,
+    private readonly budget: LatencyBudget,
+    private readonly maxTokens: number,
+    /** deps.now() when the request arrived (for total_ms). */
+    private readonly arrivedAt: number,
+  ) {}
+
+  /** The most a token may take from here on to keep the budget (Infinity: unconstrained). */
+  tpotLimit(index: number): number {
+    let limit = this.budget.tpot_ms ?? Infinity;
+    const left = this.maxTokens - index;
+    if (this.budget.total_ms !== undefined && left > 0) {
+      const remaining = this.arrivedAt + this.budget.total_ms - this.deps.now();
+      limit = Math.min(limit, Math.max(0, remaining) / left);
+    }
+    return limit;
+  }
+
+  readonly choose = (index: number, current: number): number => {
+    // Token 0 comes out of the prefill at the routed size; switching starts after it.
+    if (index === 0 || index - this.lastSwitchAt < this.deps.hysteresis.minTokensBetweenSwitches) return current;
+    const p = this.deps.predictor;
+    const B = Math.max(1, this.deps.batch());
+    const limit = this.tpotLimit(index);
+    const at = (k: number) => stepBound(p, k, B);
+    let next = current;
+    const now = at(current);
+    if (now !== undefined && now > limit) {
+      next = 1;
+      for (let k = current - 1; k >= 1; k--) {
+        const ms = at(k);
+        if (ms !== undefined && ms <= limit) {
+          next = k;
+          break;
+        }
+      }
+    } else {
+      for (let k = p.nChains; k > current; k--) {
+        const ms = at(k);
+        if (ms !== undefined && ms <= this.deps.hysteresis.upMargin * limit) {
+          next = k;
+          break;
+        }
+      }
+    }
+    if (next !== current) this.lastSwitchAt = index;
+    return next;
+  };
+}
+
+export interface RouterView {
+  object: "router";
+  policy: string;
+  calibrated: boolean;
+  load: LoadSnapshot & { batch: number };
+  prefill_ms_per_token: number | null;
+  chains: Array<{ chains: number; tpot_ms: number | null; tpot_ms_b1: number | null; step_fixed_ms: number | null; step_per_row_ms: number | null; observations: number }>;
+  hysteresis: { up_margin: number; min_tokens_between_switches: number };
+}
+
+export interface LatencyRouterOptions {
+  model: CostModel;
+  load: () => LoadSnapshot;
+  /** Clock in ms (default performance.now). */
+  now?: () => number;
+  hysteresis?: Partial<HysteresisConfig>;
+}
+
+/** The app's router: the learnt cost model + the live load + the hysteresis config. */
+export class LatencyRouter {
+  readonly model: CostModel;
+  readonly hysteresis: HysteresisConfig;
+  readonly now: () => number;
+  private readonly loadSource: () => LoadSnapshot;
+  /** Set once the start-up warm-up has run. */
+  calibrated = false;
+
+  constructor(opts: LatencyRouterOptions) {
+    this.model = opts.model;
+    this.loadSource = opts.load;
+    this.now = opts.now ?? (() => performance.now());
+    this.hysteresis = { ...DEFAULT_HYSTERESIS, ...opts.hysteresis };
+  }
+
+  load(): LoadSnapshot {
+    return this.loadSource();
+  }
+
+  route(request: ChainRequest): RouteDecision {
+    return route(request, this.model, this.load());
+  }
+
+  /** The per-token policy of a generation routed by `decision`, or undefined when it must keep its size. */
+  adaptive(request: ChainRequest, decision: RouteDecision, arrivedAt: number): AdaptiveChains | undefined {
+    if (decision.reason === "fixed" || !hasBudget(request.latencyBudget)) return undefined;
+    if (request.latencyBudget.tpot_ms === undefined && request.latencyBudget.total_ms === undefined) return undefined;
+    const deps: AdaptiveDeps = { predictor: this.model, batch: () => Math.max(1, this.load().running), now: this.now, hysteresis: this.hysteresis };
+    return new AdaptiveChains(deps, request.latencyBudget, request.maxTokens, arrivedAt);
+  }
+
+  view(): RouterView {
+    const load = this.load();
+    const batch = Math.max(1, load.running);
+    const lines = new Map(this.model.decodeLines().map((l) => [l.chains, l]));
+    const chains = Array.from({ length: this.model.nChains }, (_, i) => {
+      const k = i + 1;
+      const line = lines.get(k);
+      return {
+        chains: k,
+        tpot_ms: this.model.decodeStepMs(k, batch) ?? null,
+        tpot_ms_b1: this.model.decodeStepMs(k, 1) ?? null,
+        step_fixed_ms: line?.fixedMs ?? null,
+        step_per_row_ms: line?.perRowMs ?? null,
+        observations: line?.observations ?? 0,
+      };
+    });
+    return {
+      object: "router",
+      policy: "largest k whose predicted ttft/tpot/total meet the latency_budget; none fits: k=1 and a counted miss",
+      calibrated: this.calibrated,
+      load: { ...load, batch },
+      prefill_ms_per_token: this.model.prefillMsPerToken ?? null,
+      chains,
+      hysteresis: { up_margin: this.hysteresis.upMargin, min_tokens_between_switches: this.hysteresis.minTokensBetweenSwitches },
+    };
+  }
+}
+
+/** A ServerContext that carries the app's router (createApp builds one). */
+export type RoutedContext = ServerContext & { router: LatencyRouter };
+
+/** The router of `ctx`, if the app made one (contexts built by hand in tests may not). */
+export function routerOf(ctx: ServerContext): LatencyRouter | undefined {
+  return (ctx as Partial<RoutedContext>).router;
+}
+
+const BUDGET_HEADERS: Array<[keyof LatencyBudget, string]> = [
+  ["ttft_ms", "x-latency-budget-ttft-ms"],
+  ["tpot_ms", "x-latency-budget-tpot-ms"],
+  ["total_ms", "x-latency-budget-total-ms"],
+];
+
+/**
+ * The request's budget: the body's `latency_budget` over the `X-Latency-Budget-*` headers,
+ * field by field (a body field wins). Throws a 400 ApiError on a header that is not a positive number.
+ */
+export function mergeBudgetHeaders(headers: Record<string, string | string[] | undefined>, body: LatencyBudget | null | undefined): LatencyBudget | undefined {
+  const fromHeaders: LatencyBudget = {};
+  for (const [field, name] of BUDGET_HEADERS) {
+    const raw = headers[name];
+    if (raw === undefined) continue;
+    const text = Array.isArray(raw) ? raw[0] : raw;
+    const v = Number(text);
+    if (text.trim() === "" || !Number.isFinite(v) || v <= 0) {
+      throw invalidField(null, `Invalid header '${name}': must be a positive number of milliseconds, got '${text}'.`, "invalid_header");
+    }
+    fromHeaders[field] = v;
+  }
+  const merged: LatencyBudget = { ...fromHeaders, ...Object.fromEntries(Object.entries(body ?? {}).filter(([, v]) => v !== undefined)) };
+  return hasBudget(merged) ? merged : undefined;
+}
+
+export interface ChainPlan {
+  /** Chain count the generation starts at (the routed k). */
+  chains: number;
+  decision: RouteDecision;
+  /** A fresh ChainControl per choice (each carries its own adaptive policy state). */
+  control(): ChainControl;
+}
+
+/**
+ * Route a prepared request (the size `prepare` chose is kept when it is fixed or when the app
+ * has no router) and count a budget miss when no k is predicted to fit.
+ */
+export function planChains(
+  ctx: ServerContext,
+  prep: { chains: number; fixed: boolean; latencyBudget?: LatencyBudget; maxTokens: number },
+  promptTokens: number,
+): ChainPlan {
+  const router = routerOf(ctx);
+  const request: ChainRequest = { fixedChains: prep.fixed ? prep.chains : undefined, latencyBudget: prep.latencyBudget, promptTokens, maxTokens: prep.maxTokens };
+  if (!router) return { chains: prep.chains, decision: { chains: prep.chains, reason: prep.fixed ? "fixed" : "no_budget" }, control: () => new ChainControl(prep.chains) };
+  const decision = router.route(request);
+  if (decision.reason === "no_fit") ctx.metrics.budgetMisses.inc({ budget: "no_fit" });
+  return {
+    chains: decision.chains,
+    decision,
+    control: () => {
+      const control = new ChainControl(decision.chains);
+      const policy = router.adaptive(request, decision, router.now());
+      if (policy) control.policy = policy.choose;
+      return control;
+    },
+  };
+}
