@@ -140,7 +140,9 @@ export function createApp(initialEngine: Engine | null, options: AppOptions = {}
     if (typeof parts.onStep === "function") parts.onStep((step) => model.observe(step));
     const load = (): LoadSnapshot => {
       const l = typeof parts.onStep === "function" ? parts.load : undefined;
-      return l ? { running: l.running, queued: l.waiting + admission.waiting } : { running: admission.running, queued: admission.waiting };
+      // Capacity: the admission limit on running generations (each holds one row of the batch).
+      const capacity = admission.maxRunning;
+      return l ? { running: l.running, queued: l.waiting + admission.waiting, capacity } : { running: admission.running, queued: admission.waiting, capacity };
     };
     return new LatencyRouter({ model, load, now: options.router?.now, hysteresis: options.router?.hysteresis });
   };

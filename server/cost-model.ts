@@ -11,6 +11,10 @@
 // prompt runs through chain 1, only its last token at k), an EWMA of (ms − step_k(1)) / (T − 1).
 // A decode step reports the largest chain count among its rows, so its cost is credited to that
 // k: the model describes "a batch of B rows at k", which is what a router needs for an upper bound.
+// What a generation sees per token is more than its step: between two steps the loop prefills
+// newcomers, samples and writes tokens out. `tokenOverheadMs` is an EWMA of (token interval seen by
+// a generation − predicted step), fed by the generations themselves; time per output token is
+// predicted as step_k(B) + tokenOverheadMs.
 
 /** One model call, as the scheduler reports it (structurally server/scheduler.ts StepStats). */
 export interface StepObservation {
@@ -24,6 +28,9 @@ export interface StepObservation {
 /** What the router asks; tests inject a table instead of a learnt model. */
 export interface CostPredictor {
   readonly nChains: number;
+  /** Time a generation waits per token beyond its decode step (the loop's other work: newcomers'
+   * prefills, sampling, writing tokens out), ms; 0 when absent. */
+  readonly tokenOverheadMs?: number;
   /** Predicted ms of one decode step at k with `batch` rows (= time per output token of each row);
    * undefined while nothing is known about k. */
   decodeStepMs(chains: number, batch: number): number | undefined;
@@ -65,6 +72,8 @@ export class CostModel implements CostPredictor {
   /** Chain-1 prefill ms per prompt token (after the first); undefined until a prefill is seen. */
   private prefillPerToken: number | undefined;
   private prefills = 0;
+  private overhead = 0;
+  private intervals = 0;
 
   constructor(opts: CostModelOptions) {
     if (!(opts.nChains >= 1)) throw new Error("cost model: nChains ≥ 1");
@@ -109,6 +118,19 @@ export class CostModel implements CostPredictor {
     const perToken = Math.max(0, (ms - last) / (T - 1));
     this.prefillPerToken = this.prefillPerToken === undefined ? perToken : (1 - this.alpha) * this.prefillPerToken + this.alpha * perToken;
     this.prefills++;
+  }
+
+  /** Learn from the interval between two tokens of one generation at `chains`, in a batch of `batch`. */
+  observeTokenInterval(chains: number, batch: number, ms: number): void {
+    const step = this.decodeStepMs(chains, batch);
+    if (step === undefined || !(ms >= 0) || !Number.isFinite(ms)) return;
+    const extra = Math.max(0, ms - step);
+    this.overhead = this.intervals === 0 ? extra : (1 - this.alpha) * this.overhead + this.alpha * extra;
+    this.intervals++;
+  }
+
+  get tokenOverheadMs(): number {
+    return this.overhead;
   }
 
   decodeStepMs(chains: number, batch: number): number | undefined {

@@ -16,6 +16,9 @@ export class ChainControl {
   /** Set by the latency router for a budgeted elastic generation: picks the target before each
    * token from (index, current count). Cleared when a client fixes the size (WS `switch`). */
   policy?: (index: number, current: number) => number;
+  /** Told the interval between two consecutive tokens (ms) and the count of the later one: the
+   * latency router learns what a token really takes from it. */
+  onInterval?: (chains: number, ms: number) => void;
   private last: number;
   private started = false;
   private readonly listeners: Array<(chains: number, atIndex: number) => void> = [];
@@ -124,6 +127,7 @@ export async function runGeneration(
         firstAt = now;
         metrics.ttft.observe({ chains: String(tok.chains) }, (now - spec.arrivedAt) / 1000);
       }
+      if (lastAt !== undefined) spec.control.onInterval?.(tok.chains, now - lastAt);
       lastAt = now;
       const prev = chainsPerToken[chainsPerToken.length - 1];
       if (prev !== undefined && prev !== tok.chains) metrics.chainSwitches.inc({ from: String(prev), to: String(tok.chains) });

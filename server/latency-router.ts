@@ -3,7 +3,8 @@
 // Routing: an elastic request (no `:c<k>`, no `chains`) with a latency_budget gets the largest
 // k whose predictions under the current load meet every part of its budget:
 //   TTFT  = queue + prefill(T, k)       queue = sequences ahead × (their chain-1 prefill + one step)
-//   TPOT  = step_k(B)                   B = the batch it would join (running + ahead + itself)
+//   TPOT  = step_k(B) + overhead        B = the batch it would join (running + ahead + itself, at most
+//                                       the capacity); overhead = the loop's time between steps
 //   total = TTFT + (max_tokens − 1) · TPOT
 // No budget → the largest k. A fixed size → as asked. No k fits → k = 1 (the cheapest model gives
 // the budget its best chance; refusing would turn a likely-late answer into a certain failure)
@@ -26,6 +27,8 @@ import type { LatencyBudget } from "./schemas.ts";
 export interface LoadSnapshot {
   running: number;
   queued: number;
+  /** Most sequences that decode together (the batch a newcomer joins never exceeds it). */
+  capacity?: number;
 }
 
 export interface HysteresisConfig {
@@ -53,13 +56,14 @@ export interface RouteDecision {
 }
 
 /**
- * Decode step cost with gaps filled: a k never seen is bounded by the nearest larger k that has
- * been (a sub-model is never slower than a model containing it). Undefined when nothing ≥ k is known.
+ * Time per output token at k in a batch of `batch`: decode step + the loop's overhead, with gaps
+ * filled: a k never seen is bounded by the nearest larger k that has been (a sub-model is never
+ * slower than a model containing it). Undefined when nothing ≥ k is known.
  */
 function stepBound(p: CostPredictor, k: number, batch: number): number | undefined {
   for (let j = k; j <= p.nChains; j++) {
     const ms = p.decodeStepMs(j, batch);
-    if (ms !== undefined) return ms;
+    if (ms !== undefined) return ms + (p.tokenOverheadMs ?? 0);
   }
   return undefined;
 }
@@ -74,7 +78,7 @@ function prefillBound(p: CostPredictor, promptTokens: number, k: number): number
 
 /** Predicted TTFT / TPOT / total for a new request served at k under `load`. */
 export function predict(p: CostPredictor, k: number, promptTokens: number, maxTokens: number, load: LoadSnapshot): Prediction | undefined {
-  const batch = load.running + load.queued + 1;
+  const batch = Math.min(load.running + load.queued + 1, load.capacity ?? Infinity);
   const tpot = stepBound(p, k, batch);
   const prefill = prefillBound(p, promptTokens, k);
   if (tpot === undefined || prefill === undefined) return undefined;
@@ -187,6 +191,8 @@ export interface RouterView {
   calibrated: boolean;
   load: LoadSnapshot & { batch: number };
   prefill_ms_per_token: number | null;
+  /** Added to every decode step to predict time per output token. */
+  token_overhead_ms: number;
   chains: Array<{ chains: number; tpot_ms: number | null; tpot_ms_b1: number | null; step_fixed_ms: number | null; step_per_row_ms: number | null; observations: number }>;
   hysteresis: { up_margin: number; min_tokens_between_switches: number };
 }
@@ -238,10 +244,14 @@ export class LatencyRouter {
     const chains = Array.from({ length: this.model.nChains }, (_, i) => {
       const k = i + 1;
       const line = lines.get(k);
+      const tpot = (B: number) => {
+        const step = this.model.decodeStepMs(k, B);
+        return step === undefined ? null : step + this.model.tokenOverheadMs;
+      };
       return {
         chains: k,
-        tpot_ms: this.model.decodeStepMs(k, batch) ?? null,
-        tpot_ms_b1: this.model.decodeStepMs(k, 1) ?? null,
+        tpot_ms: tpot(batch),
+        tpot_ms_b1: tpot(1),
         step_fixed_ms: line?.fixedMs ?? null,
         step_per_row_ms: line?.perRowMs ?? null,
         observations: line?.observations ?? 0,
@@ -251,8 +261,9 @@ export class LatencyRouter {
       object: "router",
       policy: "largest k whose predicted ttft/tpot/total meet the latency_budget; none fits: k=1 and a counted miss",
       calibrated: this.calibrated,
-      load: { ...load, batch },
+      load: { running: load.running, queued: load.queued, batch },
       prefill_ms_per_token: this.model.prefillMsPerToken ?? null,
+      token_overhead_ms: this.model.tokenOverheadMs,
       chains,
       hysteresis: { up_margin: this.hysteresis.upMargin, min_tokens_between_switches: this.hysteresis.minTokensBetweenSwitches },
     };
@@ -320,6 +331,7 @@ export function planChains(
     decision,
     control: () => {
       const control = new ChainControl(decision.chains);
+      control.onInterval = (chains, ms) => router.model.observeTokenInterval(chains, Math.max(1, router.load().running), ms);
       const policy = router.adaptive(request, decision, router.now());
       if (policy) control.policy = policy.choose;
       return control;

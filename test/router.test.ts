@@ -30,6 +30,7 @@ describe("route: a table of budgets and loads", () => {
     { what: "tpot 25, 7 running (B=8: 40/30/20/10)", budget: { tpot_ms: 25 }, load: load(7), chains: 2, reason: "budget" },
     { what: "tpot 25, 3 running + 2 queued (B=6: 32/24)", budget: { tpot_ms: 25 }, load: load(3, 2), chains: 3, reason: "budget" },
     { what: "tpot 5 under load: nothing fits → k=1", budget: { tpot_ms: 5 }, load: load(7), chains: 1, reason: "no_fit" },
+    { what: "a long queue joins a batch of at most the capacity (B=8)", budget: { tpot_ms: 25 }, load: { running: 8, queued: 50, capacity: 8 }, chains: 2, reason: "budget" },
     // ttft = queued · (prefill(101, 1) + step_1(B)) + prefill(101, k) = 2 · (13 + 5) + 10 + 3k
     { what: "ttft 57 with 2 queued (46 + 3k ≤ 57 → k=3)", budget: { ttft_ms: 57 }, load: load(0, 2), chains: 3, reason: "budget" },
     { what: "ttft 100, idle → k=4", budget: { ttft_ms: 100 }, load: load(0), chains: 4, reason: "budget" },
@@ -77,6 +78,12 @@ describe("CostModel: online fit from steps", () => {
     const line = m.decodeLines().find((l) => l.chains === 2)!;
     assert.ok(Number.isFinite(line.perRowMs) && line.perRowMs >= 0, String(line.perRowMs));
     assert.ok(Math.abs(m.decodeStepMs(2, 4)! - 18) < 0.1, String(m.decodeStepMs(2, 4)));
+    // Token intervals seen by generations: the excess over the step becomes the per-token overhead.
+    assert.equal(m.tokenOverheadMs, 0);
+    m.observeTokenInterval(2, 4, m.decodeStepMs(2, 4)! + 3);
+    assert.ok(Math.abs(m.tokenOverheadMs - 3) < 1e-9);
+    m.observeTokenInterval(2, 4, 0); // faster than the step: no negative overhead
+    assert.ok(Math.abs(m.tokenOverheadMs - 0.8 * 3) < 1e-9);
     // Garbage is ignored.
     m.observe({ kind: "decode", rows: 1, tokens: 1, chains: 9, ms: 1 });
     m.observe({ kind: "decode", rows: 1, tokens: 1, chains: 1, ms: Number.NaN });
@@ -125,6 +132,13 @@ describe("AdaptiveChains: load-adaptive switching with hysteresis", () => {
     // Without it (up at the threshold itself, switches allowed every token) it flaps.
     const undamped = drive(oscillating, { tpot_ms: 25 }, 4, { upMargin: 1, minTokensBetweenSwitches: 1 });
     assert.ok(switches(undamped) > 10, JSON.stringify(undamped));
+  });
+
+  test("the loop's per-token overhead counts against the budget", () => {
+    const withOverhead: CostPredictor = { ...TABLE, tokenOverheadMs: 6 };
+    // B=8, tpot 25: k=2 takes 20 + 6 > 25 → k=1 (10 + 6).
+    assert.equal(route(req({ tpot_ms: 25 }), withOverhead, load(7)).chains, 1);
+    assert.equal(route(req({ tpot_ms: 25 }), TABLE, load(7)).chains, 2);
   });
 
   test("total_ms: the time left spread over the tokens left tightens the limit (injected clock)", () => {
@@ -241,7 +255,8 @@ describe("through the server (tiny random checkpoint, real engine)", () => {
       for (const f of ["tpot_ms", "tpot_ms_b1", "step_fixed_ms", "step_per_row_ms"]) assert.equal(typeof c[f], "number", `${f} of k=${c.chains}`);
       assert.ok(c.observations >= 2);
     }
-    assert.ok(v.chains[3].tpot_ms_b1 > 900 && v.chains[0].tpot_ms_b1 < 1, JSON.stringify(v.chains));
+    assert.ok(v.chains[3].tpot_ms_b1 > 900 && v.chains[0].tpot_ms_b1 < 100, JSON.stringify(v.chains));
+    assert.equal(typeof v.token_overhead_ms, "number");
     assert.equal((await request(colm.app).post("/v1/router")).status, 405);
   });
 });

@@ -1,0 +1,136 @@
+// npm run bench:serve — latency budgets under overload on bench-s (random weights), through the
+// real HTTP server in this process (SSE clients on loopback):
+//   1. start-up warm-up of the router's cost model;
+//   2. what k=4 sustains: a closed loop at the full batch (16 in flight), fixed at k=4;
+//   3. an open loop of Poisson arrivals at `--overload` × that rate, twice with the same seed:
+//      every request elastic with latency_budget {tpot_ms} (adaptive routing + switching), then
+//      every request fixed at k=4 (model "<name>:c4");
+//   4. for both: the share of requests whose client-measured time per output token meets the
+//      budget (errors count as misses) and the mean chain count served.
+// The budget defaults to `--budget-frac` × the k=4 TPOT measured at the full batch in step 2, so
+// a fixed k=4 cannot meet it at full load by construction and smaller k can (their step costs
+// are printed). Writes loadtest/results/serve.json.
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { availableParallelism, cpus } from "node:os";
+import { createApp } from "../server/app.ts";
+import { loadModel } from "../server/engine.ts";
+import { parseMix, type LatencyBudget } from "./arrivals.ts";
+import { runLoad, type LoadOptions } from "./loadgen.ts";
+import { BENCH_S, benchCheckpoint } from "./shapes.ts";
+import { meetsBudget, type RequestRecord } from "./stats.ts";
+
+const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, "").split("=") as [string, string]));
+const num = (name: string, fallback: number) => (args.has(name) ? Number(args.get(name)) : fallback);
+const PROMPT = num("prompt", 32);
+const MAX_TOKENS = num("max-tokens", 32);
+const BATCH = num("batch", 16);
+const REQUESTS = num("requests", 160);
+const OVERLOAD = num("overload", 2);
+const BUDGET_FRAC = num("budget-frac", 0.7);
+const SEED = num("seed", 42);
+
+const engine = await loadModel(benchCheckpoint(BENCH_S), { maxBatch: BATCH });
+const colm = createApp(engine, { maxRunning: BATCH, maxWaiting: 100_000, log: () => undefined });
+const server = await colm.listen(0, "127.0.0.1");
+const address = server.address();
+if (!address || typeof address === "string") throw new Error("no address");
+const url = `http://127.0.0.1:${address.port}`;
+const router = colm.router!;
+
+let t0 = performance.now();
+await colm.calibrate();
+console.log(`warm-up: ${(performance.now() - t0).toFixed(0)} ms`);
+
+const base: Omit<LoadOptions, "mix" | "rate" | "concurrency" | "requests"> = {
+  url,
+  mode: "sse",
+  durationS: 600,
+  graceS: 120,
+  promptTokens: { min: PROMPT, max: PROMPT },
+  promptForm: "ids",
+  idLow: 0,
+  idHigh: BENCH_S.vocab_size,
+  maxTokens: { min: MAX_TOKENS, max: MAX_TOKENS },
+  seed: SEED,
+  temperature: 0,
+};
+
+// What k=4 sustains: everything in flight at once, the batch always full.
+t0 = performance.now();
+const sustained = await runLoad({ ...base, concurrency: BATCH, requests: 3 * BATCH, mix: parseMix("model=c4") });
+const sustainedReqS = sustained.summary.requestThroughput;
+const k4TpotMs = sustained.summary.tpotMs.p50;
+console.log(`k=4 sustains ${sustainedReqS.toFixed(2)} req/s (${sustained.summary.tokenThroughput.toFixed(0)} tok/s), TPOT p50 ${k4TpotMs.toFixed(1)} ms at ${BATCH} in flight`);
+
+const stepAtBatch = Object.fromEntries(router.model.decodeLines().map((l) => [l.chains, l.fixedMs + l.perRowMs * BATCH]));
+console.log(`cost model, decode step at B=${BATCH}: ${Object.entries(stepAtBatch).map(([k, ms]) => `k=${k} ${ms.toFixed(1)} ms`).join(", ")}`);
+
+const budget: LatencyBudget = { tpot_ms: num("budget-ms", Math.round(BUDGET_FRAC * k4TpotMs * 10) / 10) };
+const rate = OVERLOAD * sustainedReqS;
+console.log(`overload: ${rate.toFixed(2)} req/s (${OVERLOAD}× k=4), ${REQUESTS} requests, budget tpot_ms ${budget.tpot_ms}`);
+
+interface RunFigures {
+  budget_met: number;
+  mean_chains: number;
+  tpot_p50_ms: number;
+  tpot_p90_ms: number;
+  ttft_p50_ms: number;
+  tokens_per_s: number;
+  wall_s: number;
+  errors: number;
+  chain_histogram: Record<string, number>;
+}
+
+function figures(records: RequestRecord[], s: Awaited<ReturnType<typeof runLoad>>["summary"]): RunFigures {
+  return {
+    budget_met: records.filter((r) => meetsBudget(r, budget)).length / records.length,
+    mean_chains: s.meanChains,
+    tpot_p50_ms: s.tpotMs.p50,
+    tpot_p90_ms: s.tpotMs.p90,
+    ttft_p50_ms: s.ttftMs.p50,
+    tokens_per_s: s.tokenThroughput,
+    wall_s: s.wallS,
+    errors: s.errors,
+    chain_histogram: s.chainHistogram,
+  };
+}
+
+const adaptiveRun = await runLoad({ ...base, rate, requests: REQUESTS, mix: parseMix(`budget:tpot_ms=${budget.tpot_ms}`) });
+const adaptive = figures(adaptiveRun.records, adaptiveRun.summary);
+console.log(`adaptive: ${(adaptive.budget_met * 100).toFixed(1)}% met the budget, mean chains ${adaptive.mean_chains.toFixed(2)}, TPOT p50 ${adaptive.tpot_p50_ms.toFixed(1)} ms, ${adaptive.tokens_per_s.toFixed(0)} tok/s`);
+const fixedRun = await runLoad({ ...base, rate, requests: REQUESTS, mix: parseMix("model=c4") });
+const fixed = figures(fixedRun.records, fixedRun.summary);
+console.log(`fixed k=4: ${(fixed.budget_met * 100).toFixed(1)}% met the budget, TPOT p50 ${fixed.tpot_p50_ms.toFixed(1)} ms, ${fixed.tokens_per_s.toFixed(0)} tok/s`);
+
+const view = router.view();
+await colm.close();
+await engine.close();
+
+const batchingPath = "loadtest/results/batching.json";
+const throughputRatioC16 = existsSync(batchingPath) ? (JSON.parse(readFileSync(batchingPath, "utf8")) as { throughput_ratio_c16?: number }).throughput_ratio_c16 ?? null : null;
+const result = {
+  machine: { nproc: availableParallelism(), cpu: cpus()[0]?.model ?? "unknown" },
+  shape: "bench-s: V 8192, D 512 (4 chains of 128), 8 layers, head_dim 64, kv_heads 2, FFN 4×352",
+  command: `npm run bench:serve -- ${process.argv.slice(2).join(" ")}`.trim(),
+  prompt_tokens: PROMPT,
+  max_tokens: MAX_TOKENS,
+  batch: BATCH,
+  requests: REQUESTS,
+  k4_sustained_req_s: sustainedReqS,
+  k4_tpot_p50_ms_full_batch: k4TpotMs,
+  offered_req_s: rate,
+  overload: OVERLOAD,
+  budget,
+  predicted_step_ms_at_full_batch: stepAtBatch,
+  hysteresis: view.hysteresis,
+  adaptive,
+  fixed_k4: fixed,
+  budget_met_adaptive: adaptive.budget_met,
+  budget_met_fixed: fixed.budget_met,
+  mean_chains_adaptive: adaptive.mean_chains,
+  throughput_ratio_c16: throughputRatioC16,
+  throughput_ratio_c16_source: batchingPath,
+};
+mkdirSync("loadtest/results", { recursive: true });
+writeFileSync("loadtest/results/serve.json", JSON.stringify(result, null, 2) + "\n");
+console.log("wrote loadtest/results/serve.json");
