@@ -89,6 +89,19 @@ export class KvCache {
     for (const r of rows) this.lengths[r] += tokens;
   }
 
+  /** Exchanges two rows (the scheduler keeps rows grouped by chain count). */
+  swapRows(a: number, b: number): void {
+    const size = this.kvHeads * this.cap * this.headDim;
+    for (const buffers of [this.keys, this.values]) {
+      for (const buf of buffers) {
+        const held = buf.slice(a * size, (a + 1) * size);
+        buf.copyWithin(a * size, b * size, (b + 1) * size);
+        buf.set(held, b * size);
+      }
+    }
+    [this.lengths[a], this.lengths[b]] = [this.lengths[b], this.lengths[a]];
+  }
+
   /** Moves row `from`'s tokens into row `to` (compacting the rows in use); `from` is left empty. */
   moveRow(from: number, to: number): void {
     const size = this.kvHeads * this.cap * this.headDim;
