@@ -22,6 +22,8 @@ export interface LoadModelOptions {
   threads?: number;
   /** Sequences decoded together in one batched step (default 16). */
   maxBatch?: number;
+  /** Prompt tokens prefilled per scheduler step while other sequences decode (default 256). */
+  prefillChunk?: number;
   log?: (message: string) => void;
 }
 
@@ -46,8 +48,9 @@ export class ColmEngine implements Engine {
     readonly tokenizer: Tokenizer,
     /** Sequences decoded together in one batched step (rows of the shared KV cache). */
     maxBatch = 16,
+    prefillChunk?: number,
   ) {
-    this.scheduler = new Scheduler(runner, maxBatch);
+    this.scheduler = new Scheduler(runner, maxBatch, prefillChunk);
   }
 
   kvBytesInUse(): number {
@@ -86,8 +89,8 @@ export class ColmEngine implements Engine {
   }
 
   /** Fills a one-row `cache` with the prompt; returns the last token's logits at `chains` chains. */
-  prefill(prompt: readonly number[], chains: number, cache: KvCache, chain1Prefill = true): Promise<Float32Array> {
-    return prefillRow(this.runner, cache, 0, prompt, chains, chain1Prefill);
+  async prefill(prompt: readonly number[], chains: number, cache: KvCache, chain1Prefill = true): Promise<Float32Array> {
+    return (await prefillRow(this.runner, cache, 0, prompt, chains, chain1Prefill))!; // no budget: always completes
   }
 
   /** Runs one token at `chains` chains against a one-row cache and appends its keys/values. */
@@ -136,5 +139,5 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
     device: runner.device,
     kvBytesPerToken: 2 * c.n_layers * c.kvWidth * 4,
   };
-  return new ColmEngine(runner, info, tokenizer, options.maxBatch);
+  return new ColmEngine(runner, info, tokenizer, options.maxBatch, options.prefillChunk);
 }

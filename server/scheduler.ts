@@ -9,24 +9,41 @@ import type { ModelRunner } from "../ops/runner.ts";
 import type { Sequence } from "./sequence.ts";
 
 /**
- * Prompt chunk run through chain 1 per call. The first chunk of a prompt uses the fused causal
- * attention kernel and later chunks the cache path, which materialises scores, so one chunk is
- * fastest; a smaller one would bound how long a long prompt stalls the running sequences.
+ * Prompt tokens run through chain 1 per call. Alone, a prompt goes in one call: its first chunk
+ * uses the fused causal attention kernel, later chunks the cache path, which materialises scores.
+ * While other sequences are decoding, a prompt is prefilled `interleavedChunk` tokens per loop
+ * iteration (default INTERLEAVED_CHUNK), so it never stalls their tokens for longer than one chunk.
  */
 const PREFILL_CHUNK = 4096;
+const INTERLEAVED_CHUNK = 256;
+export { INTERLEAVED_CHUNK as DEFAULT_INTERLEAVED_CHUNK };
 
 /**
- * Fills row `row` of `cache` with `prompt` and returns the logits of its last token at `chains`
- * chains. With chain-1 prefill (spec §5.4), tokens 1 … T-1 run through chain 1 only, with no logits.
+ * Continues filling row `row` of `cache` with `prompt` (from the row's current length), at most
+ * `budget` prompt tokens this call. Returns the logits of the prompt's last token at `chains`
+ * chains once the prompt is in, else null. With chain-1 prefill (spec §5.4) tokens 1 … T-1 run
+ * through chain 1 only, with no logits; the last token runs at the requested size.
  */
-export async function prefillRow(runner: ModelRunner, cache: KvCache, row: number, prompt: readonly number[], chains: number, chain1Prefill = true): Promise<Float32Array> {
+export async function prefillRow(
+  runner: ModelRunner,
+  cache: KvCache,
+  row: number,
+  prompt: readonly number[],
+  chains: number,
+  chain1Prefill = true,
+  budget = Infinity,
+): Promise<Float32Array | null> {
   const head = chain1Prefill ? prompt.length - 1 : 0;
-  for (let at = 0; at < head; at += PREFILL_CHUNK) {
-    const chunk = prompt.slice(at, Math.min(head, at + PREFILL_CHUNK));
-    const out = await runner.stepRows([chunk], 1, cache, [], row);
-    cache.append(out.newKeys, out.newValues, chunk.length, row, 1);
+  let done = cache.lengths[row];
+  while (done < head && budget > 0) {
+    const n = Math.min(head - done, PREFILL_CHUNK, budget);
+    const out = await runner.stepRows([prompt.slice(done, done + n)], 1, cache, [], row);
+    cache.append(out.newKeys, out.newValues, n, row, 1);
+    done += n;
+    budget -= n;
   }
-  const rest = prompt.slice(head);
+  if (done < head) return null;
+  const rest = prompt.slice(done);
   const out = await runner.stepRows([rest], chains, cache, [rest.length - 1], row);
   cache.append(out.newKeys, out.newValues, rest.length, row, 1);
   return out.logits;
@@ -49,12 +66,15 @@ export class Scheduler {
   private readonly stepListeners: ((s: StepStats) => void)[] = [];
   /** running[r] owns cache row r. */
   private readonly running: Sequence[] = [];
+  /** The sequence whose prompt is going in; it always holds the last running row. */
+  private prefilling: Sequence | null = null;
   private readonly waiting: Sequence[] = [];
   private loop: Promise<void> | null = null;
 
   constructor(
     private readonly runner: ModelRunner,
     readonly maxRows: number,
+    private readonly interleavedChunk = INTERLEAVED_CHUNK,
   ) {
     const c = runner.config;
     this.cache = new KvCache(c.n_layers, c.kv_heads, c.head_dim, 64, maxRows);
@@ -98,6 +118,7 @@ export class Scheduler {
       } catch (err) {
         // A bug must not leave callers waiting forever or take the process down: fail them all.
         for (const seq of [...this.running, ...this.waiting]) seq.fail(err);
+        this.prefilling = null;
         while (this.running.length) this.remove(this.running.length - 1);
         this.waiting.length = 0;
       }
@@ -105,34 +126,46 @@ export class Scheduler {
     }
   }
 
-  /** Moves one waiting sequence into a row and prefills it (one per step, so decode never stalls long). */
+  /** Continues the prompt going in, or moves the next waiting sequence into a row and starts its prompt. */
   private async admit(): Promise<void> {
-    while (this.waiting.length && this.waiting[0].cancelled) this.waiting.shift()!.finish("cancelled");
-    if (!this.waiting.length || this.running.length >= this.maxRows) return;
-    const seq = this.waiting.shift()!;
-    const row = this.running.length;
-    this.running.push(seq);
+    if (!this.prefilling) {
+      while (this.waiting.length && this.waiting[0].cancelled) this.waiting.shift()!.finish("cancelled");
+      if (!this.waiting.length || this.running.length >= this.maxRows) return;
+      this.prefilling = this.waiting.shift()!;
+      this.running.push(this.prefilling);
+    }
+    const seq = this.prefilling;
+    const row = this.running.length - 1;
+    if (seq.cancelled) {
+      this.prefilling = null;
+      this.remove(row);
+      return seq.finish("cancelled");
+    }
+    const before = this.cache.lengths[row];
+    const t0 = performance.now();
     try {
-      seq.logits = await this.prefill(seq, row);
+      const chains = seq.chainsFor(0);
+      const budget = this.running.length > 1 ? this.interleavedChunk : Infinity;
+      const logits = await prefillRow(this.runner, this.cache, row, seq.prompt, chains, seq.chain1Prefill, budget);
+      const ms = performance.now() - t0;
+      seq.prefillMs += ms;
+      this.report({ kind: "prefill", rows: 1, tokens: this.cache.lengths[row] - before, chains: logits ? chains : 1, ms });
+      if (logits) {
+        seq.logits = logits;
+        this.prefilling = null;
+      }
     } catch (err) {
+      this.prefilling = null;
       this.remove(row);
       seq.fail(err);
     }
-  }
-
-  private async prefill(seq: Sequence, row: number): Promise<Float32Array> {
-    const t0 = performance.now();
-    const chains = seq.chainsFor(0);
-    const logits = await prefillRow(this.runner, this.cache, row, seq.prompt, chains, seq.chain1Prefill);
-    seq.prefillMs = performance.now() - t0;
-    this.report({ kind: "prefill", rows: 1, tokens: seq.prompt.length, chains, ms: seq.prefillMs });
-    return logits;
   }
 
   /** Samples the next token of every sequence that has logits; drops the finished ones. */
   private emit(): void {
     for (let r = this.running.length - 1; r >= 0; r--) {
       const seq = this.running[r];
+      if (seq === this.prefilling) continue; // admit() handles it
       if (seq.cancelled) seq.finish("cancelled");
       else if (seq.logits) seq.sampleNext(this.cache.lengths[r] >= this.runner.config.max_position);
       if (seq.done) this.remove(r);
@@ -147,9 +180,9 @@ export class Scheduler {
    * 17.9 ms for 15+1 — because the small rows skip the large chains' weights and attention.)
    */
   private async decode(): Promise<void> {
-    const n = this.running.length;
+    const n = this.running.length - (this.prefilling ? 1 : 0);
     if (!n) return;
-    const chains = this.running.map((s) => s.chainsFor(s.generated.length));
+    const chains = this.running.slice(0, n).map((s) => s.chainsFor(s.generated.length));
     this.groupByChains(chains);
     const V = this.runner.config.vocab_size;
     const t0 = performance.now();
@@ -166,7 +199,7 @@ export class Scheduler {
         at = end;
       }
       const ms = performance.now() - t0;
-      for (const s of this.running) s.decodeMs += ms;
+      for (const s of this.running.slice(0, n)) s.decodeMs += ms;
     } catch (err) {
       for (let r = n - 1; r >= 0; r--) {
         const seq = this.running[r];
@@ -188,13 +221,18 @@ export class Scheduler {
     }
   }
 
-  /** Frees row r: its sequence leaves and the last row moves into its place. */
+  /** Frees row r: its sequence leaves and a later row moves into its place (the prompt going in stays last). */
   private remove(r: number): void {
-    const last = this.running.length - 1;
     this.cache.truncate(0, r);
-    if (r !== last) {
-      this.cache.moveRow(last, r);
-      this.running[r] = this.running[last];
+    const last = this.running.length - 1;
+    const fill = this.prefilling && r !== last ? last - 1 : last; // the last decoding row
+    if (r !== fill) {
+      this.cache.moveRow(fill, r);
+      this.running[r] = this.running[fill];
+    }
+    if (fill !== last) {
+      this.cache.moveRow(last, fill);
+      this.running[fill] = this.running[last];
     }
     this.running.pop();
     if (this.running.length === 0) this.cache.shrink();

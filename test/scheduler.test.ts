@@ -48,6 +48,26 @@ describe("scheduler", () => {
     assert.deepEqual(engine.load, { running: 0, waiting: 0 });
   });
 
+  test("a long prompt joining running sequences is prefilled in chunks between their decode steps", async () => {
+    const chunked = await loadModel(makeCheckpoint(TINY_EQUAL, 13), { threads: 1, maxBatch: 4, prefillChunk: 8 });
+    try {
+      const long = { prompt: Array.from({ length: 60 }, (_, j) => (j * 7 + 3) % 97), options: { maxTokens: 5, chains: 3, sampling: { temperature: 0 } } as GenerateOptions };
+      const solo = await tokensOf(chunked, long.prompt, long.options);
+      const events: string[] = [];
+      const short = requests.slice(0, 2).map((r) => ({ ...r, options: { ...r.options, maxTokens: 20 } }));
+      const running = short.map((r, i) => tokensOf(chunked, r.prompt, r.options, () => events.push(`s${i}`)));
+      while (chunked.load.running < 2) await new Promise((resolve) => setImmediate(resolve));
+      events.push("long:submitted");
+      const joined = await tokensOf(chunked, long.prompt, long.options, () => events.push("long"));
+      await Promise.all(running);
+      assert.deepEqual(joined, solo, "chunked prefill gives the same tokens");
+      const between = events.slice(events.indexOf("long:submitted"), events.indexOf("long")).filter((e) => e.startsWith("s")).length;
+      assert.ok(between >= 2 * 6, `running sequences kept decoding during the 59-token prefill (8 per step): ${between} tokens`);
+    } finally {
+      await chunked.close();
+    }
+  });
+
   test("a failing model call fails the generations in it, frees their rows, and the next request works", async () => {
     const runner = engine.runner;
     const real = runner.stepRows.bind(runner);
