@@ -1,17 +1,23 @@
-// Bounded admission: at most `maxRunning` generations at once and at most `maxWaiting` requests
-// waiting for a slot (FIFO). A request that finds the queue full is refused at once (429 with
-// Retry-After). The scheduler issue replaces this module with KV-budget-aware admission.
-import { queueFull } from "./errors.ts";
+// Bounded admission: at most `maxRunning` generations at once, at most `kvBudgetBytes` of KV cache
+// reserved by them (each request reserves what its sequences can grow to: (prompt + max_tokens)
+// tokens × the KV bytes per token of spec §5.6), and at most `maxWaiting` requests waiting (FIFO:
+// first come, first served, so no request starves behind smaller later ones). A request that
+// finds the queue full is refused at once (429 with Retry-After); one that could never fit the
+// KV budget is a 400.
+import { kvBudgetExceeded, queueFull } from "./errors.ts";
 
 export interface AdmissionOptions {
   maxRunning: number;
   maxWaiting: number;
+  /** KV cache bytes the running generations may reserve (default: unlimited). */
+  kvBudgetBytes?: number;
   /** Seconds suggested to a refused client (Retry-After). */
   retryAfterSeconds?: number;
 }
 
 interface Waiter {
   weight: number;
+  kvBytes: number;
   resolve: (release: () => void) => void;
   reject: (err: unknown) => void;
   cleanup: () => void;
@@ -20,8 +26,10 @@ interface Waiter {
 export class Admission {
   readonly maxRunning: number;
   readonly maxWaiting: number;
+  readonly kvBudgetBytes: number;
   private readonly retryAfter: number;
   private used = 0;
+  private kvReserved = 0;
   private readonly queue: Waiter[] = [];
 
   constructor(opts: AdmissionOptions) {
@@ -29,6 +37,16 @@ export class Admission {
     this.maxRunning = opts.maxRunning;
     this.maxWaiting = opts.maxWaiting;
     this.retryAfter = opts.retryAfterSeconds ?? 1;
+    this.kvBudgetBytes = opts.kvBudgetBytes ?? Infinity;
+  }
+
+  /** KV cache bytes reserved by the admitted generations. */
+  get kvReservedBytes(): number {
+    return this.kvReserved;
+  }
+
+  private fits(weight: number, kvBytes: number): boolean {
+    return this.used + weight <= this.maxRunning && this.kvReserved + kvBytes <= this.kvBudgetBytes;
   }
 
   /** Generation slots in use. */
@@ -46,12 +64,14 @@ export class Admission {
    * Resolves to a release function (idempotent). Throws a 429 ApiError when the queue is full;
    * rejects with `signal.reason` when the signal aborts while waiting.
    */
-  acquire(weight = 1, signal?: AbortSignal): Promise<() => void> {
+  acquire(weight = 1, signal?: AbortSignal, kvBytes = 0): Promise<() => void> {
     const w = Math.max(1, Math.min(weight, this.maxRunning));
     if (signal?.aborted) return Promise.reject(signal.reason);
-    if (this.queue.length === 0 && this.used + w <= this.maxRunning) {
+    if (kvBytes > this.kvBudgetBytes) return Promise.reject(kvBudgetExceeded(kvBytes, this.kvBudgetBytes));
+    if (this.queue.length === 0 && this.fits(w, kvBytes)) {
       this.used += w;
-      return Promise.resolve(this.releaser(w));
+      this.kvReserved += kvBytes;
+      return Promise.resolve(this.releaser(w, kvBytes));
     }
     if (this.queue.length >= this.maxWaiting) return Promise.reject(queueFull(this.retryAfter));
     return new Promise((resolve, reject) => {
@@ -63,6 +83,7 @@ export class Admission {
       };
       const waiter: Waiter = {
         weight: w,
+        kvBytes,
         resolve,
         reject,
         cleanup: () => signal?.removeEventListener("abort", onAbort),
@@ -80,22 +101,24 @@ export class Admission {
     }
   }
 
-  private releaser(w: number): () => void {
+  private releaser(w: number, kvBytes: number): () => void {
     let done = false;
     return () => {
       if (done) return;
       done = true;
       this.used -= w;
+      this.kvReserved -= kvBytes;
       this.pump();
     };
   }
 
   private pump(): void {
-    while (this.queue.length > 0 && this.used + this.queue[0].weight <= this.maxRunning) {
+    while (this.queue.length > 0 && this.fits(this.queue[0].weight, this.queue[0].kvBytes)) {
       const w = this.queue.shift()!;
       w.cleanup();
       this.used += w.weight;
-      w.resolve(this.releaser(w.weight));
+      this.kvReserved += w.kvBytes;
+      w.resolve(this.releaser(w.weight, w.kvBytes));
     }
   }
 }

@@ -20,6 +20,8 @@ export interface AppOptions {
   apiKey?: string;
   /** Concurrent generations (default 8) and requests allowed to wait for one (default 32). */
   maxRunning?: number;
+  /** KV cache bytes the running generations may reserve (COLM_KV_BYTES); default unlimited. */
+  kvBudgetBytes?: number;
   maxWaiting?: number;
   retryAfterSeconds?: number;
   /** Largest accepted JSON body (default "1mb"). */
@@ -128,6 +130,7 @@ export function createApp(initialEngine: Engine | null, options: AppOptions = {}
     maxRunning: options.maxRunning ?? 8,
     maxWaiting: options.maxWaiting ?? 32,
     retryAfterSeconds: options.retryAfterSeconds ?? 1,
+    kvBudgetBytes: options.kvBudgetBytes,
   });
   const inflight = new InFlight();
   let stream: StreamServer | undefined;
@@ -160,7 +163,8 @@ export function createApp(initialEngine: Engine | null, options: AppOptions = {}
     running: () => admission.running,
     waiting: () => admission.waiting,
     kvBytesInUse: () => engine?.kvBytesInUse() ?? 0,
-    kvBytesCapacity: () => (engine ? admission.maxRunning * engine.info.maxPosition * engine.info.kvBytesPerToken : 0),
+    kvBytesCapacity: () =>
+      engine ? Math.min(admission.kvBudgetBytes, admission.maxRunning * engine.info.maxPosition * engine.info.kvBytesPerToken) : 0,
     wsConnections: () => stream?.connections ?? 0,
     modelInfo: () => (engine ? { model: engine.info.name, device: engine.info.device, nChains: engine.info.nChains } : null),
     routerPredictions: () => {

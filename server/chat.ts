@@ -9,7 +9,7 @@
 import { randomUUID } from "node:crypto";
 import type { Request, Response } from "express";
 import type { Engine, GeneratedToken } from "./engine-types.ts";
-import { admitHttp, apiRoute, type ServerContext } from "./context.ts";
+import { admitHttp, apiRoute, kvReservation, type ServerContext } from "./context.ts";
 import { fromZodError, invalidField, toApiError } from "./errors.ts";
 import { runChoices, type GenerationResult } from "./generation.ts";
 import { chainFields } from "./completions.ts";
@@ -75,7 +75,7 @@ export async function handleChat(ctx: ServerContext, req: Request, res: Response
   const chainPlan = planChains(ctx, prep, prompt.length);
   const chains = chainPlan.chains;
   const controls = Array.from({ length: n }, () => chainPlan.control());
-  const gen = await admitHttp(ctx, res, n);
+  const gen = await admitHttp(ctx, res, n, kvReservation(engine, Array(n).fill(prompt.length), prep.maxTokens));
   const id = `chatcmpl-${randomUUID().replace(/-/g, "")}`;
   const created = Math.floor(Date.now() / 1000);
   const model = modelId(engine.info, chains);

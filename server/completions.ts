@@ -2,7 +2,7 @@
 import { randomUUID } from "node:crypto";
 import type { Request, Response } from "express";
 import type { Engine, GeneratedToken } from "./engine-types.ts";
-import { admitHttp, apiRoute, type HttpGeneration, type ServerContext } from "./context.ts";
+import { admitHttp, apiRoute, kvReservation, type HttpGeneration, type ServerContext } from "./context.ts";
 import { fromZodError, toApiError } from "./errors.ts";
 import { runChoices, type ChainControl, type GenerationResult } from "./generation.ts";
 import { checkTokenIds, encodeText, prepare, usage, type PreparedRequest } from "./request.ts";
@@ -98,7 +98,7 @@ export async function handleCompletion(ctx: ServerContext, req: Request, res: Re
     for (let j = 0; j < n; j++) plans.push({ index: i * n + j, prompt: p, promptText: text, control: chainPlan.control() });
   });
 
-  const gen = await admitHttp(ctx, res, plans.length);
+  const gen = await admitHttp(ctx, res, plans.length, kvReservation(engine, plans.map((p) => p.prompt.length), prep.maxTokens));
   const id = `cmpl-${randomUUID().replace(/-/g, "")}`;
   const created = Math.floor(Date.now() / 1000);
   const model = modelId(engine.info, chains);

@@ -55,16 +55,17 @@ export function requireEngine(engine: Engine | null): Engine {
 }
 
 /**
- * Admit a request that will run `weight` generations: checks draining, waits for admission
+ * Admit a request that will run `weight` generations reserving `kvBytes` of KV cache (their
+ * prompts + max_tokens): checks draining, waits for admission
  * (429 when the queue is full) and registers the request as in flight. `controller` is aborted
  * by the caller on client disconnect and by shutdown. Returns the release function.
  */
-export async function admit(ctx: ServerContext, weight: number, controller: AbortController): Promise<() => void> {
+export async function admit(ctx: ServerContext, weight: number, controller: AbortController, kvBytes = 0): Promise<() => void> {
   if (ctx.isDraining()) throw serviceUnavailable("draining");
   ctx.inflight.add(controller);
   let releaseSlot: () => void;
   try {
-    releaseSlot = await ctx.admission.acquire(weight, controller.signal);
+    releaseSlot = await ctx.admission.acquire(weight, controller.signal, kvBytes);
   } catch (err) {
     ctx.inflight.delete(controller);
     throw err;
@@ -90,6 +91,7 @@ export async function admitHttp(
   ctx: ServerContext,
   res: { on(e: "close", f: () => void): unknown; off(e: "close", f: () => void): unknown; readonly writableFinished: boolean },
   weight: number,
+  kvBytes = 0,
 ): Promise<HttpGeneration> {
   const controller = new AbortController();
   const clientGone = new AbortController();
@@ -101,7 +103,7 @@ export async function admitHttp(
   res.on("close", onClose);
   let release: () => void;
   try {
-    release = await admit(ctx, weight, controller);
+    release = await admit(ctx, weight, controller, kvBytes);
   } catch (err) {
     res.off("close", onClose);
     throw err;
@@ -128,4 +130,9 @@ export function apiRoute(ctx: ServerContext, label: string, handle: (ctx: Server
       sendError(res, apiErr);
     }
   };
+}
+
+/** KV cache bytes sequences of these prompt lengths can grow to with `maxTokens` more tokens each. */
+export function kvReservation(engine: Engine, promptLengths: readonly number[], maxTokens: number): number {
+  return promptLengths.reduce((bytes, p) => bytes + Math.min(p + maxTokens, engine.info.maxPosition) * engine.info.kvBytesPerToken, 0);
 }

@@ -61,6 +61,16 @@ export function invalidApiKey(): ApiError {
   return new ApiError(401, "Missing or incorrect API key. Send 'Authorization: Bearer <key>'.", "invalid_request_error", null, "invalid_api_key");
 }
 
+export function kvBudgetExceeded(needBytes: number, budgetBytes: number): ApiError {
+  return new ApiError(
+    400,
+    `This request can grow to ${needBytes} bytes of KV cache (prompt + max_tokens, every choice), more than the server's KV budget of ${budgetBytes} bytes. Lower max_tokens or n.`,
+    "invalid_request_error",
+    "max_tokens",
+    "kv_budget_exceeded",
+  );
+}
+
 export function queueFull(retryAfterSeconds: number): ApiError {
   return new ApiError(
     429,

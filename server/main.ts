@@ -3,9 +3,10 @@
 //   node --import tsx server/main.ts [--model DIR] [--port N] [--host H]
 //
 // Environment: COLM_MODEL (model folder, default models/colm-kjv), PORT (8080), HOST (127.0.0.1),
-// COLM_DEVICE (cpu | cuda), COLM_API_KEY, COLM_MAX_RUNNING (8), COLM_MAX_WAITING (32),
+// COLM_DEVICE (cpu | cuda), COLM_API_KEY, COLM_MAX_RUNNING (8), COLM_MAX_WAITING (32), COLM_KV_BYTES,
 // COLM_BODY_LIMIT ("1mb"), COLM_SHUTDOWN_TIMEOUT_MS (10000), COLM_WS_PING_MS (30000),
 // COLM_WS_MAX_BUFFERED_BYTES (1048576).
+import { freemem } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -59,6 +60,8 @@ async function main(): Promise<void> {
     apiKey: process.env.COLM_API_KEY || undefined,
     maxRunning: intEnv("COLM_MAX_RUNNING", 8, 1),
     maxWaiting: intEnv("COLM_MAX_WAITING", 32, 0),
+    // KV budget: COLM_KV_BYTES, else half the memory free at start-up.
+    kvBudgetBytes: intEnv("COLM_KV_BYTES", Math.floor(freemem() / 2), 1),
     bodyLimit: process.env.COLM_BODY_LIMIT || "1mb",
     ws: {
       pingIntervalMs: intEnv("COLM_WS_PING_MS", 30_000, 1),

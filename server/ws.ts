@@ -20,7 +20,7 @@
 import type { IncomingMessage, Server } from "node:http";
 import type { Duplex } from "node:stream";
 import { WebSocket, WebSocketServer, type RawData } from "ws";
-import { admit, type ServerContext } from "./context.ts";
+import { admit, kvReservation, type ServerContext } from "./context.ts";
 import { ApiError, fromZodError, invalidField, toApiError } from "./errors.ts";
 import { runGeneration, type ChainControl } from "./generation.ts";
 import { planChains } from "./latency-router.ts";
@@ -247,7 +247,7 @@ export class StreamServer {
     live.set(msg.id, g);
     let release: () => void;
     try {
-      release = await admit(this.ctx, 1, controller);
+      release = await admit(this.ctx, 1, controller, kvReservation(engine, [prompt.length], prep.maxTokens));
     } catch (err) {
       live.delete(msg.id);
       if (controller.signal.aborted) {

@@ -201,3 +201,22 @@ describe("bad WebSocket messages", () => {
     assert.equal((await request(colm.app).get("/health")).status, 200);
   });
 });
+
+describe("KV cache budget (COLM_KV_BYTES)", () => {
+  test("a request that could outgrow the budget is a 400 naming max_tokens; one that fits is served; capacity is reported", async () => {
+    const perToken = engine.info.kvBytesPerToken;
+    const budgeted = await startApp(engine, { kvBudgetBytes: 40 * perToken });
+    try {
+      const tooBig = await request(budgeted.colm.app).post("/v1/completions").send({ model: "tiny", prompt: "hello", max_tokens: 50 });
+      assert.equal(tooBig.status, 400);
+      assert.equal(tooBig.body.error.code, "kv_budget_exceeded");
+      assert.equal(tooBig.body.error.param, "max_tokens");
+      const fits = await request(budgeted.colm.app).post("/v1/completions").send({ model: "tiny", prompt: "hello", max_tokens: 8 });
+      assert.equal(fits.status, 200);
+      const metrics = await request(budgeted.colm.app).get("/metrics");
+      assert.match(metrics.text, new RegExp(`^colm_kv_cache_bytes_capacity ${40 * perToken}$`, "m"));
+    } finally {
+      await budgeted.close();
+    }
+  });
+});

@@ -72,6 +72,26 @@ describe("Admission", () => {
     r();
     assert.equal(a.running, 0);
   });
+
+  test("KV budget: requests reserve prompt + max_tokens of cache, wait first-come first-served, never-fitting ones are a 400", async () => {
+    const a = new Admission({ maxRunning: 8, maxWaiting: 4, kvBudgetBytes: 1000 });
+    const first = await a.acquire(1, undefined, 600);
+    assert.equal(a.kvReservedBytes, 600);
+    let bigIn = false;
+    let smallIn = false;
+    const big = a.acquire(1, undefined, 700).then((r) => ((bigIn = true), r));
+    const small = a.acquire(1, undefined, 100).then((r) => ((smallIn = true), r)); // fits, but waits its turn
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(bigIn, false);
+    assert.equal(smallIn, false, "no overtaking: the big request would starve");
+    first();
+    const [releaseBig, releaseSmall] = await Promise.all([big, small]);
+    assert.equal(a.kvReservedBytes, 800);
+    releaseBig();
+    releaseSmall();
+    assert.equal(a.kvReservedBytes, 0);
+    await assert.rejects(a.acquire(1, undefined, 1001), (e: unknown) => e instanceof ApiError && e.status === 400 && e.code === "kv_budget_exceeded");
+  });
 });
 
 describe("model resolution and chain choice", () => {
