@@ -1,27 +1,18 @@
 // Bad inputs: every one gets the right status and an OpenAI-shaped error, changes nothing, and
 // the server keeps serving (/health stays 200).
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import request from "supertest";
 import type { ColmApp } from "../server/app.ts";
 import type { Engine } from "../server/engine-types.ts";
-import { WsClient, loadTestEngine, startApp, writeTestCheckpoint, type RunningApp, type TestCheckpoint } from "./helpers/server-fixture.ts";
+import { serveTestModel, WsClient, startApp, type RunningApp } from "./helpers/server-fixture.ts";
 
-let ckpt: TestCheckpoint;
 let engine: Engine;
 let running: RunningApp;
 let colm: ColmApp;
-
-before(async () => {
-  ckpt = await writeTestCheckpoint("tiny", 5);
-  engine = await loadTestEngine(ckpt.dir);
-  running = await startApp(engine);
+serveTestModel(5, {}, (s) => {
+  ({ engine, running } = s);
   colm = running.colm;
-});
-after(async () => {
-  await running.close();
-  await engine.close();
-  ckpt.cleanup();
 });
 
 interface Case {

@@ -1,38 +1,14 @@
 // /metrics: Prometheus text that parses, counters that move with traffic, and client disconnects
 // that stop generation and bring the KV bytes gauge back to idle.
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import request from "supertest";
 import type { Engine } from "../server/engine-types.ts";
-import {
-  WsClient,
-  loadTestEngine,
-  metricValue,
-  parsePrometheus,
-  parseSse,
-  scrape,
-  startApp,
-  waitFor,
-  writeTestCheckpoint,
-  type RunningApp,
-  type Sample,
-  type TestCheckpoint,
-} from "./helpers/server-fixture.ts";
+import { serveTestModel, WsClient, metricValue, parsePrometheus, parseSse, scrape, waitFor, type RunningApp, type Sample } from "./helpers/server-fixture.ts";
 
-let ckpt: TestCheckpoint;
 let engine: Engine;
 let running: RunningApp;
-
-before(async () => {
-  ckpt = await writeTestCheckpoint("tiny", 9);
-  engine = await loadTestEngine(ckpt.dir);
-  running = await startApp(engine);
-});
-after(async () => {
-  await running.close();
-  await engine.close();
-  ckpt.cleanup();
-});
+serveTestModel(9, {}, (s) => ({ engine, running } = s));
 
 const delta = (before: Sample[], after: Sample[], name: string, labels: Record<string, string> = {}) =>
   metricValue(after, name, labels) - metricValue(before, name, labels);

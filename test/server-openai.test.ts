@@ -1,26 +1,15 @@
 // The official `openai` npm package against the running server (completions and chat,
 // streaming and not, models, errors).
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import type { Engine } from "../server/engine-types.ts";
-import { loadTestEngine, startApp, writeTestCheckpoint, type RunningApp, type TestCheckpoint } from "./helpers/server-fixture.ts";
+import { serveTestModel, type RunningApp } from "./helpers/server-fixture.ts";
 
-let ckpt: TestCheckpoint;
-let engine: Engine;
 let running: RunningApp;
 let client: OpenAI;
-
-before(async () => {
-  ckpt = await writeTestCheckpoint("tiny", 13);
-  engine = await loadTestEngine(ckpt.dir);
-  running = await startApp(engine, { apiKey: "sk-test" });
+serveTestModel(13, { apiKey: "sk-test" }, (s) => {
+  running = s.running;
   client = new OpenAI({ baseURL: `${running.url}/v1`, apiKey: "sk-test", maxRetries: 0, timeout: 20_000 });
-});
-after(async () => {
-  await running.close();
-  await engine.close();
-  ckpt.cleanup();
 });
 
 describe("openai SDK", () => {

@@ -1,26 +1,15 @@
 // WebSocket /v1/stream with a real `ws` client against the real engine.
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import request from "supertest";
 import { WebSocket } from "ws";
 import type { Engine } from "../server/engine-types.ts";
 import { waitForBuffer } from "../server/ws.ts";
-import { WsClient, loadTestEngine, startApp, waitFor, writeTestCheckpoint, type RunningApp, type TestCheckpoint } from "./helpers/server-fixture.ts";
+import { serveTestModel, WsClient, startApp, waitFor, type RunningApp } from "./helpers/server-fixture.ts";
 
-let ckpt: TestCheckpoint;
 let engine: Engine;
 let running: RunningApp;
-
-before(async () => {
-  ckpt = await writeTestCheckpoint("tiny", 3);
-  engine = await loadTestEngine(ckpt.dir);
-  running = await startApp(engine);
-});
-after(async () => {
-  await running.close();
-  await engine.close();
-  ckpt.cleanup();
-});
+serveTestModel(3, {}, (s) => ({ engine, running } = s));
 
 const tokensOf = (c: WsClient, id: string) => c.received.filter((m) => m.type === "token" && m.id === id);
 

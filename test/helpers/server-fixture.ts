@@ -2,6 +2,7 @@
 // an app listening on 127.0.0.1:0, an SSE parser, a Prometheus text parser and a ws client
 // that queues messages.
 import { mkdtempSync, rmSync } from "node:fs";
+import { after, before } from "node:test";
 import type http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -207,4 +208,31 @@ export class WsClient {
       this.ws.close();
     });
   }
+}
+
+export interface ServedTestModel {
+  engine: Engine;
+  running: RunningApp;
+}
+
+/**
+ * For a test file: registers before/after hooks that write a random checkpoint, load it in the
+ * real engine and start an app listening on 127.0.0.1:0, then tear all three down. `onReady`
+ * (and the returned object's fields) see them once that hook has run.
+ */
+export function serveTestModel(seed: number, options: AppOptions = {}, onReady: (served: ServedTestModel) => void = () => {}): ServedTestModel {
+  const served = {} as ServedTestModel;
+  let ckpt: TestCheckpoint;
+  before(async () => {
+    ckpt = await writeTestCheckpoint("tiny", seed);
+    served.engine = await loadTestEngine(ckpt.dir);
+    served.running = await startApp(served.engine, options);
+    onReady(served);
+  });
+  after(async () => {
+    await served.running.close();
+    await served.engine.close();
+    ckpt.cleanup();
+  });
+  return served;
 }
