@@ -41,32 +41,42 @@ export class ModelRunner {
     readonly weightBytes: number,
   ) {}
 
-  static async create(ckpt: Checkpoint, options: RunnerOptions = {}): Promise<ModelRunner> {
+  /** A session over the graph built from `ckpt` in this process. */
+  static create(ckpt: Checkpoint, options: RunnerOptions = {}): Promise<ModelRunner> {
+    const built = buildColmGraph(ckpt);
+    return ModelRunner.open(built.model, ckpt.config, built.weightBytes, options);
+  }
+
+  /** A session over a built graph: its bytes, or the path of an .onnx file (see ops/graph-cache.ts). */
+  static async open(model: Uint8Array | string, config: ColmConfig, weightBytes: number, options: RunnerOptions = {}): Promise<ModelRunner> {
     const log = options.log ?? ((m: string) => console.error(m));
     const threads = options.threads ?? (Number(process.env.COLM_THREADS) || availableParallelism());
-    const built = buildColmGraph(ckpt);
     const base: ort.InferenceSession.SessionOptions = {
       graphOptimizationLevel: "all",
       executionMode: "sequential",
       intraOpNumThreads: threads,
       interOpNumThreads: 1,
     };
+    // One overload per source type keeps onnxruntime's typings happy.
+    const create = (o: ort.InferenceSession.SessionOptions): Promise<ort.InferenceSession> =>
+      typeof model === "string" ? ort.InferenceSession.create(model, o) : ort.InferenceSession.create(model, o);
     let device: Device = options.device ?? "cpu";
     let session: ort.InferenceSession;
     if (device === "cuda") {
       try {
         // logSeverityLevel 4: onnxruntime's own "cannot load provider" error is replaced by our one line.
-        session = await ort.InferenceSession.create(built.model, { ...base, executionProviders: ["cuda", "cpu"], logSeverityLevel: 4 });
+        session = await create({ ...base, executionProviders: ["cuda", "cpu"], logSeverityLevel: 4 });
       } catch (e) {
         log(`colm: CUDA execution provider unavailable (${(e as Error).message.split("\n")[0]}); falling back to CPU`);
         device = "cpu";
-        session = await ort.InferenceSession.create(built.model, { ...base, executionProviders: ["cpu"] });
+        session = await create({ ...base, executionProviders: ["cpu"] });
       }
     } else {
-      session = await ort.InferenceSession.create(built.model, { ...base, executionProviders: ["cpu"] });
+      session = await create({ ...base, executionProviders: ["cpu"] });
     }
-    return new ModelRunner(session, ckpt.config, device, built.weightBytes);
+    return new ModelRunner(session, config, device, weightBytes);
   }
+
 
   /**
    * Runs `tokens` (positions cache.length …) at `chains` chains. The cache is read, not written:

@@ -2,10 +2,13 @@
 // chain count and switching count between any two tokens (spec §5.5). Prompts are prefilled by
 // chain 1 (spec §5.4): the cache is filled by the smallest model and only the last prompt token
 // runs at the requested size. The engine knows the model runner beneath it and nothing above.
+import { basename, join, resolve } from "node:path";
 import { loadCheckpoint, parameterCount } from "../models/checkpoint.ts";
+import { readConfig } from "../models/config.ts";
 import { loadTokenizer, tokenText } from "../models/tokenizer.ts";
 import { KvCache } from "../kernels/kv-cache.ts";
 import { ModelRunner, type Device } from "../ops/runner.ts";
+import { cachedGraph } from "../ops/graph-cache.ts";
 import { Scheduler, prefillRow, type StepStats } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
 import type {
@@ -24,6 +27,13 @@ export interface LoadModelOptions {
   maxBatch?: number;
   /** Prompt tokens prefilled per scheduler step while other sequences decode (default 256). */
   prefillChunk?: number;
+  /**
+   * Build the graph in a child process and cache it on disk (ops/graph-cache.ts), so this process
+   * never holds the checkpoint. Default: only for checkpoints over 64 MiB of weights.
+   */
+  graphCache?: boolean;
+  /** Where cached graphs live (default .cache/graphs, or COLM_GRAPH_CACHE). */
+  graphCacheDir?: string;
   log?: (message: string) => void;
 }
 
@@ -122,22 +132,32 @@ export class ColmEngine implements Engine {
   }
 }
 
+/** Checkpoints with more weight bytes than this get their graph built out of process and cached. */
+const OUT_OF_PROCESS_BYTES = 64 * 2 ** 20;
+
 export async function loadModel(dir: string, options: LoadModelOptions = {}): Promise<ColmEngine> {
-  const ckpt = loadCheckpoint(dir, { onWarning: options.log });
-  const c = ckpt.config;
-  const tokenizer = loadTokenizer(dir, c.tokenizer, { bos: c.bos_token_id, eos: c.eos_token_id });
-  const runner = await ModelRunner.create(ckpt, { device: options.device, threads: options.threads, log: options.log });
+  const config = readConfig(join(dir, "config.json"));
+  const weightBytes = 4 * parameterCount(config);
+  const runnerOptions = { device: options.device, threads: options.threads, log: options.log };
+  const tokenizer = loadTokenizer(dir, config.tokenizer, { bos: config.bos_token_id, eos: config.eos_token_id });
+  let runner: ModelRunner;
+  if (options.graphCache ?? weightBytes > OUT_OF_PROCESS_BYTES) {
+    const file = await cachedGraph(dir, options.graphCacheDir, options.log);
+    runner = await ModelRunner.open(file, config, weightBytes, runnerOptions);
+  } else {
+    runner = await ModelRunner.create(loadCheckpoint(dir, { onWarning: options.log }), runnerOptions);
+  }
   const info: ModelInfo = {
-    name: ckpt.name,
-    nChains: c.nChains,
-    widths: c.dk.slice(1),
-    paramCounts: Array.from({ length: c.nChains }, (_, i) => parameterCount(c, i + 1)),
-    vocabSize: c.vocab_size,
-    maxPosition: c.max_position,
-    bosTokenId: c.bos_token_id,
-    eosTokenId: c.eos_token_id,
+    name: config.name ?? basename(resolve(dir)),
+    nChains: config.nChains,
+    widths: config.dk.slice(1),
+    paramCounts: Array.from({ length: config.nChains }, (_, i) => parameterCount(config, i + 1)),
+    vocabSize: config.vocab_size,
+    maxPosition: config.max_position,
+    bosTokenId: config.bos_token_id,
+    eosTokenId: config.eos_token_id,
     device: runner.device,
-    kvBytesPerToken: 2 * c.n_layers * c.kvWidth * 4,
+    kvBytesPerToken: 2 * config.n_layers * config.kvWidth * 4,
   };
   return new ColmEngine(runner, info, tokenizer, options.maxBatch, options.prefillChunk);
 }

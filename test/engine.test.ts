@@ -3,7 +3,10 @@ import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { loadModel, EngineError, type ColmEngine } from "../server/engine.ts";
 import type { GeneratedToken, GenerateOptions, GenerationSummary } from "../server/engine-types.ts";
-import { TINY_UNEQUAL, TINY_EQUAL, makeCheckpoint } from "./helpers/checkpoints.ts";
+import { readdirSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { cachedGraph } from "../ops/graph-cache.ts";
+import { TINY_UNEQUAL, TINY_EQUAL, makeCheckpoint, tempDir } from "./helpers/checkpoints.ts";
 import { fullForward } from "./helpers/run.ts";
 
 async function collect(engine: ColmEngine, prompt: number[], options: GenerateOptions): Promise<{ tokens: GeneratedToken[]; summary: GenerationSummary }> {
@@ -103,6 +106,29 @@ describe("engine", () => {
     await refuse([1, 9999], { maxTokens: 2 }, "invalid_prompt");
     await refuse(prompt, { maxTokens: 2, chains: 5 }, "invalid_chains");
   });
+});
+
+test("a graph built out of process and cached on disk serves the same tokens, and is reused", async () => {
+  const dir = makeCheckpoint(TINY_EQUAL, 5);
+  const cacheDir = tempDir("colm-graphs-");
+  const options: GenerateOptions = { chains: 3, maxTokens: 8, sampling: { temperature: 0 } };
+  const prompt = [10, 20, 30, 40];
+  const inProcess = await loadModel(dir, { threads: 1, graphCache: false });
+  const cached = await loadModel(dir, { threads: 1, graphCache: true, graphCacheDir: cacheDir });
+  try {
+    const a = (await collect(inProcess, prompt, options)).tokens.map((t) => t.tokenId);
+    const b = (await collect(cached, prompt, options)).tokens.map((t) => t.tokenId);
+    assert.deepEqual(b, a);
+    const files = readdirSync(cacheDir);
+    assert.equal(files.length, 1);
+    assert.match(files[0], /^[0-9a-f]{32}\.onnx$/);
+    const mtime = statSync(join(cacheDir, files[0])).mtimeMs;
+    assert.equal(await cachedGraph(dir, cacheDir), join(cacheDir, files[0]));
+    assert.equal(statSync(join(cacheDir, files[0])).mtimeMs, mtime, "not rebuilt");
+  } finally {
+    await inProcess.close();
+    await cached.close();
+  }
 });
 
 test("COLM_DEVICE=cuda without the CUDA provider falls back to CPU and says so", async () => {

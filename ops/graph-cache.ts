@@ -1,0 +1,44 @@
+// Built graphs cached on disk, keyed by the checkpoint and the code that builds it. A large
+// checkpoint's graph is built by a child process: the serving process then only asks onnxruntime
+// to load the file, and never holds the checkpoint or graph bytes itself — which glibc would keep
+// as resident heap after they are freed (measured: 2.4× the weight bytes instead of ~1.3×).
+import { createHash } from "node:crypto";
+import { execFile } from "node:child_process";
+import { createReadStream, existsSync, mkdirSync, readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+/** The sources whose output the cached file is: a change to any of them is a new key. */
+const BUILDER_SOURCES = ["colm-graph.ts", "graph.ts", "onnx-proto.ts", "../models/checkpoint.ts", "../models/config.ts"].map((f) => join(HERE, f));
+
+async function hashFile(hash: ReturnType<typeof createHash>, path: string): Promise<void> {
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+}
+
+/** The cache key of a checkpoint folder's graph. */
+export async function graphKey(checkpointDir: string): Promise<string> {
+  const hash = createHash("sha256");
+  for (const src of BUILDER_SOURCES) hash.update(readFileSync(src));
+  hash.update(readFileSync(join(checkpointDir, "config.json")));
+  await hashFile(hash, join(checkpointDir, "model.safetensors"));
+  return hash.digest("hex").slice(0, 32);
+}
+
+export const defaultGraphCacheDir = (): string => process.env.COLM_GRAPH_CACHE ?? join(HERE, "..", ".cache", "graphs");
+
+/** Path of the checkpoint's built graph, building it in a child process when it is not cached. */
+export async function cachedGraph(checkpointDir: string, cacheDir = defaultGraphCacheDir(), log: (m: string) => void = () => {}): Promise<string> {
+  const file = join(cacheDir, `${await graphKey(checkpointDir)}.onnx`);
+  if (existsSync(file)) return file;
+  mkdirSync(cacheDir, { recursive: true });
+  const script = join(HERE, "build-graph.ts");
+  await new Promise<void>((resolve, reject) => {
+    execFile(process.execPath, ["--import", import.meta.resolve("tsx"), script, checkpointDir, file], { maxBuffer: 1 << 24 }, (err, _stdout, stderr) => {
+      for (const line of stderr.split("\n")) if (line.startsWith("warning: ")) log(line.slice(9));
+      if (err) reject(new Error(`building the graph of ${checkpointDir} failed: ${stderr.trim() || err.message}`));
+      else resolve();
+    });
+  });
+  return file;
+}
