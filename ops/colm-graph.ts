@@ -225,12 +225,6 @@ class ChainPass {
   }
 }
 
-export const graphOutputNames = (c: ColmConfig): string[] => [
-  "logits",
-  "hidden",
-  ...Array.from({ length: c.n_layers }, (_, l) => [`new_key_${l}`, `new_value_${l}`]).flat(),
-];
-
 export interface BuiltGraph {
   model: Uint8Array;
   /** Bytes of the float32 initializers (each weight once). */

@@ -4,8 +4,8 @@
 // runs at the requested size. The engine knows the model runner beneath it and nothing above.
 import { basename, join, resolve } from "node:path";
 import { loadCheckpoint, parameterCount } from "../models/checkpoint.ts";
-import { readConfig } from "../models/config.ts";
-import { loadTokenizer, tokenText } from "../models/tokenizer.ts";
+import { kvValuesPerToken, readConfig } from "../models/config.ts";
+import { loadTokenizer } from "../models/tokenizer.ts";
 import { KvCache } from "../kernels/kv-cache.ts";
 import { ModelRunner, type Device } from "../ops/runner.ts";
 import { cachedGraph } from "../ops/graph-cache.ts";
@@ -122,11 +122,6 @@ export class ColmEngine implements Engine {
     return yield* seq.stream();
   }
 
-  /** Display text of one token (for logprobs). */
-  tokenText(tokenId: number): string {
-    return tokenText(this.tokenizer, tokenId);
-  }
-
   async close(): Promise<void> {
     await this.runner.close();
   }
@@ -157,7 +152,7 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
     bosTokenId: config.bos_token_id,
     eosTokenId: config.eos_token_id,
     device: runner.device,
-    kvBytesPerToken: 2 * config.n_layers * config.kvWidth * 4,
+    kvBytesPerToken: 4 * kvValuesPerToken(config),
   };
   return new ColmEngine(runner, info, tokenizer, options.maxBatch, options.prefillChunk);
 }

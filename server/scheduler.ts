@@ -16,7 +16,6 @@ import type { Sequence } from "./sequence.ts";
  */
 const PREFILL_CHUNK = 4096;
 const INTERLEAVED_CHUNK = 256;
-export { INTERLEAVED_CHUNK as DEFAULT_INTERLEAVED_CHUNK };
 
 /**
  * Continues filling row `row` of `cache` with `prompt` (from the row's current length), at most
