@@ -11,6 +11,9 @@ import { ModelRunner, type Device } from "../ops/runner.ts";
 import { cachedGraph } from "../ops/graph-cache.ts";
 import { Scheduler, prefillRow, type StepStats } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
+import { EngineError } from "./engine-error.ts";
+
+export { EngineError };
 import type {
   Engine,
   GenerateOptions,
@@ -35,18 +38,6 @@ export interface LoadModelOptions {
   /** Where cached graphs live (default .cache/graphs, or COLM_GRAPH_CACHE). */
   graphCacheDir?: string;
   log?: (message: string) => void;
-}
-
-/** A request the engine cannot serve; `code` follows OpenAI's error codes where one exists. */
-export class EngineError extends Error {
-  override name = "EngineError";
-  constructor(
-    message: string,
-    readonly code: "context_length_exceeded" | "invalid_prompt" | "invalid_chains" | "invalid_max_tokens",
-    readonly param?: string,
-  ) {
-    super(message);
-  }
 }
 
 export class ColmEngine implements Engine {

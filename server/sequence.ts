@@ -3,13 +3,8 @@
 import { Sampler } from "../kernels/sampling.ts";
 import { StopMatcher } from "../kernels/stop.ts";
 import { IncrementalDecoder, tokenText } from "../models/tokenizer.ts";
+import { EngineError } from "./engine-error.ts";
 import type { FinishReason, GenerateOptions, GeneratedToken, GenerationSummary, ModelInfo, Tokenizer } from "./engine-types.ts";
-
-export class ChainsError extends Error {
-  override name = "EngineError";
-  readonly code = "invalid_chains";
-  readonly param = "chains";
-}
 
 type Event = { token: GeneratedToken } | { summary: GenerationSummary } | { error: unknown };
 
@@ -57,7 +52,7 @@ export class Sequence {
     const n = this.info.nChains;
     const k = this.options.chooseChains ? this.options.chooseChains(index) : (this.options.chains ?? n);
     if (Number.isInteger(k) && k >= 1 && k <= n) return (this.lastChains = k);
-    this.fail(new ChainsError(`chooseChains returned ${k}; expected 1 … ${n}`));
+    this.fail(new EngineError(`chooseChains returned ${k}; expected 1 … ${n}`, "invalid_chains", "chains"));
     return 1;
   }
 
