@@ -37,7 +37,6 @@ export interface ColmWeights {
 
 export interface Checkpoint {
   dir: string;
-  name: string;
   config: ColmConfig;
   weights: ColmWeights;
   /** Bytes of float32 weights actually used (masked blocks excluded, tied head counted once). */
@@ -177,8 +176,7 @@ export function loadCheckpoint(dir: string, options: LoadOptions = {}): Checkpoi
       norm: get("norm.weight"),
       head: config.tie_embeddings ? embed : get("lm_head.weight"),
     };
-    const name = config.name ?? dir.replace(/\/+$/, "").split("/").pop() ?? "colm";
-    return { dir, name, config, weights, weightBytes: 4 * parameterCount(config) };
+    return { dir, config, weights, weightBytes: 4 * parameterCount(config) };
   } finally {
     file.close();
   }

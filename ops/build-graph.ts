@@ -10,6 +10,6 @@ if (!dir || !out) {
   console.error("usage: build-graph.ts CHECKPOINT_DIR OUT.onnx");
   process.exit(2);
 }
-const built = buildColmGraph(loadCheckpoint(dir, { onWarning: (m) => console.error(`warning: ${m}`) }));
-writeFileSync(`${out}.tmp`, built.model);
+const model = buildColmGraph(loadCheckpoint(dir, { onWarning: (m) => console.error(`warning: ${m}`) }));
+writeFileSync(`${out}.tmp`, model);
 renameSync(`${out}.tmp`, out); // readers never see a half-written file

@@ -225,13 +225,8 @@ class ChainPass {
   }
 }
 
-export interface BuiltGraph {
-  model: Uint8Array;
-  /** Bytes of the float32 initializers (each weight once). */
-  weightBytes: number;
-}
-
-export function buildColmGraph(ckpt: Checkpoint): BuiltGraph {
+/** The serialized ONNX model (ModelProto) of a checkpoint. */
+export function buildColmGraph(ckpt: Checkpoint): Uint8Array {
   const c = ckpt.config;
   const g = new GraphBuilder("colm-air");
   registerWeights(g, ckpt);
@@ -309,5 +304,5 @@ export function buildColmGraph(ckpt: Checkpoint): BuiltGraph {
   const [logits, hidden] = nest(g, [first.acts]);
   g.output("logits", logits);
   g.output("hidden", hidden);
-  return { model: g.model(), weightBytes: g.weightBytes };
+  return g.model();
 }

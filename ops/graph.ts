@@ -16,7 +16,6 @@ export { DataType } from "./onnx-proto.ts";
 interface Root {
   counter: number;
   initializers: ProtoWriter[];
-  initializerBytes: number;
   constants: Map<string, string>;
 }
 
@@ -30,7 +29,7 @@ export class GraphBuilder {
     readonly name: string,
     parent?: GraphBuilder,
   ) {
-    this.root = parent ? parent.root : { counter: 0, initializers: [], initializerBytes: 0, constants: new Map() };
+    this.root = parent ? parent.root : { counter: 0, initializers: [], constants: new Map() };
   }
 
   /** A new subgraph (e.g. an If branch) that can read this graph's values and initializers. */
@@ -72,7 +71,6 @@ export class GraphBuilder {
     if (count !== data.length) throw new Error(`weight ${name}: dims [${dims}] do not match ${data.length} values`);
     const raw = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
     this.root.initializers.push(tensorProto(name, DataType.FLOAT, dims, raw));
-    this.root.initializerBytes += data.byteLength;
     return name;
   }
 
@@ -105,9 +103,6 @@ export class GraphBuilder {
     return name;
   }
 
-  get weightBytes(): number {
-    return this.root.initializerBytes;
-  }
 
   /** GraphProto of this (sub)graph; only the root carries the initializers. */
   proto(isRoot = false): ProtoWriter {

@@ -43,8 +43,7 @@ export class ModelRunner {
 
   /** A session over the graph built from `ckpt` in this process. */
   static create(ckpt: Checkpoint, options: RunnerOptions = {}): Promise<ModelRunner> {
-    const built = buildColmGraph(ckpt);
-    return ModelRunner.open(built.model, ckpt.config, built.weightBytes, options);
+    return ModelRunner.open(buildColmGraph(ckpt), ckpt.config, ckpt.weightBytes, options);
   }
 
   /** A session over a built graph: its bytes, or the path of an .onnx file (see ops/graph-cache.ts). */
