@@ -1,10 +1,9 @@
 // npm run bench:batching — continuous batching on bench-s (random weights): generated tokens/s
 // with 1, 4 and 16 concurrent greedy requests through the engine, against the same requests
 // served one at a time. Writes loadtest/results/batching.json.
-import { mkdirSync, writeFileSync } from "node:fs";
-import { availableParallelism, cpus } from "node:os";
 import { loadModel, type ColmEngine } from "../server/engine.ts";
-import { BENCH_S, benchCheckpoint } from "./shapes.ts";
+import { BENCH_S, benchCheckpoint, describeShape } from "./shapes.ts";
+import { writeResult } from "./results.ts";
 
 const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, "").split("=") as [string, string]));
 const PROMPT = Number(args.get("prompt") ?? 128);
@@ -34,15 +33,11 @@ for (const c of [1, 4, 16]) {
 }
 await engine.close();
 const result = {
-  machine: { nproc: availableParallelism(), cpu: cpus()[0]?.model ?? "unknown" },
-  shape: "bench-s: V 8192, D 512 (4 chains of 128), 8 layers, head_dim 64, kv_heads 2, FFN 4×352",
-  command: `npm run bench:batching -- ${process.argv.slice(2).join(" ")}`.trim(),
+  shape: describeShape(BENCH_S),
   prompt_tokens: PROMPT,
   max_tokens: MAX_TOKENS,
   chains: CHAINS,
   throughput: figures,
   throughput_ratio_c16: figures["16"].ratio,
 };
-mkdirSync("loadtest/results", { recursive: true });
-writeFileSync("loadtest/results/batching.json", JSON.stringify(result, null, 2) + "\n");
-console.log("wrote loadtest/results/batching.json");
+writeResult("batching", "bench:batching", result);

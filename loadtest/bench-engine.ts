@@ -1,11 +1,10 @@
 // npm run bench:engine — engine benchmark on bench-m (spec-conformant random checkpoints):
 // chain-1 prefill speedup, decode tokens/s per chain count, resident memory per weight byte,
 // and the same figures for a dense model of the same full width. Writes loadtest/results/engine.json.
-import { mkdirSync, writeFileSync } from "node:fs";
-import { cpus, availableParallelism } from "node:os";
 import type { ColmConfigJson } from "../models/config.ts";
-import { BENCH_M, DENSE_M, benchCheckpoint } from "./shapes.ts";
+import { BENCH_M, DENSE_M, benchCheckpoint, describeShape } from "./shapes.ts";
 import { measureModel, type ModelFigures } from "./engine-figures.ts";
+import { machine, writeResult } from "./results.ts";
 
 const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, "").split("=") as [string, string]));
 const PROMPT = Number(args.get("prompt") ?? 1024);
@@ -22,13 +21,11 @@ const colm = which !== "dense" ? await measure(BENCH_M) : undefined;
 const dense = which !== "colm" ? await measure(DENSE_M) : undefined;
 
 const result: Record<string, unknown> = {
-  machine: { nproc: availableParallelism(), cpu: cpus()[0]?.model ?? "unknown" },
-  shape: "bench-m: V 32000, D 1024 (4 chains of 256), 16 layers, head_dim 64, kv_heads 4, FFN 4×704",
+  shape: describeShape(BENCH_M),
   prompt_tokens: PROMPT,
   prefill_lengths: PROMPTS,
   decode_context_tokens: CONTEXT,
   repeats: REPEATS,
-  command: `npm run bench:engine -- ${process.argv.slice(2).join(" ")}`.trim(),
 };
 // What llama.cpp does on this machine for the dense M shape (../shared/performance-anchors.md).
 const LLAMA_CPP_M = { prefill_512_tok_s: 311, prefill_2048_tok_s: 255, decode_tok_s: 37.6, flash_decode_tok_s: 40.8 };
@@ -65,11 +62,9 @@ if (dense) {
     });
   }
 }
-mkdirSync("loadtest/results", { recursive: true });
-writeFileSync("loadtest/results/engine.json", JSON.stringify(result, null, 2) + "\n");
 // The table a reader compares, then where the JSON went.
 const f = (x: number | undefined, digits = 0): string => (x === undefined ? "–" : x.toFixed(digits)).padStart(9);
-const rows: string[] = [`${String(result.shape)}; ${REPEATS} repeats, medians; ${availableParallelism()} threads`];
+const rows: string[] = [`${String(result.shape)}; ${REPEATS} repeats, medians; ${machine().nproc} threads`];
 rows.push(`${"prefill, logits for the last token".padEnd(44)}${PROMPTS.map((t) => f(t)).join("")}`);
 if (colm) {
   rows.push(`${"  CoLM full 4-chain prefill (ms)".padEnd(44)}${PROMPTS.map((t) => f(colm.prefill[String(t)].full_ms)).join("")}`);
@@ -81,4 +76,4 @@ rows.push(`${"decode tok/s, batch 1, " + CONTEXT + " tokens of context".padEnd(2
 rows.push("".padEnd(44) + [1, 2, 3, 4].map((k) => f(colm?.decode_tokens_per_s[String(k)], 1)).join("") + f(dense?.decode_tokens_per_s["1"], 1));
 if (colm) rows.push(`resident memory / weight bytes: ${colm.rss_over_weight_bytes.toFixed(2)} (${(colm.weight_bytes / 2 ** 20).toFixed(0)} MiB of weights, every size ready)`);
 console.log(rows.join("\n"));
-console.log("wrote loadtest/results/engine.json");
+writeResult("engine", "bench:engine", result);

@@ -1,11 +1,10 @@
 // npm run bench:model -- [--dir=models/colm-kjv] — decode tokens/s per chain count and chain-1
 // prefill for one real checkpoint (default: the bundled model), for its card and the README.
 // Writes loadtest/results/<name>.json.
-import { mkdirSync, writeFileSync } from "node:fs";
-import { availableParallelism, cpus } from "node:os";
 import { basename } from "node:path";
 import { readConfig } from "../models/config.ts";
 import { measureModel } from "./engine-figures.ts";
+import { writeResult } from "./results.ts";
 
 const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, "").split("=") as [string, string]));
 const dir = args.get("dir") ?? "models/colm-kjv";
@@ -16,15 +15,11 @@ const figures = await measureModel(dir, { prompts: [prompt], context, decodeStep
 const name = config.name ?? basename(dir);
 const result = {
   model: name,
-  machine: { nproc: availableParallelism(), cpu: cpus()[0]?.model ?? "unknown" },
-  command: `npm run bench:model -- ${process.argv.slice(2).join(" ")}`.trim(),
   decode_context_tokens: context,
   ...figures,
 };
-mkdirSync("loadtest/results", { recursive: true });
-writeFileSync(`loadtest/results/${name}.json`, JSON.stringify(result, null, 2) + "\n");
+writeResult(name, "bench:model", result);
 const d = figures.decode_tokens_per_s;
 console.log(`${name}: decode tok/s (batch 1, ${context} tokens of context): ${Object.entries(d).map(([k, v]) => `k=${k} ${v.toFixed(0)}`).join(", ")}`);
 const p = figures.prefill[String(prompt)];
 console.log(`prefill ${prompt} tokens: full ${p.full_ms.toFixed(1)} ms, chain-1 ${p.chain1_ms?.toFixed(1)} ms (${p.speedup?.toFixed(2)}×)`);
-console.log(`wrote loadtest/results/${name}.json`);

@@ -10,13 +10,13 @@
 // The budget defaults to `--budget-frac` × the k=4 TPOT measured at the full batch in step 2, so
 // a fixed k=4 cannot meet it at full load by construction and smaller k can (their step costs
 // are printed). Writes loadtest/results/serve.json.
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { availableParallelism, cpus } from "node:os";
+import { existsSync, readFileSync } from "node:fs";
 import { createApp } from "../server/app.ts";
 import { loadModel } from "../server/engine.ts";
 import { parseMix, type LatencyBudget } from "./arrivals.ts";
 import { runLoad, type LoadOptions } from "./loadgen.ts";
-import { BENCH_S, benchCheckpoint } from "./shapes.ts";
+import { BENCH_S, benchCheckpoint, describeShape } from "./shapes.ts";
+import { writeResult } from "./results.ts";
 import { meetsBudget, type RequestRecord } from "./stats.ts";
 
 const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, "").split("=") as [string, string]));
@@ -109,9 +109,7 @@ await engine.close();
 const batchingPath = "loadtest/results/batching.json";
 const throughputRatioC16 = existsSync(batchingPath) ? (JSON.parse(readFileSync(batchingPath, "utf8")) as { throughput_ratio_c16?: number }).throughput_ratio_c16 ?? null : null;
 const result = {
-  machine: { nproc: availableParallelism(), cpu: cpus()[0]?.model ?? "unknown" },
-  shape: "bench-s: V 8192, D 512 (4 chains of 128), 8 layers, head_dim 64, kv_heads 2, FFN 4×352",
-  command: `npm run bench:serve -- ${process.argv.slice(2).join(" ")}`.trim(),
+  shape: describeShape(BENCH_S),
   prompt_tokens: PROMPT,
   max_tokens: MAX_TOKENS,
   batch: BATCH,
@@ -131,6 +129,4 @@ const result = {
   throughput_ratio_c16: throughputRatioC16,
   throughput_ratio_c16_source: batchingPath,
 };
-mkdirSync("loadtest/results", { recursive: true });
-writeFileSync("loadtest/results/serve.json", JSON.stringify(result, null, 2) + "\n");
-console.log("wrote loadtest/results/serve.json");
+writeResult("serve", "bench:serve", result);

@@ -2,7 +2,7 @@
 // same widths, depths and vocabularies as the llama.cpp anchors in ../shared/performance-anchors.md.
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { ColmConfigJson } from "../models/config.ts";
+import { parseConfig, type ColmConfigJson } from "../models/config.ts";
 import { writeRandomCheckpoint } from "../models/random.ts";
 
 const common = { architecture: "colm-air", head_dim: 64, rope_theta: 10000, norm_eps: 1e-5, tie_embeddings: false, tokenizer: "byte" } as const;
@@ -26,4 +26,11 @@ export function benchCheckpoint(config: ColmConfigJson): string {
     writeFileSync(join(dir, "config.json"), JSON.stringify(config, null, 2) + "\n"); // same weights, current config
   }
   return dir;
+}
+
+/** "bench-s: V 8192, D 512 (4 chains of 128), 8 layers, head_dim 64, kv_heads 2, FFN 4×352". */
+export function describeShape(json: ColmConfigJson): string {
+  const c = parseConfig(json);
+  const chains = c.nChains === 1 ? "one chain" : `${c.nChains} chains of ${c.chainWidths[0]}`;
+  return `${json.name}: V ${c.vocab_size}, D ${c.hidden} (${chains}), ${c.n_layers} layers, head_dim ${c.head_dim}, kv_heads ${c.kv_heads}, FFN ${c.nChains}×${c.ffn_chain_dims[0]}`;
 }
