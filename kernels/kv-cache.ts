@@ -64,8 +64,9 @@ export class KvCache {
   }
 
   /**
-   * Appends `tokens` tokens to rows firstRow … firstRow+count-1, keys/values given token-major
-   * ([count · tokens, kv_heads · hd], as a step over those rows returns them).
+   * Appends `tokens` tokens to rows firstRow … firstRow+count-1, keys/values given head-major
+   * ([count, kv_heads, tokens, hd], as a step over those rows returns them): one block copy per
+   * row and head.
    */
   append(newKeys: Float32Array[], newValues: Float32Array[], tokens: number, firstRow = 0, count = this.rows - firstRow): void {
     if (newKeys.length !== this.layers || newValues.length !== this.layers) {
@@ -74,15 +75,14 @@ export class KvCache {
     const rows = Array.from({ length: count }, (_, i) => firstRow + i);
     this.reserve(Math.max(...rows.map((r) => this.lengths[r])) + tokens);
     const { kvHeads, headDim: hd, cap } = this;
+    const block = tokens * hd;
     for (let l = 0; l < this.layers; l++) {
       rows.forEach((r, i) => {
-        for (let t = 0; t < tokens; t++) {
-          for (let h = 0; h < kvHeads; h++) {
-            const from = ((i * tokens + t) * kvHeads + h) * hd;
-            const to = ((r * kvHeads + h) * cap + this.lengths[r] + t) * hd;
-            this.keys[l].set(newKeys[l].subarray(from, from + hd), to);
-            this.values[l].set(newValues[l].subarray(from, from + hd), to);
-          }
+        for (let h = 0; h < kvHeads; h++) {
+          const from = (i * kvHeads + h) * block;
+          const to = ((r * kvHeads + h) * cap + this.lengths[r]) * hd;
+          this.keys[l].set(newKeys[l].subarray(from, from + block), to);
+          this.values[l].set(newValues[l].subarray(from, from + block), to);
         }
       });
     }

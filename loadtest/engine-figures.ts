@@ -71,15 +71,22 @@ export async function measureModel(dir: string, o: MeasureOptions): Promise<Mode
     const full: number[] = [];
     const split: number[] = [];
     let diff = 0;
-    // One untimed run of each path first: onnxruntime grows its arena for a new prompt length on
-    // the first call (seen here: 850 ms, then 540, then a steady 220 for the same chain-1 prefill).
-    await engine.prefill(prompt, n, cache(T), false);
-    if (n > 1) await engine.prefill(prompt, n, cache(T), true);
+    // One cache, emptied before each run, as the server's scheduler keeps one for its lifetime: a
+    // fresh 32 MiB cache per run would time first-touch page faults (30–90 ms here) that serving
+    // never pays. One untimed run of each path first: onnxruntime grows its arena for a new prompt
+    // length on the first call (seen here: 850 ms, then 540, then a steady 220 for the same prefill).
+    const kv = cache(T);
+    const run = (chain1: boolean): Promise<Float32Array> => {
+      kv.truncate(0);
+      return engine.prefill(prompt, n, kv, chain1);
+    };
+    await run(false);
+    if (n > 1) await run(true);
     for (let r = 0; r < o.repeats; r++) {
-      const [tf, a] = await timed(() => engine.prefill(prompt, n, cache(T), false));
+      const [tf, a] = await timed(() => run(false));
       full.push(tf);
       if (n > 1) {
-        const [ts, b] = await timed(() => engine.prefill(prompt, n, cache(T), true));
+        const [ts, b] = await timed(() => run(true));
         split.push(ts);
         for (let i = 0; i < a.length; i++) diff = Math.max(diff, Math.abs(a[i] - b[i]));
       }

@@ -14,7 +14,8 @@
 //          past_key_l / past_value_l float [B, kv_heads, C, hd], the rows' cache buffers (C ≥ P_b
 //          slots, the first P_b of row b valid).
 // Outputs: logits [R, V]; hidden [R, d_k] (final hidden state, pre-norm);
-//          new_key_l / new_value_l [B·T, kv_heads·hd] (rotated keys and values of the new tokens).
+//          new_key_l / new_value_l [B, kv_heads, T, hd] (rotated keys and values of the new tokens,
+//          head-major like the cache, so appending them is one block copy per row and head).
 import type { Checkpoint, ChainLinear } from "../models/checkpoint.ts";
 import type { ColmConfig } from "../models/config.ts";
 import { DataType, GraphBuilder } from "./graph.ts";
@@ -197,8 +198,8 @@ class ChainPass {
         s.values.push(value3);
         s.keyHeads.push(byKv(keyRot));
         s.valueHeads.push(byKv(value3));
-        newKeys.push(g.op("Reshape", [keyRot, g.int64([-1, c.kvWidth])]));
-        newValues.push(value);
+        newKeys.push(s.keyHeads[l]);
+        newValues.push(s.valueHeads[l]);
       }
       const q = g.op("MatMul", [this.upTo((a) => a.attnIn[l], xn), `${p}.q.c${i}`]);
       const heads = this.attention(this.rope(q, c.chain_heads[i - 1], s), l, s);

@@ -23,7 +23,7 @@ export interface StepResult {
   logits: Float32Array;
   /** [rows, d_k] final hidden state (pre-norm) of the requested rows. */
   hidden: Float32Array;
-  /** Per layer [tokens, kv_heads·hd] keys and values of the new tokens. */
+  /** Per layer [rows, kv_heads, tokens, hd] keys and values of the new tokens (the cache's layout). */
   newKeys: Float32Array[];
   newValues: Float32Array[];
 }

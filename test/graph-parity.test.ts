@@ -21,8 +21,8 @@ for (const [label, config] of [["equal chains", TINY_EQUAL], ["unequal chains, t
         assert.ok(maxAbsDiff(ort.logits, ref.logits) < 1e-4, `max |Δlogit| ${maxAbsDiff(ort.logits, ref.logits)}`);
         assert.ok(maxAbsDiff(ort.hidden, ref.hidden) < 1e-4);
         for (let l = 0; l < m.ckpt.config.n_layers; l++) {
-          assert.ok(maxAbsDiff(ort.newKeys[l], ref.keys[l]) < 1e-5, `layer ${l} keys`);
-          assert.ok(maxAbsDiff(ort.newValues[l], ref.values[l]) < 1e-5, `layer ${l} values`);
+          assert.ok(maxAbsDiff(ort.cache.read(l, "keys"), ref.keys[l]) < 1e-5, `layer ${l} keys`);
+          assert.ok(maxAbsDiff(ort.cache.read(l, "values"), ref.values[l]) < 1e-5, `layer ${l} values`);
         }
       });
     }
