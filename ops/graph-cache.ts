@@ -4,7 +4,7 @@
 // as resident heap after they are freed (measured: 2.4× the weight bytes instead of ~1.3×).
 import { createHash } from "node:crypto";
 import { execFile } from "node:child_process";
-import { createReadStream, existsSync, mkdirSync, readFileSync } from "node:fs";
+import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, utimesSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -27,10 +27,39 @@ export async function graphKey(checkpointDir: string): Promise<string> {
 
 export const defaultGraphCacheDir = (): string => process.env.COLM_GRAPH_CACHE ?? join(HERE, "..", ".cache", "graphs");
 
+/** Bytes of built graphs the cache keeps (COLM_GRAPH_CACHE_BYTES, default 8 GiB). */
+const cacheBudget = (): number => Number(process.env.COLM_GRAPH_CACHE_BYTES) || 8 * 2 ** 30;
+
+/**
+ * Deletes the least recently used graphs (by access time, which cachedGraph sets on every use)
+ * until the folder holds at most `budget` bytes; `keep` is never deleted. Every change to the
+ * builder or a checkpoint is a new key, so without this the folder only grows (graphs of bench-m
+ * are 0.7 GB each). Returns the deleted files.
+ */
+export function pruneGraphCache(cacheDir: string, keep: string, budget = cacheBudget()): string[] {
+  const graphs = readdirSync(cacheDir)
+    .filter((f) => f.endsWith(".onnx"))
+    .map((f) => ({ path: join(cacheDir, f), ...statSync(join(cacheDir, f)) }))
+    .sort((a, b) => b.atimeMs - a.atimeMs); // most recently used first
+  let total = graphs.reduce((sum, g) => sum + g.size, 0);
+  const deleted: string[] = [];
+  for (const g of graphs.reverse()) {
+    if (total <= budget) break;
+    if (g.path === keep) continue;
+    rmSync(g.path, { force: true });
+    total -= g.size;
+    deleted.push(g.path);
+  }
+  return deleted;
+}
+
 /** Path of the checkpoint's built graph, building it in a child process when it is not cached. */
 export async function cachedGraph(checkpointDir: string, cacheDir = defaultGraphCacheDir(), log: (m: string) => void = () => {}): Promise<string> {
   const file = join(cacheDir, `${await graphKey(checkpointDir)}.onnx`);
-  if (existsSync(file)) return file;
+  if (existsSync(file)) {
+    utimesSync(file, new Date(), statSync(file).mtime); // marks it used; mtime stays the build time (to the ms)
+    return file;
+  }
   mkdirSync(cacheDir, { recursive: true });
   const script = join(HERE, "build-graph.ts");
   await new Promise<void>((resolve, reject) => {
@@ -40,5 +69,6 @@ export async function cachedGraph(checkpointDir: string, cacheDir = defaultGraph
       else resolve();
     });
   });
+  for (const gone of pruneGraphCache(cacheDir, file)) log(`graph cache: removed least recently used ${gone}`);
   return file;
 }
