@@ -128,6 +128,15 @@ class ChainPass {
     return this.g.op("SimplifiedLayerNormalization", [x, `${name}.c${this.i}`], { axis: -1, epsilon: { float: this.c.norm_eps } });
   }
 
+  /**
+   * The residual sum r = x + delta and its chain RMSNorm, in one fused node (a batch-1 decode
+   * step runs thousands of small nodes, and each costs a few microseconds of its own): [norm, r].
+   */
+  private addNorm(x: string, delta: string, name: string): [string, string] {
+    const [normed, , , sum] = this.g.ops("SkipSimplifiedLayerNormalization", [delta, x, `${name}.c${this.i}`], 4, { epsilon: { float: this.c.norm_eps } }, MS);
+    return [normed, sum];
+  }
+
   /** Rotary embedding (rotate-half) of [B·T, heads·hd] at the shared positions → [B, T, heads·hd]. */
   private rope(x: string, heads: number, s: Shared): string {
     const g = this.g;
@@ -183,10 +192,10 @@ class ChainPass {
     const newValues: string[] = [];
 
     let x = g.op("Gather", [`embed.c${i}`, s.tokens], { axis: 0 }); // x⁰_i = E[token, d_{i-1}:d_i]
+    let xn = this.norm(x, "l0.attn_norm");
     for (let l = 0; l < c.n_layers; l++) {
       const p = `l${l}`;
-      // Attention: h_i = x_i + (heads_{≤i} · Wo_i), heads from queries x̂_{≤i} · Wq_i.
-      const xn = this.norm(x, `${p}.attn_norm`);
+      // Attention: h_i = x_i + (heads_{≤i} · Wo_i), heads from queries x̂_{≤i} · Wq_i (x̂_i = norm(x_i)).
       this.acts.attnIn.push(xn);
       if (i === 1) {
         // Chain 1 also makes the keys and values every chain shares (spec §3, CoLM-Air).
@@ -204,17 +213,18 @@ class ChainPass {
       const q = g.op("MatMul", [this.upTo((a) => a.attnIn[l], xn), `${p}.q.c${i}`]);
       const heads = this.attention(this.rope(q, c.chain_heads[i - 1], s), l, s);
       this.acts.heads.push(heads);
-      const h = g.op("Add", [x, g.op("MatMul", [this.upTo((a) => a.heads[l], heads), `${p}.o.c${i}`])]);
+      const [hn, h] = this.addNorm(x, g.op("MatMul", [this.upTo((a) => a.heads[l], heads), `${p}.o.c${i}`]), `${p}.ffn_norm`);
 
       // SwiGLU: a_i = silu(ĥ_{≤i} · Wgate_i) ⊙ (ĥ_{≤i} · Wup_i); x_i ← h_i + a_{≤i} · Wdown_i.
-      const hn = this.norm(h, `${p}.ffn_norm`);
       this.acts.ffnIn.push(hn);
       const ffnIn = this.upTo((a) => a.ffnIn[l], hn);
       const gate = g.op("MatMul", [ffnIn, `${p}.gate.c${i}`]);
       const up = g.op("MatMul", [ffnIn, `${p}.up.c${i}`]);
       const act = g.op("Mul", [g.op("QuickGelu", [gate], { alpha: { float: 1 } }, MS), up]); // QuickGelu(α=1) is silu
       this.acts.act.push(act);
-      x = g.op("Add", [h, g.op("MatMul", [this.upTo((a) => a.act[l], act), `${p}.down.c${i}`])]);
+      const down = g.op("MatMul", [this.upTo((a) => a.act[l], act), `${p}.down.c${i}`]);
+      if (l + 1 < c.n_layers) [xn, x] = this.addNorm(h, down, `l${l + 1}.attn_norm`);
+      else x = g.op("Add", [h, down]);
     }
     // Head: logits_k = Σ_{i≤k} y_i · H_iᵀ, for the requested rows only.
     this.acts.hidden = g.op("Gather", [x, s.rows], { axis: 0 });
