@@ -40,6 +40,8 @@ export interface RouterOptions {
    */
   calibrate?: boolean;
   hysteresis?: Partial<HysteresisConfig>;
+  /** Switch a budgeted generation's size while it generates (default true; false: routing only). */
+  switching?: boolean;
   /** EWMA weight of a new step in the cost model (default 0.1). */
   alpha?: number;
   /** Clock in ms for budgets (default performance.now). */
@@ -147,7 +149,7 @@ export function createApp(initialEngine: Engine | null, options: AppOptions = {}
       const capacity = admission.maxRunning;
       return l ? { running: l.running, queued: l.waiting + admission.waiting, capacity } : { running: admission.running, queued: admission.waiting, capacity };
     };
-    return new LatencyRouter({ model, load, now: options.router?.now, hysteresis: options.router?.hysteresis });
+    return new LatencyRouter({ model, load, now: options.router?.now, hysteresis: options.router?.hysteresis, switching: options.router?.switching });
   };
   const calibrate = async (e: Engine, r: LatencyRouter): Promise<void> => {
     const t0 = performance.now();

@@ -16,6 +16,8 @@
 // `upMargin` × the limit at a larger k → up to the largest such k. The gap between the two
 // thresholds and a minimum number of tokens between switches keep a load that hovers around a
 // threshold from making the generation flap. Switching needs no recomputation (spec §5.5).
+// With `switching: false` a budgeted request keeps its routed k to the end (routing alone; the
+// serving sweep compares the two).
 import type { CostModel, CostPredictor } from "./cost-model.ts";
 import type { ServerContext } from "./context.ts";
 import { invalidField } from "./errors.ts";
@@ -195,6 +197,8 @@ export interface RouterView {
   token_overhead_ms: number;
   chains: Array<{ chains: number; tpot_ms: number | null; tpot_ms_b1: number | null; step_fixed_ms: number | null; step_per_row_ms: number | null; observations: number }>;
   hysteresis: { up_margin: number; min_tokens_between_switches: number };
+  /** Whether budgeted generations switch size mid-generation. */
+  switching: boolean;
 }
 
 export interface LatencyRouterOptions {
@@ -203,6 +207,8 @@ export interface LatencyRouterOptions {
   /** Clock in ms (default performance.now). */
   now?: () => number;
   hysteresis?: Partial<HysteresisConfig>;
+  /** Re-choose a budgeted generation's chain count while it generates (default true). */
+  switching?: boolean;
 }
 
 /** The app's router: the learnt cost model + the live load + the hysteresis config. */
@@ -213,12 +219,19 @@ export class LatencyRouter {
   private readonly loadSource: () => LoadSnapshot;
   /** Set once the start-up warm-up has run. */
   calibrated = false;
+  /**
+   * Whether budgeted generations switch size mid-generation; when false they keep the routed k.
+   * Mutable so one warmed-up server can be measured both ways; applies to generations routed
+   * after the change.
+   */
+  switching: boolean;
 
   constructor(opts: LatencyRouterOptions) {
     this.model = opts.model;
     this.loadSource = opts.load;
     this.now = opts.now ?? (() => performance.now());
     this.hysteresis = { ...DEFAULT_HYSTERESIS, ...opts.hysteresis };
+    this.switching = opts.switching ?? true;
   }
 
   load(): LoadSnapshot {
@@ -231,7 +244,7 @@ export class LatencyRouter {
 
   /** The per-token policy of a generation routed by `decision`, or undefined when it must keep its size. */
   adaptive(request: ChainRequest, decision: RouteDecision, arrivedAt: number): AdaptiveChains | undefined {
-    if (decision.reason === "fixed" || !hasBudget(request.latencyBudget)) return undefined;
+    if (!this.switching || decision.reason === "fixed" || !hasBudget(request.latencyBudget)) return undefined;
     if (request.latencyBudget.tpot_ms === undefined && request.latencyBudget.total_ms === undefined) return undefined;
     const deps: AdaptiveDeps = { predictor: this.model, batch: () => Math.max(1, this.load().running), now: this.now, hysteresis: this.hysteresis };
     return new AdaptiveChains(deps, request.latencyBudget, request.maxTokens, arrivedAt);
@@ -266,6 +279,7 @@ export class LatencyRouter {
       token_overhead_ms: this.model.tokenOverheadMs,
       chains,
       hysteresis: { up_margin: this.hysteresis.upMargin, min_tokens_between_switches: this.hysteresis.minTokensBetweenSwitches },
+      switching: this.switching,
     };
   }
 }
