@@ -240,6 +240,20 @@ describe("through the server (tiny random checkpoint, real engine)", () => {
     assert.ok(samples.some((s) => s.name === "colm_router_predicted_tpot_seconds" && s.labels.chains === "4"));
   });
 
+  test("switching off: a budgeted request is routed but keeps its size, and /v1/router says so", async () => {
+    const router = colm.router!;
+    const ask = { latencyBudget: { tpot_ms: 50 }, promptTokens: 4, maxTokens: 6 };
+    assert.ok(router.adaptive(ask, router.route(ask), 0), "switching is on by default");
+    router.switching = false;
+    try {
+      assert.equal(router.adaptive(ask, router.route(ask), 0), undefined);
+      assert.equal((await request(colm.app).get("/v1/router")).body.switching, false);
+      assert.equal((await complete({ latency_budget: { tpot_ms: 50 } })).body.chains, 2, "still routed");
+    } finally {
+      router.switching = true;
+    }
+  });
+
   test("GET /v1/router: what the server believes", async () => {
     const res = await request(colm.app).get("/v1/router");
     assert.equal(res.status, 200);
