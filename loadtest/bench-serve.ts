@@ -11,11 +11,10 @@
 // a fixed k=4 cannot meet it at full load by construction and smaller k can (their step costs
 // are printed). Writes loadtest/results/serve.json.
 import { existsSync, readFileSync } from "node:fs";
-import { createApp } from "../server/app.ts";
-import { loadModel } from "../server/engine.ts";
 import { parseMix, type LatencyBudget } from "./arrivals.ts";
-import { runLoad, type LoadOptions } from "./loadgen.ts";
-import { BENCH_S, benchCheckpoint, describeShape } from "./shapes.ts";
+import { runLoad } from "./loadgen.ts";
+import { startServingBench, tpotBudgetMs } from "./serving-bench.ts";
+import { BENCH_S, describeShape } from "./shapes.ts";
 import { writeResult } from "./results.ts";
 import { meetsBudget, type RequestRecord } from "./stats.ts";
 
@@ -29,43 +28,15 @@ const OVERLOAD = num("overload", 2);
 const BUDGET_FRAC = num("budget-frac", 0.7);
 const SEED = num("seed", 42);
 
-const engine = await loadModel(benchCheckpoint(BENCH_S), { maxBatch: BATCH });
-const colm = createApp(engine, { maxRunning: BATCH, maxWaiting: 100_000, log: () => undefined });
-const server = await colm.listen(0, "127.0.0.1");
-const address = server.address();
-if (!address || typeof address === "string") throw new Error("no address");
-const url = `http://127.0.0.1:${address.port}`;
-const router = colm.router!;
-
-let t0 = performance.now();
-await colm.calibrate();
-console.log(`warm-up: ${(performance.now() - t0).toFixed(0)} ms`);
-
-const base: Omit<LoadOptions, "mix" | "rate" | "concurrency" | "requests"> = {
-  url,
-  mode: "sse",
-  durationS: 600,
-  graceS: 120,
-  promptTokens: { min: PROMPT, max: PROMPT },
-  promptForm: "ids",
-  idLow: 0,
-  idHigh: BENCH_S.vocab_size,
-  maxTokens: { min: MAX_TOKENS, max: MAX_TOKENS },
-  seed: SEED,
-  temperature: 0,
-};
-
-// What k=4 sustains: everything in flight at once, the batch always full.
-t0 = performance.now();
-const sustained = await runLoad({ ...base, concurrency: BATCH, requests: 3 * BATCH, mix: parseMix("model=c4") });
-const sustainedReqS = sustained.summary.requestThroughput;
-const k4TpotMs = sustained.summary.tpotMs.p50;
-console.log(`k=4 sustains ${sustainedReqS.toFixed(2)} req/s (${sustained.summary.tokenThroughput.toFixed(0)} tok/s), TPOT p50 ${k4TpotMs.toFixed(1)} ms at ${BATCH} in flight`);
+const bench = await startServingBench({ prompt: PROMPT, maxTokens: MAX_TOKENS, batch: BATCH, seed: SEED, saturationRequests: 3 * BATCH });
+const { base, k4TpotMs } = bench;
+const sustainedReqS = bench.k4SustainedReqS;
+const router = bench.colm.router!;
 
 const stepAtBatch = Object.fromEntries(router.model.decodeLines().map((l) => [l.chains, l.fixedMs + l.perRowMs * BATCH]));
 console.log(`cost model, decode step at B=${BATCH}: ${Object.entries(stepAtBatch).map(([k, ms]) => `k=${k} ${ms.toFixed(1)} ms`).join(", ")}`);
 
-const budget: LatencyBudget = { tpot_ms: num("budget-ms", Math.round(BUDGET_FRAC * k4TpotMs * 10) / 10) };
+const budget: LatencyBudget = { tpot_ms: num("budget-ms", tpotBudgetMs(BUDGET_FRAC, k4TpotMs)) };
 const rate = OVERLOAD * sustainedReqS;
 console.log(`overload: ${rate.toFixed(2)} req/s (${OVERLOAD}× k=4), ${REQUESTS} requests, budget tpot_ms ${budget.tpot_ms}`);
 
@@ -103,8 +74,7 @@ const fixed = figures(fixedRun.records, fixedRun.summary);
 console.log(`fixed k=4: ${(fixed.budget_met * 100).toFixed(1)}% met the budget, TPOT p50 ${fixed.tpot_p50_ms.toFixed(1)} ms, ${fixed.tokens_per_s.toFixed(0)} tok/s`);
 
 const view = router.view();
-await colm.close();
-await engine.close();
+await bench.close();
 
 const batchingPath = "loadtest/results/batching.json";
 const throughputRatioC16 = existsSync(batchingPath) ? (JSON.parse(readFileSync(batchingPath, "utf8")) as { throughput_ratio_c16?: number }).throughput_ratio_c16 ?? null : null;

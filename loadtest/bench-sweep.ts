@@ -16,12 +16,11 @@
 //      the share of requests that met the budget (a fixed-k4 request is judged by the same
 //      budget; errors count as misses), tokens/s.
 // Writes loadtest/results/sweep.json.
-import { createApp } from "../server/app.ts";
-import { loadModel } from "../server/engine.ts";
 import { parseMix, type LatencyBudget } from "./arrivals.ts";
-import { runLoad, type LoadOptions, type LoadResult } from "./loadgen.ts";
+import { runLoad, type LoadResult } from "./loadgen.ts";
 import { writeResult } from "./results.ts";
-import { BENCH_S, benchCheckpoint, describeShape } from "./shapes.ts";
+import { startServingBench, tpotBudgetMs } from "./serving-bench.ts";
+import { BENCH_S, describeShape } from "./shapes.ts";
 import { meetsBudget } from "./stats.ts";
 
 const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, "").split("=") as [string, string]));
@@ -57,39 +56,12 @@ interface SweepPoint {
   chain_histogram: Record<string, number>;
 }
 
-const engine = await loadModel(benchCheckpoint(BENCH_S), { maxBatch: BATCH });
-const colm = createApp(engine, { maxRunning: BATCH, maxWaiting: 100_000, log: () => undefined });
-const server = await colm.listen(0, "127.0.0.1");
-const address = server.address();
-if (!address || typeof address === "string") throw new Error("no address");
-const router = colm.router!;
 const sweepStart = performance.now();
-
-let t0 = performance.now();
-await colm.calibrate();
-console.log(`warm-up: ${(performance.now() - t0).toFixed(0)} ms`);
-
-const base: Omit<LoadOptions, "mix" | "rate" | "concurrency" | "requests"> = {
-  url: `http://127.0.0.1:${address.port}`,
-  mode: "sse",
-  durationS: 600,
-  graceS: 120,
-  promptTokens: { min: PROMPT, max: PROMPT },
-  promptForm: "ids",
-  idLow: 0,
-  idHigh: BENCH_S.vocab_size,
-  maxTokens: { min: MAX_TOKENS, max: MAX_TOKENS },
-  seed: SEED,
-  temperature: 0,
-};
-
-// What k=4 sustains: everything in flight at once, the batch always full.
-t0 = performance.now();
-const sustained = await runLoad({ ...base, concurrency: BATCH, requests: SATURATION_REQUESTS, mix: parseMix("model=c4") });
-const sustainedReqS = sustained.summary.requestThroughput;
-const k4TpotMs = sustained.summary.tpotMs.p50;
-console.log(`k=4 sustains ${sustainedReqS.toFixed(2)} req/s (${sustained.summary.tokenThroughput.toFixed(0)} tok/s), TPOT p50 ${k4TpotMs.toFixed(1)} ms at ${BATCH} in flight`);
-const budget: LatencyBudget = { tpot_ms: num("budget-ms", Math.round(BUDGET_FRAC * k4TpotMs * 10) / 10) };
+const bench = await startServingBench({ prompt: PROMPT, maxTokens: MAX_TOKENS, batch: BATCH, seed: SEED, saturationRequests: SATURATION_REQUESTS });
+const { base, k4TpotMs } = bench;
+const sustainedReqS = bench.k4SustainedReqS;
+const router = bench.colm.router!;
+const budget: LatencyBudget = { tpot_ms: num("budget-ms", tpotBudgetMs(BUDGET_FRAC, k4TpotMs)) };
 console.log(`budget tpot_ms ${budget.tpot_ms}; loads ${LOADS.join(", ")} × ${sustainedReqS.toFixed(2)} req/s, ${REQUESTS} requests per run`);
 
 function point(load: number, rate: number, run: LoadResult): SweepPoint {
@@ -129,8 +101,7 @@ for (const load of LOADS) {
 }
 router.switching = true;
 const view = router.view();
-await colm.close();
-await engine.close();
+await bench.close();
 
 writeResult("sweep", "bench:sweep", {
   shape: describeShape(BENCH_S),
