@@ -40,10 +40,10 @@ export function pruneGraphCache(cacheDir: string, keep: string, budget = cacheBu
   const graphs = readdirSync(cacheDir)
     .filter((f) => f.endsWith(".onnx"))
     .map((f) => ({ path: join(cacheDir, f), ...statSync(join(cacheDir, f)) }))
-    .sort((a, b) => b.atimeMs - a.atimeMs); // most recently used first
+    .sort((a, b) => a.atimeMs - b.atimeMs); // least recently used first
   let total = graphs.reduce((sum, g) => sum + g.size, 0);
   const deleted: string[] = [];
-  for (const g of graphs.reverse()) {
+  for (const g of graphs) {
     if (total <= budget) break;
     if (g.path === keep) continue;
     rmSync(g.path, { force: true });
