@@ -2,7 +2,7 @@
 // every chain count. Chain causality (spec §1) lets the graph run chain by chain: pass i computes
 // output chain i of every layer, reading what passes 1 … i-1 left at each layer. Pass 1 (the
 // chain-1 model, which also yields every layer's keys and values) always runs; pass i runs
-// inside If(chains ≥ i), nested in pass i-1. So sub-model k costs exactly passes 1 … k, each
+// inside If(chains ≥ i), after pass i-1. So sub-model k costs exactly passes 1 … k, each
 // weight block W_i belongs to exactly one node (onnxruntime prepacks it once), and only the
 // blocks on and below the chain diagonal exist. Attention of a fresh prompt (empty cache) runs in
 // one fused causal kernel (GroupQueryAttention); later steps read the cache buffers in place.
@@ -96,13 +96,16 @@ interface Shared {
   valueHeads: string[];
 }
 
-/** What pass i leaves at each layer for the passes after it. */
+/**
+ * What passes 1 … i leave at each layer for the passes after them: the inputs of pass i's chain
+ * linears, x_{≤i}, so pass i+1 extends each with its own chain by one Concat.
+ */
 interface ChainActivations {
-  attnIn: string[]; // normed attention input x̂_i, [T, c_i]
-  heads: string[]; // attention output of chain i's heads, [T, h_i·hd]
-  ffnIn: string[]; // normed FFN input ĥ_i, [T, c_i]
-  act: string[]; // SwiGLU activation a_i, [T, f_i]
-  hidden: string; // final hidden state x^L_i of the requested rows, [R, c_i]
+  attnIn: string[]; // normed attention inputs x̂_{≤i}, [T, d_i]
+  heads: string[]; // attention outputs of chains 1 … i's heads, [T, (h_1+…+h_i)·hd]
+  ffnIn: string[]; // normed FFN inputs ĥ_{≤i}, [T, d_i]
+  act: string[]; // SwiGLU activations a_{≤i}, [T, f_1+…+f_i]
+  hidden: string; // final hidden state x^L_{≤i} of the requested rows, [R, d_i]
   logits: string; // Σ_{j≤i} y_j · H_jᵀ, [R, V]
 }
 
@@ -114,13 +117,12 @@ class ChainPass {
     private readonly g: GraphBuilder,
     private readonly c: ColmConfig,
     private readonly i: number,
-    private readonly before: ChainActivations[],
+    private readonly before: ChainActivations | undefined,
   ) {}
 
-  /** x_{≤i}: this chain's value after the earlier chains' values at the same point. */
+  /** x_{≤i}: the earlier chains' values at the same point, then this chain's. */
   private upTo(pick: (a: ChainActivations) => string, mine: string): string {
-    const parts = [...this.before.map(pick), mine];
-    return parts.length === 1 ? mine : this.g.op("Concat", parts, { axis: 1 });
+    return this.before ? this.g.op("Concat", [pick(this.before), mine], { axis: 1 }) : mine;
   }
 
   /** Chain RMSNorm of chain i on its own: x_i / sqrt(mean(x_i²) + eps) · g_i. */
@@ -196,7 +198,6 @@ class ChainPass {
     for (let l = 0; l < c.n_layers; l++) {
       const p = `l${l}`;
       // Attention: h_i = x_i + (heads_{≤i} · Wo_i), heads from queries x̂_{≤i} · Wq_i (x̂_i = norm(x_i)).
-      this.acts.attnIn.push(xn);
       if (i === 1) {
         // Chain 1 also makes the keys and values every chain shares (spec §3, CoLM-Air).
         const keyRot = this.rope(g.op("MatMul", [xn, `${p}.k`]), kvh, s);
@@ -210,27 +211,26 @@ class ChainPass {
         newKeys.push(s.keyHeads[l]);
         newValues.push(s.valueHeads[l]);
       }
-      const q = g.op("MatMul", [this.upTo((a) => a.attnIn[l], xn), `${p}.q.c${i}`]);
-      const heads = this.attention(this.rope(q, c.chain_heads[i - 1], s), l, s);
-      this.acts.heads.push(heads);
-      const [hn, h] = this.addNorm(x, g.op("MatMul", [this.upTo((a) => a.heads[l], heads), `${p}.o.c${i}`]), `${p}.ffn_norm`);
+      const attnIn = this.acts.attnIn[l] = this.upTo((a) => a.attnIn[l], xn);
+      const q = g.op("MatMul", [attnIn, `${p}.q.c${i}`]);
+      const heads = this.acts.heads[l] = this.upTo((a) => a.heads[l], this.attention(this.rope(q, c.chain_heads[i - 1], s), l, s));
+      const [hn, h] = this.addNorm(x, g.op("MatMul", [heads, `${p}.o.c${i}`]), `${p}.ffn_norm`);
 
       // SwiGLU: a_i = silu(ĥ_{≤i} · Wgate_i) ⊙ (ĥ_{≤i} · Wup_i); x_i ← h_i + a_{≤i} · Wdown_i.
-      this.acts.ffnIn.push(hn);
-      const ffnIn = this.upTo((a) => a.ffnIn[l], hn);
+      const ffnIn = this.acts.ffnIn[l] = this.upTo((a) => a.ffnIn[l], hn);
       const gate = g.op("MatMul", [ffnIn, `${p}.gate.c${i}`]);
       const up = g.op("MatMul", [ffnIn, `${p}.up.c${i}`]);
       const act = g.op("Mul", [g.op("QuickGelu", [gate], { alpha: { float: 1 } }, MS), up]); // QuickGelu(α=1) is silu
-      this.acts.act.push(act);
-      const down = g.op("MatMul", [this.upTo((a) => a.act[l], act), `${p}.down.c${i}`]);
+      const down = g.op("MatMul", [this.acts.act[l] = this.upTo((a) => a.act[l], act), `${p}.down.c${i}`]);
       if (l + 1 < c.n_layers) [xn, x] = this.addNorm(h, down, `l${l + 1}.attn_norm`);
       else x = g.op("Add", [h, down]);
     }
     // Head: logits_k = Σ_{i≤k} y_i · H_iᵀ, for the requested rows only.
-    this.acts.hidden = g.op("Gather", [x, s.rows], { axis: 0 });
-    const y = this.norm(this.acts.hidden, "norm");
+    const hidden = g.op("Gather", [x, s.rows], { axis: 0 });
+    this.acts.hidden = this.upTo((a) => a.hidden, hidden);
+    const y = this.norm(hidden, "norm");
     const head = `${tiedHead ? "embed" : "head"}.c${i}`;
-    const prev = this.before[this.before.length - 1];
+    const prev = this.before;
     this.acts.logits = g.op("Gemm", prev ? [y, head, prev.logits] : [y, head], { transB: 1 });
     return { acts: this.acts, newKeys, newValues };
   }
@@ -286,34 +286,38 @@ export function buildColmGraph(ckpt: Checkpoint): Uint8Array {
     valueHeads: [],
   };
 
-  const first = new ChainPass(g, c, 1, []).build(shared, c.tie_embeddings);
+  const first = new ChainPass(g, c, 1, undefined).build(shared, c.tie_embeddings);
   first.newKeys.forEach((k, l) => g.output(`new_key_${l}`, k));
   first.newValues.forEach((v, l) => g.output(`new_value_${l}`, v));
 
-  // Pass i runs inside If(chains ≥ i) nested in pass i-1; the else branch returns what ran so far.
-  const nest = (parent: GraphBuilder, done: ChainActivations[]): [string, string] => {
-    const i = done.length + 1;
-    const soFar = done[done.length - 1];
-    const concatHidden = (gr: GraphBuilder, parts: ChainActivations[]): string =>
-      parts.length === 1 ? parts[0].hidden : gr.op("Concat", parts.map((a) => a.hidden), { axis: 1 });
-    if (i > c.nChains) return [soFar.logits, concatHidden(parent, done)];
-    const run = parent.subgraph(`chain_${i}`);
+  // Pass i runs inside If(chains ≥ i) in the root graph, one If after another rather than nested:
+  // onnxruntime runs the MatMuls of an If nested two deep or more 1.6–2× slower (measured: their
+  // weights stream at 23 GB/s instead of 39), so every pass sits at depth ≤ 1. The If publishes
+  // what the next pass reads; when it is skipped, so are the Ifs after it, and its else branch
+  // returns the logits and hidden state so far and empty tensors for the rest (one Split node).
+  const L = c.n_layers;
+  const empty = c.nChains > 2 ? g.weight("empty", [0], new Float32Array(0)) : ""; // read by the skip branches
+  let done = first.acts;
+  for (let i = 2; i <= c.nChains; i++) {
+    const last = i === c.nChains;
+    const published = (a: ChainActivations): string[] => [a.logits, a.hidden, ...(last ? [] : [...a.attnIn, ...a.heads, ...a.ffnIn, ...a.act])];
+    const run = g.subgraph(`chain_${i}`);
     const pass = new ChainPass(run, c, i, done).build(shared, c.tie_embeddings);
-    const [logits, hidden] = nest(run, [...done, pass.acts]);
     // Rows that asked for fewer than i chains keep the logits of passes 1 … i-1 (chain causality:
     // running more chains never changes the smaller sub-model's output).
     const fewer = run.op("Less", [rowChains, run.int64([i], true)]);
-    run.output(`chain_${i}.logits`, run.op("Where", [fewer, soFar.logits, logits]));
-    run.output(`chain_${i}.hidden`, hidden);
-    const stop = parent.subgraph(`upto_${i - 1}`);
-    stop.output(`upto_${i - 1}.logits`, soFar.logits);
-    stop.output(`upto_${i - 1}.hidden`, concatHidden(stop, done));
-    const more = parent.op("Greater", [chains, parent.int64([i - 1], true)]);
-    const [l, h] = parent.ops("If", [more], 2, { then_branch: { graph: run.proto() }, else_branch: { graph: stop.proto() } });
-    return [l, h];
-  };
-  const [logits, hidden] = nest(g, [first.acts]);
-  g.output("logits", logits);
-  g.output("hidden", hidden);
+    pass.acts.logits = run.op("Where", [fewer, done.logits, pass.acts.logits]);
+    published(pass.acts).forEach((v, j) => run.output(`chain_${i}.out${j}`, v));
+    const skip = g.subgraph(`skip_${i}`);
+    skip.output(`skip_${i}.out0`, done.logits);
+    skip.output(`skip_${i}.out1`, done.hidden);
+    if (!last) skip.ops("Split", [empty, skip.int64(new Array<number>(4 * L).fill(0))], 4 * L, { axis: 0 }).forEach((v, j) => skip.output(`skip_${i}.out${j + 2}`, v));
+    const more = g.op("Greater", [chains, g.int64([i - 1], true)]);
+    const outs = g.ops("If", [more], published(pass.acts).length, { then_branch: { graph: run.proto() }, else_branch: { graph: skip.proto() } });
+    const part = (j: number): string[] => outs.slice(2 + j * L, 2 + (j + 1) * L);
+    done = { logits: outs[0], hidden: outs[1], attnIn: part(0), heads: part(1), ffnIn: part(2), act: part(3) };
+  }
+  g.output("logits", done.logits);
+  g.output("hidden", done.hidden);
   return g.model();
 }

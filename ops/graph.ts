@@ -15,14 +15,17 @@ export { DataType } from "./onnx-proto.ts";
 
 interface Root {
   counter: number;
-  initializers: ProtoWriter[];
   constants: Map<string, string>;
+  /** The root's initializers: the constants, and weights the root itself registered. */
+  initializers: ProtoWriter[];
 }
 
 export class GraphBuilder {
   private readonly nodes: ProtoWriter[] = [];
   private readonly inputs: ProtoWriter[] = [];
   private readonly outputs: ProtoWriter[] = [];
+  /** Weights registered on this (sub)graph; a subgraph's are stored in it (see weight()). */
+  private readonly weights: ProtoWriter[];
   private readonly root: Root;
 
   constructor(
@@ -30,6 +33,7 @@ export class GraphBuilder {
     parent?: GraphBuilder,
   ) {
     this.root = parent ? parent.root : { counter: 0, initializers: [], constants: new Map() };
+    this.weights = parent ? [] : this.root.initializers;
   }
 
   /** A new subgraph (e.g. an If branch) that can read this graph's values and initializers. */
@@ -65,12 +69,16 @@ export class GraphBuilder {
     return outs;
   }
 
-  /** A float32 weight, stored once in the root graph. */
+  /**
+   * A float32 weight, stored once, in this graph: a weight that only a subgraph's nodes read
+   * belongs in that subgraph, where onnxruntime prepacks it and then frees the unpacked copy (a
+   * root weight read from inside an If stays resident beside its packed copy).
+   */
   weight(name: string, dims: readonly number[], data: Float32Array): string {
     const count = dims.reduce((a, b) => a * b, 1);
     if (count !== data.length) throw new Error(`weight ${name}: dims [${dims}] do not match ${data.length} values`);
     const raw = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-    this.root.initializers.push(tensorProto(name, DataType.FLOAT, dims, raw));
+    this.weights.push(tensorProto(name, DataType.FLOAT, dims, raw));
     return name;
   }
 
@@ -104,12 +112,12 @@ export class GraphBuilder {
   }
 
 
-  /** GraphProto of this (sub)graph; only the root carries the initializers. */
-  proto(isRoot = false): ProtoWriter {
+  /** GraphProto of this (sub)graph with its own initializers (the root's include the constants). */
+  proto(): ProtoWriter {
     const g = new ProtoWriter();
     for (const n of this.nodes) g.message(1, n);
     g.string(2, this.name);
-    if (isRoot) for (const t of this.root.initializers) g.message(5, t);
+    for (const t of this.weights) g.message(5, t);
     for (const i of this.inputs) g.message(11, i);
     for (const o of this.outputs) g.message(12, o);
     return g;
@@ -125,7 +133,7 @@ export class GraphBuilder {
     return new ProtoWriter()
       .int(1, 8)
       .string(2, "colm-serve")
-      .message(7, this.proto(true))
+      .message(7, this.proto())
       .message(8, opsetId("", opset))
       .message(8, opsetId("com.microsoft", msOpset))
       .finish();
