@@ -7,6 +7,7 @@ import type { Checkpoint } from "../models/checkpoint.ts";
 import type { ColmConfig } from "../models/config.ts";
 import type { KvCache } from "../kernels/kv-cache.ts";
 import { buildColmGraph } from "./colm-graph.ts";
+import { trimHeap } from "./trim-heap.ts";
 
 export type Device = "cpu" | "cuda";
 
@@ -73,6 +74,7 @@ export class ModelRunner {
     } else {
       session = await create({ ...base, executionProviders: ["cpu"] });
     }
+    trimHeap(); // the unpacked weights onnxruntime freed after prepacking leave the process
     return new ModelRunner(session, config, device, weightBytes);
   }
 
