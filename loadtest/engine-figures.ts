@@ -116,3 +116,48 @@ export async function measureModel(dir: string, o: MeasureOptions): Promise<Mode
   await engine.close();
   return { weight_bytes: engine.runner.weightBytes, rss_over_weight_bytes: rss / engine.runner.weightBytes, load_ms, prefill, decode_tokens_per_s: decode };
 }
+
+export interface PairedDecode {
+  /** Batch-1 decode tokens/s of each side: the median over rounds. */
+  a_tokens_per_s: number;
+  b_tokens_per_s: number;
+  /** The median over rounds of a's rate ÷ b's rate in the same round. */
+  a_over_b: number;
+  rounds: number;
+}
+
+/**
+ * Batch-1 decode of two checkpoints (each at its own chain count) in alternating rounds, both
+ * loaded at once, so a slow spell of a shared machine (this one's speed drifts by 20–30% over
+ * minutes) lands on both sides of each round's ratio instead of on whichever ran then.
+ */
+export async function pairedDecode(a: { dir: string; chains: number }, b: { dir: string; chains: number }, o: { context: number; steps: number; rounds: number }): Promise<PairedDecode> {
+  const sides: { engine: Awaited<ReturnType<typeof loadModel>>; cache: KvCache; chains: number; vocab: number }[] = [];
+  for (const side of [a, b]) {
+    const engine = await loadModel(side.dir);
+    const c = engine.runner.config;
+    const cache = new KvCache(c.n_layers, c.kv_heads, c.head_dim, o.context + o.steps + 1);
+    await engine.prefill(Array.from({ length: o.context }, (_, i) => (i * 7919 + 2 * 104729) % c.vocab_size), 1, cache);
+    sides.push({ engine, cache, chains: side.chains, vocab: c.vocab_size });
+  }
+  const rate = async (s: (typeof sides)[number]): Promise<number> => {
+    s.cache.truncate(o.context);
+    const [ms] = await timed(async () => {
+      let tok = 1;
+      for (let i = 0; i < o.steps; i++) {
+        await s.engine.decode(tok, s.chains, s.cache);
+        tok = (tok * 31 + i) % s.vocab;
+      }
+    });
+    return (o.steps * 1000) / ms;
+  };
+  for (const s of sides) await rate(s); // warm-up
+  const ra: number[] = [];
+  const rb: number[] = [];
+  for (let r = 0; r < o.rounds; r++) {
+    ra.push(await rate(sides[0]));
+    rb.push(await rate(sides[1]));
+  }
+  for (const s of sides) await s.engine.close();
+  return { a_tokens_per_s: median(ra), b_tokens_per_s: median(rb), a_over_b: median(ra.map((x, i) => x / rb[i])), rounds: o.rounds };
+}
