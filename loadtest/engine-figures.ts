@@ -3,7 +3,7 @@
 // length, and batch-1 decode tokens/s per chain count. Shared by the engine and model benchmarks.
 import { readFileSync } from "node:fs";
 import { KvCache } from "../kernels/kv-cache.ts";
-import { loadModel } from "../server/engine.ts";
+import { loadModel, type ColmEngine } from "../server/engine.ts";
 
 export interface PrefillFigures {
   /** Whole prompt at full size, logits for the last token only. */
@@ -42,6 +42,20 @@ async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
   const t0 = performance.now();
   const r = await fn();
   return [performance.now() - t0, r];
+}
+
+/** Batch-1 decode tokens/s: `steps` tokens at `chains` chains after the cache's first `context` tokens. */
+async function decodeRate(engine: ColmEngine, chains: number, cache: KvCache, context: number, steps: number): Promise<number> {
+  const V = engine.runner.config.vocab_size;
+  cache.truncate(context);
+  const [ms] = await timed(async () => {
+    let tok = 1;
+    for (let s = 0; s < steps; s++) {
+      await engine.decode(tok, chains, cache);
+      tok = (tok * 31 + s) % V;
+    }
+  });
+  return (steps * 1000) / ms;
 }
 
 export async function measureModel(dir: string, o: MeasureOptions): Promise<ModelFigures> {
@@ -100,17 +114,7 @@ export async function measureModel(dir: string, o: MeasureOptions): Promise<Mode
   await engine.prefill(tokensOf(o.context, 2), 1, base);
   for (let k = 1; k <= n; k++) {
     const rates: number[] = [];
-    for (let r = 0; r < o.repeats; r++) {
-      base.truncate(o.context);
-      const [ms] = await timed(async () => {
-        let tok = 1;
-        for (let s = 0; s < o.decodeSteps; s++) {
-          await engine.decode(tok, k, base);
-          tok = (tok * 31 + s) % V;
-        }
-      });
-      rates.push((o.decodeSteps * 1000) / ms);
-    }
+    for (let r = 0; r < o.repeats; r++) rates.push(await decodeRate(engine, k, base, o.context, o.decodeSteps));
     decode[String(k)] = median(rates);
   }
   await engine.close();
@@ -132,25 +136,15 @@ export interface PairedDecode {
  * minutes) lands on both sides of each round's ratio instead of on whichever ran then.
  */
 export async function pairedDecode(a: { dir: string; chains: number }, b: { dir: string; chains: number }, o: { context: number; steps: number; rounds: number }): Promise<PairedDecode> {
-  const sides: { engine: Awaited<ReturnType<typeof loadModel>>; cache: KvCache; chains: number; vocab: number }[] = [];
+  const sides: { engine: ColmEngine; cache: KvCache; chains: number }[] = [];
   for (const side of [a, b]) {
     const engine = await loadModel(side.dir);
     const c = engine.runner.config;
     const cache = new KvCache(c.n_layers, c.kv_heads, c.head_dim, o.context + o.steps + 1);
     await engine.prefill(Array.from({ length: o.context }, (_, i) => (i * 7919 + 2 * 104729) % c.vocab_size), 1, cache);
-    sides.push({ engine, cache, chains: side.chains, vocab: c.vocab_size });
+    sides.push({ engine, cache, chains: side.chains });
   }
-  const rate = async (s: (typeof sides)[number]): Promise<number> => {
-    s.cache.truncate(o.context);
-    const [ms] = await timed(async () => {
-      let tok = 1;
-      for (let i = 0; i < o.steps; i++) {
-        await s.engine.decode(tok, s.chains, s.cache);
-        tok = (tok * 31 + i) % s.vocab;
-      }
-    });
-    return (o.steps * 1000) / ms;
-  };
+  const rate = (s: (typeof sides)[number]): Promise<number> => decodeRate(s.engine, s.chains, s.cache, o.context, o.steps);
   for (const s of sides) await rate(s); // warm-up
   const ra: number[] = [];
   const rb: number[] = [];
