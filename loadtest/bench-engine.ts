@@ -11,7 +11,7 @@ const PROMPT = Number(args.get("prompt") ?? 1024);
 const PROMPTS = [...new Set([512, PROMPT, 2048])].sort((a, b) => a - b);
 const CONTEXT = Number(args.get("context") ?? 512);
 const DECODE_STEPS = Number(args.get("steps") ?? 24);
-const REPEATS = Number(args.get("repeats") ?? 3);
+const REPEATS = Number(args.get("repeats") ?? 5);
 
 const measure = (config: ColmConfigJson): Promise<ModelFigures> =>
   measureModel(benchCheckpoint(config), { prompts: PROMPTS, context: CONTEXT, decodeSteps: DECODE_STEPS, repeats: REPEATS });
