@@ -4,6 +4,8 @@ import assert from "node:assert/strict";
 import { referenceForward } from "../kernels/reference.ts";
 import { TINY_EQUAL, TINY_UNEQUAL, makeCheckpoint } from "./helpers/checkpoints.ts";
 import { fullForward, loadRunner, maxAbsDiff, type Loaded } from "./helpers/run.ts";
+import { colmGraph } from "../ops/colm-graph.ts";
+import { loadCheckpoint } from "../models/checkpoint.ts";
 
 for (const [label, config] of [["equal chains", TINY_EQUAL], ["unequal chains, tied head", TINY_UNEQUAL]] as const) {
   describe(`onnxruntime matches the reference forward (${label})`, () => {
@@ -28,3 +30,26 @@ for (const [label, config] of [["equal chains", TINY_EQUAL], ["unequal chains, t
     }
   });
 }
+
+// One weight set, held once (issue: resident memory ≤ 1.5× the weight bytes): onnxruntime prepacks
+// a MatMul weight once per node that reads it, and only for a node at most one If below the
+// weight (two deep it runs unpacked, measured at half the bandwidth). So every weight block
+// must have exactly one reader, and that reader must sit at depth 0 or 1.
+describe("one weight set: every weight block has one reader, at most one If deep", () => {
+  for (const [label, config] of [["equal chains", TINY_EQUAL], ["unequal chains, tied head", TINY_UNEQUAL]] as const) {
+    test(label, () => {
+      const readers = colmGraph(loadCheckpoint(makeCheckpoint(config, 7))).weightReaders();
+      const shared = config.tie_embeddings ? /^(rope\.|embed\.)/ : /^rope\./; // rotary tables; a tied embedding is also the head
+      let blocks = 0;
+      for (const [name, depths] of readers) {
+        if (shared.test(name)) continue;
+        blocks++;
+        assert.equal(depths.length, 1, `${name} is read by ${depths.length} nodes`);
+        assert.ok(depths[0] <= 1, `${name} is read ${depths[0]} subgraphs deep`);
+      }
+      // Per chain and layer: 2 norms and q, o, gate, up, down; k and v once per layer; embedding, head, final norm per chain.
+      const n = config.chain_heads.length;
+      assert.equal(blocks, config.n_layers * (7 * n + 2) + n * (config.tie_embeddings ? 1 : 3));
+    });
+  }
+});
