@@ -301,7 +301,7 @@ export function colmGraph(ckpt: Checkpoint): GraphBuilder {
   // what the next pass reads; when it is skipped, so are the Ifs after it, and its else branch
   // returns the logits and hidden state so far and empty tensors for the rest (one Split node).
   const L = c.n_layers;
-  const empty = g.float([]); // [0], what the skip branches return for values nobody will read
+  const empty = c.nChains > 2 ? g.float([]) : ""; // [0]: what a skip branch returns for values nobody will read
   let done = first.acts;
   for (let i = 2; i <= c.nChains; i++) {
     const last = i === c.nChains;
