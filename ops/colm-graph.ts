@@ -312,13 +312,14 @@ export function colmGraph(ckpt: Checkpoint): GraphBuilder {
     // running more chains never changes the smaller sub-model's output).
     const fewer = run.op("Less", [rowChains, run.int64([i], true)]);
     pass.acts.logits = run.op("Where", [fewer, done.logits, pass.acts.logits]);
-    published(pass.acts).forEach((v, j) => run.output(`chain_${i}.out${j}`, v));
+    const values = published(pass.acts);
+    values.forEach((v, j) => run.output(`chain_${i}.out${j}`, v));
     const skip = g.subgraph(`skip_${i}`);
     skip.output(`skip_${i}.out0`, done.logits);
     skip.output(`skip_${i}.out1`, done.hidden);
     if (!last) skip.ops("Split", [empty, skip.int64(new Array<number>(4 * L).fill(0))], 4 * L, { axis: 0 }).forEach((v, j) => skip.output(`skip_${i}.out${j + 2}`, v));
     const more = g.op("Greater", [chains, g.int64([i - 1], true)]);
-    const outs = g.ops("If", [more], published(pass.acts).length, { then_branch: { graph: run.proto() }, else_branch: { graph: skip.proto() } });
+    const outs = g.ops("If", [more], values.length, { then_branch: { graph: run.proto() }, else_branch: { graph: skip.proto() } });
     const part = (j: number): string[] => outs.slice(2 + j * L, 2 + (j + 1) * L);
     done = { logits: outs[0], hidden: outs[1], attnIn: part(0), heads: part(1), ffnIn: part(2), act: part(3) };
   }

@@ -1,8 +1,8 @@
 // Hands freed heap pages back to the OS once a session is loaded. onnxruntime prepacks each MatMul
 // weight and then frees the unpacked copy, but glibc keeps freed chunks inside its heap resident
 // (its mmap threshold has grown past the weights' sizes by then), so without this the process
-// holds both copies of every weight a subgraph reads: 1.47× the weight bytes on bench-m, 1.08×
-// after a trim. glibc's malloc_trim is reached through koffi (an optional dependency with
+// holds both copies of every weight a subgraph reads: 1.47× the weight bytes on bench-m, 1.11×
+// after a trim (npm run bench:engine). glibc's malloc_trim is reached through koffi (an optional dependency with
 // prebuilt binaries); where either is missing this does nothing.
 import { createRequire } from "node:module";
 
