@@ -45,6 +45,22 @@ async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
   return [performance.now() - t0, r];
 }
 
+/** `count` token ids below the engine's vocabulary, spread by `seed`. */
+const tokensOf = (engine: ColmEngine, count: number, seed: number): number[] =>
+  Array.from({ length: count }, (_, i) => (i * 7919 + seed * 104729) % engine.runner.config.vocab_size);
+
+const cacheFor = (engine: ColmEngine, tokens: number): KvCache => {
+  const c = engine.runner.config;
+  return new KvCache(c.n_layers, c.kv_heads, c.head_dim, tokens);
+};
+
+/** A cache for decoding `steps` tokens after `context` tokens that chain 1 prefills. */
+async function decodeContext(engine: ColmEngine, context: number, steps: number): Promise<KvCache> {
+  const cache = cacheFor(engine, context + steps + 1);
+  await engine.prefill(tokensOf(engine, context, 2), 1, cache);
+  return cache;
+}
+
 /** Batch-1 decode tokens/s: `steps` tokens at `chains` chains after the cache's first `context` tokens. */
 async function decodeRate(engine: ColmEngine, chains: number, cache: KvCache, context: number, steps: number): Promise<number> {
   const V = engine.runner.config.vocab_size;
@@ -66,11 +82,8 @@ export async function measureModel(dir: string, o: MeasureOptions): Promise<Mode
   const load_ms = performance.now() - t0;
   const c = engine.runner.config;
   const n = c.nChains;
-  const V = c.vocab_size;
-  const tokensOf = (count: number, seed: number): number[] => Array.from({ length: count }, (_, i) => (i * 7919 + seed * 104729) % V);
-  const cache = (tokens: number): KvCache => new KvCache(c.n_layers, c.kv_heads, c.head_dim, tokens);
   // Warm every size once so all of them are ready before memory is read.
-  for (let k = 1; k <= n; k++) await engine.prefill(tokensOf(8, k), k, cache(8), false);
+  for (let k = 1; k <= n; k++) await engine.prefill(tokensOf(engine, 8, k), k, cacheFor(engine, 8), false);
   // Load-time buffers (checkpoint, graph bytes) are garbage now; collect them before reading RSS.
   const gc = (globalThis as { gc?: () => void }).gc;
   if (!gc) throw new Error("run with node --expose-gc (npm run bench:engine does)");
@@ -82,7 +95,7 @@ export async function measureModel(dir: string, o: MeasureOptions): Promise<Mode
 
   const prefill: Record<string, PrefillFigures> = {};
   for (const T of o.prompts) {
-    const prompt = tokensOf(T, 1);
+    const prompt = tokensOf(engine, T, 1);
     const full: number[] = [];
     const split: number[] = [];
     let diff = 0;
@@ -90,7 +103,7 @@ export async function measureModel(dir: string, o: MeasureOptions): Promise<Mode
     // fresh 32 MiB cache per run would time first-touch page faults (30–90 ms here) that serving
     // never pays. One untimed run of each path first: onnxruntime grows its arena for a new prompt
     // length on the first call (seen here: 850 ms, then 540, then a steady 220 for the same prefill).
-    const kv = cache(T);
+    const kv = cacheFor(engine, T);
     const run = (chain1: boolean): Promise<Float32Array> => {
       kv.truncate(0);
       return engine.prefill(prompt, n, kv, chain1);
@@ -111,8 +124,7 @@ export async function measureModel(dir: string, o: MeasureOptions): Promise<Mode
 
   // Decode: batch 1 with o.context tokens cached (filled by chain 1).
   const decode: Record<string, number> = {};
-  const base = cache(o.context + o.decodeSteps + 1);
-  await engine.prefill(tokensOf(o.context, 2), 1, base);
+  const base = await decodeContext(engine, o.context, o.decodeSteps);
   for (let k = 1; k <= n; k++) {
     const rates: number[] = [];
     for (let r = 0; r < o.repeats; r++) rates.push(await decodeRate(engine, k, base, o.context, o.decodeSteps));
@@ -140,10 +152,7 @@ export async function pairedDecode(a: { dir: string; chains: number }, b: { dir:
   const sides: { engine: ColmEngine; cache: KvCache; chains: number }[] = [];
   for (const side of [a, b]) {
     const engine = await loadModel(side.dir);
-    const c = engine.runner.config;
-    const cache = new KvCache(c.n_layers, c.kv_heads, c.head_dim, o.context + o.steps + 1);
-    await engine.prefill(Array.from({ length: o.context }, (_, i) => (i * 7919 + 2 * 104729) % c.vocab_size), 1, cache);
-    sides.push({ engine, cache, chains: side.chains });
+    sides.push({ engine, cache: await decodeContext(engine, o.context, o.steps), chains: side.chains });
   }
   const rate = (s: (typeof sides)[number]): Promise<number> => decodeRate(s.engine, s.chains, s.cache, o.context, o.steps);
   for (const s of sides) await rate(s); // warm-up
