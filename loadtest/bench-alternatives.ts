@@ -18,10 +18,10 @@ import { KvCache } from "../kernels/kv-cache.ts";
 import { cachedGraph } from "../ops/graph-cache.ts";
 import { loadModel, type ColmEngine } from "../server/engine.ts";
 import { median } from "./engine-figures.ts";
-import { writeResult } from "./results.ts";
+import { BenchArgs, writeResult } from "./results.ts";
 import { BENCH_M, DENSE_M, benchCheckpoint, describeShape } from "./shapes.ts";
 
-const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, "").split("=") as [string, string]));
+const args = new BenchArgs();
 const CONTEXT = Number(args.get("context") ?? 1024);
 const REPEATS = Number(args.get("repeats") ?? 5);
 const STEP_REPEATS = Number(args.get("step-repeats") ?? 20);

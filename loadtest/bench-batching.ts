@@ -3,9 +3,9 @@
 // served one at a time. Writes loadtest/results/batching.json.
 import { loadModel, type ColmEngine } from "../server/engine.ts";
 import { BENCH_S, benchCheckpoint, describeShape } from "./shapes.ts";
-import { writeResult } from "./results.ts";
+import { BenchArgs, writeResult } from "./results.ts";
 
-const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, "").split("=") as [string, string]));
+const args = new BenchArgs();
 const PROMPT = Number(args.get("prompt") ?? 128);
 const MAX_TOKENS = Number(args.get("max-tokens") ?? 64);
 const CHAINS = Number(args.get("chains") ?? 4);

@@ -3,10 +3,10 @@
 // and the same figures for a dense model of the same full width. Writes loadtest/results/engine.json.
 import type { ColmConfigJson } from "../models/config.ts";
 import { BENCH_M, DENSE_M, benchCheckpoint, describeShape } from "./shapes.ts";
-import { measureModel, pairedDecode, type ModelFigures } from "./engine-figures.ts";
-import { machine, writeResult } from "./results.ts";
+import { measureModel, pairedDecode, type ModelFigures, type PairedDecode } from "./engine-figures.ts";
+import { BenchArgs, machine, writeResult } from "./results.ts";
 
-const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, "").split("=") as [string, string]));
+const args = new BenchArgs();
 const PROMPT = Number(args.get("prompt") ?? 1024);
 const PROMPTS = [...new Set([512, PROMPT, 2048])].sort((a, b) => a - b);
 const CONTEXT = Number(args.get("context") ?? 512);
@@ -52,12 +52,13 @@ if (colm) {
     },
   });
 }
+let paired: PairedDecode | undefined;
 if (dense) {
   Object.assign(result, { dense });
   if (colm) {
     // k=4 against dense decode, measured in alternating rounds (the figures above ran minutes apart).
     const k = BENCH_M.chain_heads.length;
-    const paired = await pairedDecode({ dir: benchCheckpoint(BENCH_M), chains: k }, { dir: benchCheckpoint(DENSE_M), chains: 1 }, { context: CONTEXT, steps: DECODE_STEPS, rounds: Number(args.get("rounds") ?? 9) });
+    paired = await pairedDecode({ dir: benchCheckpoint(BENCH_M), chains: k }, { dir: benchCheckpoint(DENSE_M), chains: 1 }, { context: CONTEXT, steps: DECODE_STEPS, rounds: Number(args.get("rounds") ?? 9) });
     Object.assign(result, {
       prefill_speedup_vs_dense: dense.prefill[String(PROMPT)].full_ms / colm.prefill[String(PROMPT)].chain1_ms!,
       decode_k4_over_dense: paired.a_over_b,
@@ -78,8 +79,7 @@ if (colm) {
 if (dense) rows.push(`${"  dense (one chain) prefill (ms)".padEnd(44)}${PROMPTS.map((t) => f(dense.prefill[String(t)].full_ms)).join("")}`);
 rows.push(`${"decode tok/s, batch 1, " + CONTEXT + " tokens of context".padEnd(21)}`.padEnd(44) + ["k=1", "k=2", "k=3", "k=4", "dense"].map((h) => h.padStart(9)).join(""));
 rows.push("".padEnd(44) + [1, 2, 3, 4].map((k) => f(colm?.decode_tokens_per_s[String(k)], 1)).join("") + f(dense?.decode_tokens_per_s["1"], 1));
-const paired = result.decode_k4_vs_dense_paired as { k4_tokens_per_s: number; dense_tokens_per_s: number; rounds: number } | undefined;
-if (paired) rows.push(`${"  alternating rounds, k=4 vs dense".padEnd(44)}${"".padStart(27)}${f(paired.k4_tokens_per_s, 1)}${f(paired.dense_tokens_per_s, 1)}  (k=4 ÷ dense ${(result.decode_k4_over_dense as number).toFixed(2)}, median of ${paired.rounds} rounds)`);
+if (paired) rows.push(`${"  alternating rounds, k=4 vs dense".padEnd(44)}${"".padStart(27)}${f(paired.a_tokens_per_s, 1)}${f(paired.b_tokens_per_s, 1)}  (k=4 ÷ dense ${paired.a_over_b.toFixed(2)}, median of ${paired.rounds} rounds)`);
 if (colm) rows.push(`resident memory / weight bytes: ${colm.rss_over_weight_bytes.toFixed(2)} (${(colm.weight_bytes / 2 ** 20).toFixed(0)} MiB of weights, every size ready)`);
 console.log(rows.join("\n"));
 writeResult("engine", "bench:engine", result);

@@ -15,10 +15,10 @@ import { parseConfig, type ColmConfig } from "../models/config.ts";
 import { DataType, GraphBuilder } from "../ops/graph.ts";
 import { median } from "./engine-figures.ts";
 import { chain1PrefillFlops, decodeBytesPerToken, prefillFlops } from "./model-cost.ts";
-import { writeResult } from "./results.ts";
+import { BenchArgs, writeResult } from "./results.ts";
 import { BENCH_M, DENSE_M, describeShape } from "./shapes.ts";
 
-const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, "").split("=") as [string, string]));
+const args = new BenchArgs();
 /** Timed runs per kernel per round (median). */
 const REPEATS = Number(args.get("repeats") ?? 9);
 /**

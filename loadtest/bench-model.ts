@@ -4,9 +4,9 @@
 import { basename } from "node:path";
 import { readConfig } from "../models/config.ts";
 import { measureModel } from "./engine-figures.ts";
-import { writeResult } from "./results.ts";
+import { BenchArgs, writeResult } from "./results.ts";
 
-const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, "").split("=") as [string, string]));
+const args = new BenchArgs();
 const dir = args.get("dir") ?? "models/colm-kjv";
 const config = readConfig(`${dir}/config.json`);
 const prompt = Math.min(Number(args.get("prompt") ?? 200), config.max_position - 1);

@@ -15,18 +15,17 @@ import { parseMix, type LatencyBudget } from "./arrivals.ts";
 import { runLoad } from "./loadgen.ts";
 import { startServingBench, tpotBudgetMs } from "./serving-bench.ts";
 import { BENCH_S, describeShape } from "./shapes.ts";
-import { writeResult } from "./results.ts";
+import { BenchArgs, writeResult } from "./results.ts";
 import { meetsBudget, type RequestRecord } from "./stats.ts";
 
-const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, "").split("=") as [string, string]));
-const num = (name: string, fallback: number) => (args.has(name) ? Number(args.get(name)) : fallback);
-const PROMPT = num("prompt", 32);
-const MAX_TOKENS = num("max-tokens", 32);
-const BATCH = num("batch", 16);
-const REQUESTS = num("requests", 160);
-const OVERLOAD = num("overload", 2);
-const BUDGET_FRAC = num("budget-frac", 0.7);
-const SEED = num("seed", 42);
+const args = new BenchArgs();
+const PROMPT = args.num("prompt", 32);
+const MAX_TOKENS = args.num("max-tokens", 32);
+const BATCH = args.num("batch", 16);
+const REQUESTS = args.num("requests", 160);
+const OVERLOAD = args.num("overload", 2);
+const BUDGET_FRAC = args.num("budget-frac", 0.7);
+const SEED = args.num("seed", 42);
 
 const bench = await startServingBench({ prompt: PROMPT, maxTokens: MAX_TOKENS, batch: BATCH, seed: SEED, saturationRequests: 3 * BATCH });
 const { base, k4TpotMs } = bench;
@@ -36,7 +35,7 @@ const router = bench.colm.router!;
 const stepAtBatch = Object.fromEntries(router.model.decodeLines().map((l) => [l.chains, l.fixedMs + l.perRowMs * BATCH]));
 console.log(`cost model, decode step at B=${BATCH}: ${Object.entries(stepAtBatch).map(([k, ms]) => `k=${k} ${ms.toFixed(1)} ms`).join(", ")}`);
 
-const budget: LatencyBudget = { tpot_ms: num("budget-ms", tpotBudgetMs(BUDGET_FRAC, k4TpotMs)) };
+const budget: LatencyBudget = { tpot_ms: args.num("budget-ms", tpotBudgetMs(BUDGET_FRAC, k4TpotMs)) };
 const rate = OVERLOAD * sustainedReqS;
 console.log(`overload: ${rate.toFixed(2)} req/s (${OVERLOAD}× k=4), ${REQUESTS} requests, budget tpot_ms ${budget.tpot_ms}`);
 

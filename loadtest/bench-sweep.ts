@@ -18,21 +18,20 @@
 // Writes loadtest/results/sweep.json.
 import { parseMix, type LatencyBudget } from "./arrivals.ts";
 import { runLoad, type LoadResult } from "./loadgen.ts";
-import { writeResult } from "./results.ts";
+import { BenchArgs, writeResult } from "./results.ts";
 import { startServingBench, tpotBudgetMs } from "./serving-bench.ts";
 import { BENCH_S, describeShape } from "./shapes.ts";
 import { meetsBudget } from "./stats.ts";
 
-const args = new Map(process.argv.slice(2).map((a) => a.replace(/^--/, "").split("=") as [string, string]));
-const num = (name: string, fallback: number) => (args.has(name) ? Number(args.get(name)) : fallback);
-const PROMPT = num("prompt", 32);
-const MAX_TOKENS = num("max-tokens", 32);
-const BATCH = num("batch", 16);
-const REQUESTS = num("requests", 120);
+const args = new BenchArgs();
+const PROMPT = args.num("prompt", 32);
+const MAX_TOKENS = args.num("max-tokens", 32);
+const BATCH = args.num("batch", 16);
+const REQUESTS = args.num("requests", 120);
 /** Requests of the closed loop that finds what k=4 sustains (more: a steadier 1× rate). */
-const SATURATION_REQUESTS = num("saturation-requests", 5 * BATCH);
-const BUDGET_FRAC = num("budget-frac", 0.7);
-const SEED = num("seed", 42);
+const SATURATION_REQUESTS = args.num("saturation-requests", 5 * BATCH);
+const BUDGET_FRAC = args.num("budget-frac", 0.7);
+const SEED = args.num("seed", 42);
 const LOADS = (args.get("loads") ?? "0.25,0.5,0.75,1,1.25,1.5,2").split(",").map(Number);
 if (LOADS.some((x) => !(x > 0))) throw new Error(`--loads: positive multiples of the k=4 rate, got ${args.get("loads")}`);
 
@@ -61,7 +60,7 @@ const bench = await startServingBench({ prompt: PROMPT, maxTokens: MAX_TOKENS, b
 const { base, k4TpotMs } = bench;
 const sustainedReqS = bench.k4SustainedReqS;
 const router = bench.colm.router!;
-const budget: LatencyBudget = { tpot_ms: num("budget-ms", tpotBudgetMs(BUDGET_FRAC, k4TpotMs)) };
+const budget: LatencyBudget = { tpot_ms: args.num("budget-ms", tpotBudgetMs(BUDGET_FRAC, k4TpotMs)) };
 console.log(`budget tpot_ms ${budget.tpot_ms}; loads ${LOADS.join(", ")} × ${sustainedReqS.toFixed(2)} req/s, ${REQUESTS} requests per run`);
 
 function point(load: number, rate: number, run: LoadResult): SweepPoint {

@@ -3,6 +3,18 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import { availableParallelism, cpus } from "node:os";
 
+/** A benchmark's `--name=value` arguments, by name. */
+export class BenchArgs extends Map<string, string> {
+  constructor(argv: readonly string[] = process.argv.slice(2)) {
+    super(argv.map((a) => a.replace(/^--/, "").split("=") as [string, string]));
+  }
+
+  /** The numeric argument `name`, or `fallback` when it is not given. */
+  num(name: string, fallback: number): number {
+    return this.has(name) ? Number(this.get(name)) : fallback;
+  }
+}
+
 export const machine = (): { nproc: number; cpu: string } => ({ nproc: availableParallelism(), cpu: cpus()[0]?.model ?? "unknown" });
 
 /** Writes loadtest/results/<name>.json: machine, `npm run <script>` command line, then `fields`. */
