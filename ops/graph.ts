@@ -25,6 +25,9 @@ export class GraphBuilder {
   private readonly nodes: ProtoWriter[] = [];
   private readonly inputs: ProtoWriter[] = [];
   private readonly outputs: ProtoWriter[] = [];
+  /** Values made by this graph's own nodes, and the names it outputs. */
+  private readonly made = new Set<string>();
+  private readonly outputNames = new Set<string>();
   private readonly root: Root;
   /** How many subgraphs deep this graph is (the root is 0). */
   private readonly depth: number;
@@ -57,6 +60,21 @@ export class GraphBuilder {
     this.outputs.push(valueInfo(name, type, shape));
   }
 
+  /**
+   * Declares `value` an output of this subgraph (an If branch, whose outputs are matched by
+   * position, not name). A value made by a node of this graph is output as it is: an Identity node
+   * costs a kernel call on every run, and a decode step runs hundreds of branch outputs. A value
+   * from an enclosing graph, or one already output, goes through an Identity (ONNX wants each
+   * output made inside the branch, once).
+   */
+  branchOutput(value: string, type: DataType = DataType.FLOAT): void {
+    const own = this.made.has(value) && !this.outputNames.has(value);
+    const name = own ? value : this.fresh("out");
+    if (!own) this.nodes.push(nodeProto("Identity", [value], [name], name));
+    this.outputNames.add(name);
+    this.outputs.push(valueInfo(name, type));
+  }
+
   /** Adds a node with one output; returns the output's name. */
   op(op: string, inputs: readonly string[], attrs: Record<string, AttrValue> = {}, domain = ""): string {
     return this.ops(op, inputs, 1, attrs, domain)[0];
@@ -67,6 +85,7 @@ export class GraphBuilder {
     const base = this.fresh(op);
     const outs = Array.from({ length: count }, (_, i) => (count === 1 ? base : `${base}:${i}`));
     for (const input of inputs) this.root.readers.get(input)?.push(this.depth);
+    for (const out of outs) this.made.add(out);
     this.nodes.push(nodeProto(op, inputs, outs, base, attrs, domain));
     return outs;
   }
