@@ -58,10 +58,11 @@ if (dense) {
   if (colm) {
     // k=4 against dense decode, measured in alternating rounds (the figures above ran minutes apart).
     const k = BENCH_M.chain_heads.length;
-    paired = await pairedDecode({ dir: benchCheckpoint(BENCH_M), chains: k }, { dir: benchCheckpoint(DENSE_M), chains: 1 }, { context: CONTEXT, steps: DECODE_STEPS, rounds: Number(args.get("rounds") ?? 9) });
+    paired = await pairedDecode({ dir: benchCheckpoint(BENCH_M), chains: k }, { dir: benchCheckpoint(DENSE_M), chains: 1 }, { context: CONTEXT, steps: DECODE_STEPS, rounds: Number(args.get("rounds") ?? 20) });
     Object.assign(result, {
       prefill_speedup_vs_dense: dense.prefill[String(PROMPT)].full_ms / colm.prefill[String(PROMPT)].chain1_ms!,
       decode_k4_over_dense: paired.a_over_b,
+      decode_k4_over_dense_quartiles: paired.a_over_b_quartiles,
       decode_k4_vs_dense_paired: { k4_tokens_per_s: paired.a_tokens_per_s, dense_tokens_per_s: paired.b_tokens_per_s, rounds: paired.rounds },
       rss_colm_over_dense: (colm.rss_over_weight_bytes * colm.weight_bytes) / (dense.rss_over_weight_bytes * dense.weight_bytes),
     });
@@ -79,7 +80,7 @@ if (colm) {
 if (dense) rows.push(`${"  dense (one chain) prefill (ms)".padEnd(44)}${PROMPTS.map((t) => f(dense.prefill[String(t)].full_ms)).join("")}`);
 rows.push(`${"decode tok/s, batch 1, " + CONTEXT + " tokens of context".padEnd(21)}`.padEnd(44) + ["k=1", "k=2", "k=3", "k=4", "dense"].map((h) => h.padStart(9)).join(""));
 rows.push("".padEnd(44) + [1, 2, 3, 4].map((k) => f(colm?.decode_tokens_per_s[String(k)], 1)).join("") + f(dense?.decode_tokens_per_s["1"], 1));
-if (paired) rows.push(`${"  alternating rounds, k=4 vs dense".padEnd(44)}${"".padStart(27)}${f(paired.a_tokens_per_s, 1)}${f(paired.b_tokens_per_s, 1)}  (k=4 ÷ dense ${paired.a_over_b.toFixed(2)}, median of ${paired.rounds} rounds)`);
+if (paired) rows.push(`${"  alternating rounds, k=4 vs dense".padEnd(44)}${"".padStart(27)}${f(paired.a_tokens_per_s, 1)}${f(paired.b_tokens_per_s, 1)}  (k=4 ÷ dense ${paired.a_over_b.toFixed(2)}, median of ${paired.rounds} rounds; quartiles ${paired.a_over_b_quartiles.map((x) => x.toFixed(2)).join("–")})`);
 if (colm) rows.push(`resident memory / weight bytes: ${colm.rss_over_weight_bytes.toFixed(2)} (${(colm.weight_bytes / 2 ** 20).toFixed(0)} MiB of weights, every size ready)`);
 console.log(rows.join("\n"));
 writeResult("engine", "bench:engine", result);

@@ -32,7 +32,9 @@ export interface MeasureOptions {
   repeats: number;
 }
 
-export const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+/** The value at fraction q (0 … 1) of the sorted values (q = 0.5: the median). */
+export const quantile = (xs: number[], q: number): number => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * q))];
+export const median = (xs: number[]): number => quantile(xs, 0.5);
 
 const rssBytes = (): number => {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"));
@@ -146,8 +148,9 @@ export interface PairedDecode {
   /** Batch-1 decode tokens/s of each side: the median over rounds. */
   a_tokens_per_s: number;
   b_tokens_per_s: number;
-  /** The median over rounds of a's rate ÷ b's rate in the same round. */
+  /** The median over rounds of a's rate ÷ b's rate in the same round, and its quartiles. */
   a_over_b: number;
+  a_over_b_quartiles: [number, number];
   rounds: number;
 }
 
@@ -167,9 +170,16 @@ export async function pairedDecode(a: { dir: string; chains: number }, b: { dir:
   const ra: number[] = [];
   const rb: number[] = [];
   for (let r = 0; r < o.rounds; r++) {
-    ra.push(await rate(sides[0]));
-    rb.push(await rate(sides[1]));
+    // a then b, then b then a: neither side always runs first after the switch.
+    if (r % 2 === 0) {
+      ra.push(await rate(sides[0]));
+      rb.push(await rate(sides[1]));
+    } else {
+      rb.push(await rate(sides[1]));
+      ra.push(await rate(sides[0]));
+    }
   }
   for (const s of sides) await s.engine.close();
-  return { a_tokens_per_s: median(ra), b_tokens_per_s: median(rb), a_over_b: median(ra.map((x, i) => x / rb[i])), rounds: o.rounds };
+  const ratios = ra.map((x, i) => x / rb[i]);
+  return { a_tokens_per_s: median(ra), b_tokens_per_s: median(rb), a_over_b: median(ratios), a_over_b_quartiles: [quantile(ratios, 0.25), quantile(ratios, 0.75)], rounds: o.rounds };
 }
