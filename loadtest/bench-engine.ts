@@ -11,7 +11,7 @@ const PROMPT = Number(args.get("prompt") ?? 1024);
 const PROMPTS = [...new Set([512, PROMPT, 2048])].sort((a, b) => a - b);
 const CONTEXT = Number(args.get("context") ?? 512);
 const DECODE_STEPS = Number(args.get("steps") ?? 24);
-const REPEATS = Number(args.get("repeats") ?? 5);
+const REPEATS = Number(args.get("repeats") ?? 7);
 
 const measure = (config: ColmConfigJson): Promise<ModelFigures> =>
   measureModel(benchCheckpoint(config), { prompts: PROMPTS, context: CONTEXT, decodeSteps: DECODE_STEPS, repeats: REPEATS });
@@ -35,6 +35,7 @@ if (colm) {
   const ttft2048 = colm.prefill["2048"].chain1_ms!;
   Object.assign(result, {
     prefill_speedup: p.speedup,
+    prefill_speedup_quartiles: p.speedup_quartiles,
     prefill_max_abs_diff: p.max_abs_diff,
     full_prefill_ms: p.full_ms,
     chain1_prefill_ms: p.chain1_ms,
@@ -75,7 +76,8 @@ rows.push(`${"prefill, logits for the last token".padEnd(44)}${PROMPTS.map((t) =
 if (colm) {
   rows.push(`${"  CoLM full 4-chain prefill (ms)".padEnd(44)}${PROMPTS.map((t) => f(colm.prefill[String(t)].full_ms)).join("")}`);
   rows.push(`${"  CoLM chain-1 prefill + last token k=4 (ms)".padEnd(44)}${PROMPTS.map((t) => f(colm.prefill[String(t)].chain1_ms)).join("")}`);
-  rows.push(`${"  speedup".padEnd(44)}${PROMPTS.map((t) => f(colm.prefill[String(t)].speedup, 2)).join("")}`);
+  rows.push(`${"  speedup (median of per-repeat ratios)".padEnd(44)}${PROMPTS.map((t) => f(colm.prefill[String(t)].speedup, 2)).join("")}`);
+  rows.push(`${"  its quartiles".padEnd(44)}${PROMPTS.map((t) => (colm.prefill[String(t)].speedup_quartiles ?? []).map((x) => x.toFixed(2)).join("–").padStart(9)).join("")}`);
 }
 if (dense) rows.push(`${"  dense (one chain) prefill (ms)".padEnd(44)}${PROMPTS.map((t) => f(dense.prefill[String(t)].full_ms)).join("")}`);
 rows.push(`${"decode tok/s, batch 1, " + CONTEXT + " tokens of context".padEnd(21)}`.padEnd(44) + ["k=1", "k=2", "k=3", "k=4", "dense"].map((h) => h.padStart(9)).join(""));

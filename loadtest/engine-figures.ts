@@ -10,8 +10,9 @@ export interface PrefillFigures {
   full_ms: number;
   /** Chain 1 over tokens 1 … T-1 (no logits), then the last token at full size (spec §5.4). */
   chain1_ms?: number;
-  /** The median over repeats of full ÷ chain-1 from the same repeat (the two run back to back). */
+  /** The median over repeats of full ÷ chain-1 from the same repeat (the two run back to back), and its quartiles. */
   speedup?: number;
+  speedup_quartiles?: [number, number];
   max_abs_diff?: number;
 }
 
@@ -111,25 +112,31 @@ export async function measureModel(dir: string, o: MeasureOptions): Promise<Mode
     let diff = 0;
     // One cache, emptied before each run, as the server's scheduler keeps one for its lifetime: a
     // fresh 32 MiB cache per run would time first-touch page faults (30–90 ms here) that serving
-    // never pays. One untimed run of each path first: onnxruntime grows its arena for a new prompt
-    // length on the first call (seen here: 850 ms, then 540, then a steady 220 for the same prefill).
+    // never pays. Two untimed runs of each path first: onnxruntime grows its arena for a new prompt
+    // length over the first calls (seen here: 850 ms, then 540, then a steady 220 for the same
+    // chain-1 prefill; 2990, 3360, then a steady 1100–1300 for the full one).
     const kv = cacheFor(engine, T);
     const run = (chain1: boolean): Promise<Float32Array> => {
       kv.truncate(0);
       return engine.prefill(prompt, n, kv, chain1);
     };
-    await run(false);
-    if (n > 1) await run(true);
-    for (let r = 0; r < o.repeats; r++) {
-      const [tf, a] = await timed(() => run(false));
-      full.push(tf);
-      if (n > 1) {
-        const [ts, b] = await timed(() => run(true));
-        split.push(ts);
-        for (let i = 0; i < a.length; i++) diff = Math.max(diff, Math.abs(a[i] - b[i]));
-      }
+    for (let w = 0; w < 2; w++) {
+      await run(false);
+      if (n > 1) await run(true);
     }
-    prefill[String(T)] = n > 1 ? { full_ms: median(full), chain1_ms: median(split), speedup: median(full.map((f, r) => f / split[r])), max_abs_diff: diff } : { full_ms: median(full) };
+    for (let r = 0; r < o.repeats; r++) {
+      // Full then chain-1, then chain-1 then full: neither path always runs first.
+      const paths = n === 1 ? [false] : r % 2 === 0 ? [false, true] : [true, false];
+      const logits: Float32Array[] = [];
+      for (const chain1 of paths) {
+        const [ms, out] = await timed(() => run(chain1));
+        (chain1 ? split : full).push(ms);
+        logits.push(out);
+      }
+      if (n > 1) for (let i = 0; i < logits[0].length; i++) diff = Math.max(diff, Math.abs(logits[0][i] - logits[1][i]));
+    }
+    const speedups = full.map((f, r) => f / split[r]);
+    prefill[String(T)] = n > 1 ? { full_ms: median(full), chain1_ms: median(split), speedup: median(speedups), speedup_quartiles: [quantile(speedups, 0.25), quantile(speedups, 0.75)], max_abs_diff: diff } : { full_ms: median(full) };
   }
 
   // Decode: batch 1 with o.context tokens cached (filled by chain 1).

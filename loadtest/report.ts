@@ -53,10 +53,10 @@ function num(value: unknown, ...path: Array<string | number>): number | undefine
   return typeof v === "number" && Number.isFinite(v) ? v : undefined;
 }
 
-/** " (quartiles a–b over N alternating rounds)" for the paired k=4 vs dense decode, when recorded. */
-function pairedQuartiles(r: unknown): string {
-  const [q1, q3, rounds] = [num(r, "decode_k4_over_dense_quartiles", 0), num(r, "decode_k4_over_dense_quartiles", 1), num(r, "decode_k4_vs_dense_paired", "rounds")];
-  return q1 === undefined || q3 === undefined ? "" : ` (quartiles ${q1.toFixed(2)}–${q3.toFixed(2)} over ${rounds ?? "?"} alternating rounds)`;
+/** " (quartiles a–b over N <what>)" for a ratio whose spread the result records, else "". */
+function quartiles(r: unknown, key: string, count: number | undefined, what: string): string {
+  const [q1, q3] = [num(r, key, 0), num(r, key, 1)];
+  return q1 === undefined || q3 === undefined ? "" : ` (quartiles ${q1.toFixed(2)}–${q3.toFixed(2)} over ${count ?? "?"} ${what})`;
 }
 
 function str(value: unknown, ...path: Array<string | number>): string | undefined {
@@ -204,10 +204,10 @@ function engineSection(r: unknown, charts: Record<string, string>): string[] {
     what,
   );
   s.lines.push(
-    `- Chain-1 prefill speedup over the full 4-chain prefill at ${num(r, "prompt_tokens") ?? "?"} tokens: ${times(num(r, "prefill_speedup"))} ` +
+    `- Chain-1 prefill speedup over the full 4-chain prefill at ${num(r, "prompt_tokens") ?? "?"} tokens: ${times(num(r, "prefill_speedup"))}${quartiles(r, "prefill_speedup_quartiles", num(r, "repeats"), "repeats")} ` +
       `(vs our dense prefill ${times(num(r, "prefill_speedup_vs_dense"))}); last-token logits agree to ${fmt(num(r, "prefill_max_abs_diff"))}.`,
     `- Time to first token for a 2048-token prompt vs llama.cpp's dense M prefill: ${times(num(r, "vs_llama_cpp_m", "ttft_2048_speedup_vs_llama_cpp_dense_prefill"))} shorter.`,
-    `- Decode at k=4 vs llama.cpp dense M: ${times(num(r, "vs_llama_cpp_m", "decode_k4_over_llama_cpp"))}; vs our dense model: ${times(num(r, "decode_k4_over_dense"))}${pairedQuartiles(r)}; k=1 vs k=4: ${times(num(r, "decode_ratio_k1_over_k4"))}.`,
+    `- Decode at k=4 vs llama.cpp dense M: ${times(num(r, "vs_llama_cpp_m", "decode_k4_over_llama_cpp"))}; vs our dense model: ${times(num(r, "decode_k4_over_dense"))}${quartiles(r, "decode_k4_over_dense_quartiles", num(r, "decode_k4_vs_dense_paired", "rounds"), "alternating rounds")}; k=1 vs k=4: ${times(num(r, "decode_ratio_k1_over_k4"))}.`,
     `- Resident memory with every size ready: ${times(num(r, "rss_over_weight_bytes"))} the weight bytes (${mib(num(r, "weight_bytes"))} of weights).`,
     "",
   );
