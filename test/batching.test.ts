@@ -66,6 +66,23 @@ for (const [label, cfg] of [["equal chains", TINY_EQUAL], ["unequal chains", TIN
       }
     });
 
+    test("calls in flight at once each get their own keys and values (the runner's reused buffers serve one call)", async () => {
+      const c = m.ckpt.config;
+      const prompts = [
+        [5, 6, 7, 8],
+        [9, 10, 11, 12],
+        [13, 14, 15, 16],
+      ];
+      const alone = await Promise.all(prompts.map((p) => fullForward(m.runner, p, 1))); // concurrent on purpose
+      const outs = await Promise.all(prompts.map((p) => m.runner.step(p, 1, new KvCache(c.n_layers, c.kv_heads, c.head_dim), [])));
+      for (const [i, out] of outs.entries()) {
+        const cache = new KvCache(c.n_layers, c.kv_heads, c.head_dim);
+        cache.append(out.newKeys, out.newValues, prompts[i].length);
+        for (let l = 0; l < c.n_layers; l++) assert.ok(maxAbsDiff(cache.read(l, "keys"), alone[i].cache.read(l, "keys")) < 1e-6, `prompt ${i} layer ${l}`);
+      }
+      assert.ok(outs[0].newKeys[0] !== outs[1].newKeys[0]);
+    });
+
     test("fresh prompts of equal length prefill together", async () => {
       const c = m.ckpt.config;
       const V = c.vocab_size;

@@ -8,9 +8,10 @@ export interface Loaded {
   runner: ModelRunner;
 }
 
+/** A runner on one thread whose every call writes keys and values into its reused buffers. */
 export async function loadRunner(dir: string): Promise<Loaded> {
   const ckpt = loadCheckpoint(dir);
-  const runner = await ModelRunner.create(ckpt, { threads: 1 });
+  const runner = await ModelRunner.create(ckpt, { threads: 1, reusedOutputFloats: 0 });
   return { ckpt, runner };
 }
 
@@ -21,12 +22,15 @@ export function newCache(runner: ModelRunner): KvCache {
   return new KvCache(runner.config.n_layers, runner.config.kv_heads, runner.config.head_dim);
 }
 
-/** Whole-sequence forward at `chains` from an empty cache, logits for every row; the filled cache too. */
+/**
+ * Whole-sequence forward at `chains` from an empty cache, logits for every row; the filled cache
+ * too. The keys and values are copies (the runner's own are views it reuses on its next call).
+ */
 export async function fullForward(runner: ModelRunner, tokens: number[], chains: number): Promise<StepResult & { cache: KvCache }> {
   const cache = newCache(runner);
   const out = await runner.step(tokens, chains, cache, range(tokens.length));
   cache.append(out.newKeys, out.newValues, tokens.length);
-  return { ...out, cache };
+  return { ...out, newKeys: out.newKeys.map((k) => k.slice()), newValues: out.newValues.map((v) => v.slice()), cache };
 }
 
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
