@@ -47,11 +47,11 @@ export class ModelRunner {
    * Where onnxruntime writes each call's new keys and values (per layer: keys, values), grown as
    * needed and reused. Without them every call's outputs are copied into fresh JS buffers: for a
    * 1024-token chain-1 prefill of bench-m that is 32 MiB allocated, zeroed and copied per call,
-   * often in freshly mapped pages (measured: 8000 page faults in such calls, and the prefill
-   * 10–15% slower on average). They hold the largest call's keys and values; a call made while
-   * another is in flight gets fresh buffers instead. Small outputs (decode steps) are left to
-   * onnxruntime: binding 2·L preallocated outputs costs a decode step more than it saves
-   * (measured: +5% at k=1).
+   * often in freshly mapped pages (measured: ~8000 page faults in one such call in two or three,
+   * which then took 1.5–2× as long). They hold the largest call's keys and values; a call made
+   * while another is in flight gets fresh buffers instead. Small outputs (decode steps) are left
+   * to onnxruntime: binding 2·L preallocated outputs cost a decode step more than it saved
+   * (measured once: +5% at k=1 and k=4).
    */
   private readonly kvOut: Float32Array[] = [];
   private kvOutInUse = false;
