@@ -161,9 +161,11 @@ class ChainPass {
   private attention(q: string, l: number, s: Shared): string {
     const { g, c, i } = this;
     const heads = c.chain_heads[i - 1];
-    // A fresh prompt: one fused causal kernel, no [T, T] score matrix through memory.
+    // A fresh prompt: one fused causal kernel, no [T, T] score matrix through memory. Only its
+    // first output is declared: asked for present keys/values too, the kernel zero-fills and copies
+    // them for every head (the cache already has them, from new_key / new_value).
     const fresh = g.subgraph(`fresh_${i}_${l}`);
-    const [out] = fresh.ops("GroupQueryAttention", [q, s.keys[l], s.values[l], "", "", s.seqlensK, s.totalLength], 3, { num_heads: heads, kv_num_heads: c.kv_heads, scale: { float: 1 } }, MS);
+    const [out] = fresh.ops("GroupQueryAttention", [q, s.keys[l], s.values[l], "", "", s.seqlensK, s.totalLength], 1, { num_heads: heads, kv_num_heads: c.kv_heads, scale: { float: 1 } }, MS);
     fresh.branchOutput(fresh.op("Reshape", [out, fresh.int64([-1, heads * c.head_dim])]));
     // Decode and later chunks: the cache is read in place, the new tokens are attended beside it.
     const cached = g.subgraph(`cached_${i}_${l}`);
