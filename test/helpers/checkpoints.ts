@@ -1,5 +1,5 @@
 // Small random checkpoints for tests, written once per process into a temp folder.
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { ColmConfigJson } from "../../models/config.ts";
@@ -33,8 +33,18 @@ export const TINY_UNEQUAL: ColmConfigJson = {
   tie_embeddings: true,
 };
 
+const made: string[] = [];
+// Every test file runs in its own process: its folders go when it exits (they piled up in the
+// system's temp folder, ~35 per `npm test`).
+process.on("exit", () => {
+  for (const dir of made) rmSync(dir, { recursive: true, force: true });
+});
+
+/** A new temp folder, removed when the process exits. */
 export function tempDir(prefix = "colm-test-"): string {
-  return mkdtempSync(join(tmpdir(), prefix));
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  made.push(dir);
+  return dir;
 }
 
 export function makeCheckpoint(config: ColmConfigJson, seed = 1): string {
