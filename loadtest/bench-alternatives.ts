@@ -22,9 +22,9 @@ import { BenchArgs, writeResult } from "./results.ts";
 import { BENCH_M, DENSE_M, benchCheckpoint, describeShape } from "./shapes.ts";
 
 const args = new BenchArgs();
-const CONTEXT = Number(args.get("context") ?? 1024);
-const REPEATS = Number(args.get("repeats") ?? 5);
-const STEP_REPEATS = Number(args.get("step-repeats") ?? 20);
+const CONTEXT = args.num("context", 1024);
+const REPEATS = args.num("repeats", 5);
+const STEP_REPEATS = args.num("step-repeats", 20);
 
 // ---------------------------------------------------------------- the dense alternatives
 

@@ -6,9 +6,9 @@ import { BENCH_S, benchCheckpoint, describeShape } from "./shapes.ts";
 import { BenchArgs, writeResult } from "./results.ts";
 
 const args = new BenchArgs();
-const PROMPT = Number(args.get("prompt") ?? 128);
-const MAX_TOKENS = Number(args.get("max-tokens") ?? 64);
-const CHAINS = Number(args.get("chains") ?? 4);
+const PROMPT = args.num("prompt", 128);
+const MAX_TOKENS = args.num("max-tokens", 64);
+const CHAINS = args.num("chains", 4);
 
 const engine = await loadModel(benchCheckpoint(BENCH_S), { maxBatch: 16 });
 

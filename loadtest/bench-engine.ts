@@ -7,11 +7,11 @@ import { measureModel, pairedDecode, type ModelFigures, type PairedDecode } from
 import { BenchArgs, machine, writeResult } from "./results.ts";
 
 const args = new BenchArgs();
-const PROMPT = Number(args.get("prompt") ?? 1024);
+const PROMPT = args.num("prompt", 1024);
 const PROMPTS = [...new Set([512, PROMPT, 2048])].sort((a, b) => a - b);
-const CONTEXT = Number(args.get("context") ?? 512);
-const DECODE_STEPS = Number(args.get("steps") ?? 24);
-const REPEATS = Number(args.get("repeats") ?? 7);
+const CONTEXT = args.num("context", 512);
+const DECODE_STEPS = args.num("steps", 24);
+const REPEATS = args.num("repeats", 7);
 
 const measure = (config: ColmConfigJson): Promise<ModelFigures> =>
   measureModel(benchCheckpoint(config), { prompts: PROMPTS, context: CONTEXT, decodeSteps: DECODE_STEPS, repeats: REPEATS });
@@ -59,7 +59,7 @@ if (dense) {
   if (colm) {
     // k=4 against dense decode, measured in alternating rounds (the figures above ran minutes apart).
     const k = BENCH_M.chain_heads.length;
-    paired = await pairedDecode({ dir: benchCheckpoint(BENCH_M), chains: k }, { dir: benchCheckpoint(DENSE_M), chains: 1 }, { context: CONTEXT, steps: DECODE_STEPS, rounds: Number(args.get("rounds") ?? 20) });
+    paired = await pairedDecode({ dir: benchCheckpoint(BENCH_M), chains: k }, { dir: benchCheckpoint(DENSE_M), chains: 1 }, { context: CONTEXT, steps: DECODE_STEPS, rounds: args.num("rounds", 20) });
     Object.assign(result, {
       prefill_speedup_vs_dense: dense.prefill[String(PROMPT)].full_ms / colm.prefill[String(PROMPT)].chain1_ms!,
       decode_k4_over_dense: paired.a_over_b,

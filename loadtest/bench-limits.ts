@@ -20,18 +20,18 @@ import { BENCH_M, DENSE_M, describeShape } from "./shapes.ts";
 
 const args = new BenchArgs();
 /** Timed runs per kernel per round (median). */
-const REPEATS = Number(args.get("repeats") ?? 9);
+const REPEATS = args.num("repeats", 9);
 /**
  * Rounds over all kernels: a kernel's figure is its best round's median. The 2 cores are shared and
  * run times here are bimodal (the same 2048³ MatMul alternates between ~190 and ~370 GFLOP/s from
  * one run to the next, with or without thread spinning); interference only ever slows a round down,
  * and rounds are interleaved across kernels so one burst of it does not sink one kernel's figure.
  */
-const ROUNDS = Number(args.get("rounds") ?? 3);
+const ROUNDS = args.num("rounds", 3);
 /** Untimed runs first (at least this many, for at least WARMUP_MS): arena and output buffers, first-run slowness. */
 const WARMUP_RUNS = 3;
 const WARMUP_MS = 1000;
-const WEIGHT_MIB = Number(args.get("weight-mib") ?? 256);
+const WEIGHT_MIB = args.num("weight-mib", 256);
 const THREADS = Number(process.env.COLM_THREADS) || availableParallelism();
 
 /** MatMul shapes [M, K] × [K, N] for the compute peak: square ones and a dense-m FFN projection of a 2048-token prompt. */

@@ -9,9 +9,9 @@ import { BenchArgs, writeResult } from "./results.ts";
 const args = new BenchArgs();
 const dir = args.get("dir") ?? "models/colm-kjv";
 const config = readConfig(`${dir}/config.json`);
-const prompt = Math.min(Number(args.get("prompt") ?? 200), config.max_position - 1);
-const context = Math.min(Number(args.get("context") ?? 128), config.max_position - 64);
-const figures = await measureModel(dir, { prompts: [prompt], context, decodeSteps: Number(args.get("steps") ?? 48), repeats: Number(args.get("repeats") ?? 5) });
+const prompt = Math.min(args.num("prompt", 200), config.max_position - 1);
+const context = Math.min(args.num("context", 128), config.max_position - 64);
+const figures = await measureModel(dir, { prompts: [prompt], context, decodeSteps: args.num("steps", 48), repeats: args.num("repeats", 5) });
 const name = config.name ?? basename(dir);
 const result = {
   model: name,
