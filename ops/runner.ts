@@ -48,10 +48,10 @@ export class ModelRunner {
    * needed and reused. Without them every call's outputs are copied into fresh JS buffers: for a
    * 1024-token chain-1 prefill of bench-m that is 32 MiB allocated, zeroed and copied per call,
    * often in freshly mapped pages (measured: ~8000 page faults in one such call in two or three,
-   * which then took 1.5–2× as long). They hold the largest call's keys and values; a call made
-   * while another is in flight gets fresh buffers instead. Small outputs (decode steps) are left
-   * to onnxruntime: binding 2·L preallocated outputs cost a decode step more than it saved
-   * (measured once: +5% at k=1 and k=4).
+   * which then took 1.5–2× as long). They hold the largest call's keys and values. Small outputs
+   * (decode steps) are left to onnxruntime: binding 2·L preallocated outputs cost a decode step
+   * more than it saved (measured once: +5% at k=1 and k=4). So are the outputs of a call made
+   * while another call holds the buffers.
    */
   private readonly kvOut: Float32Array[] = [];
   private kvOutInUse = false;
@@ -151,7 +151,7 @@ export class ModelRunner {
     }
     const newShape = [B, c.kv_heads, T, c.head_dim];
     const newSize = B * c.kv_heads * T * c.head_dim;
-    if (newSize < this.reusedOutputFloats) {
+    if (newSize < this.reusedOutputFloats || this.kvOutInUse) {
       const out = await this.session.run(feeds);
       const data = (name: string): Float32Array => out[name].data as Float32Array;
       return {
@@ -163,22 +163,20 @@ export class ModelRunner {
     }
     // Logits and hidden states are left to onnxruntime: callers keep them past the next call.
     const fetches: Record<string, ort.Tensor | null> = { logits: null, hidden: null };
-    const pooled = !this.kvOutInUse;
-    const output = (i: number): Float32Array => (pooled ? this.kvOutput(i, newSize) : new Float32Array(newSize));
     const newKeys: Float32Array[] = [];
     const newValues: Float32Array[] = [];
     for (let l = 0; l < c.n_layers; l++) {
-      newKeys.push(output(2 * l));
-      newValues.push(output(2 * l + 1));
+      newKeys.push(this.kvOutput(2 * l, newSize));
+      newValues.push(this.kvOutput(2 * l + 1, newSize));
       fetches[`new_key_${l}`] = new ort.Tensor("float32", newKeys[l], newShape);
       fetches[`new_value_${l}`] = new ort.Tensor("float32", newValues[l], newShape);
     }
-    if (pooled) this.kvOutInUse = true;
+    this.kvOutInUse = true;
     try {
       const out = await this.session.run(feeds, fetches);
       return { logits: out.logits.data as Float32Array, hidden: out.hidden.data as Float32Array, newKeys, newValues };
     } finally {
-      if (pooled) this.kvOutInUse = false;
+      this.kvOutInUse = false;
     }
   }
 
