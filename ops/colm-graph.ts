@@ -211,11 +211,12 @@ class ChainPass {
         const keyRot = this.rope(g.op("MatMul", [xn, `${p}.k`]), kvh, s);
         const value = g.op("MatMul", [xn, `${p}.v`]);
         const value3 = g.op("Reshape", [value, s.bt]);
-        const byKv = (x: string): string => g.op("Transpose", [g.op("Reshape", [x, g.int64([0, 0, kvh, c.head_dim])])], { perm: [0, 2, 1, 3] });
+        // Made under their output names: a renaming Identity would copy every prompt's keys and values.
+        const byKv = (x: string, name: string): string => g.ops("Transpose", [g.op("Reshape", [x, g.int64([0, 0, kvh, c.head_dim])])], [name], { perm: [0, 2, 1, 3] })[0];
         s.keys.push(keyRot);
         s.values.push(value3);
-        s.keyHeads.push(byKv(keyRot));
-        s.valueHeads.push(byKv(value3));
+        s.keyHeads.push(byKv(keyRot, `new_key_${l}`));
+        s.valueHeads.push(byKv(value3, `new_value_${l}`));
         newKeys.push(s.keyHeads[l]);
         newValues.push(s.valueHeads[l]);
       }
@@ -233,13 +234,15 @@ class ChainPass {
       if (l + 1 < c.n_layers) [xn, x] = this.addNorm(h, down, `l${l + 1}.attn_norm`);
       else x = g.op("Add", [h, down]);
     }
-    // Head: logits_k = Σ_{i≤k} y_i · H_iᵀ, for the requested rows only.
-    const hidden = g.op("Gather", [x, s.rows], { axis: 0 });
+    // Head: logits_k = Σ_{i≤k} y_i · H_iᵀ, for the requested rows only. A single-chain model's are
+    // made under the graph's output names (no renaming Identity).
+    const out = (name: string): number | string[] => (c.nChains === 1 ? [name] : 1);
+    const hidden = g.ops("Gather", [x, s.rows], out("hidden"), { axis: 0 })[0];
     this.acts.hidden = this.upTo((a) => a.hidden, hidden);
     const y = this.norm(hidden, "norm");
     const head = `${tiedHead ? "embed" : "head"}.c${i}`;
     const prev = this.before;
-    this.acts.logits = g.op("Gemm", prev ? [y, head, prev.logits] : [y, head], { transB: 1 });
+    this.acts.logits = g.ops("Gemm", prev ? [y, head, prev.logits] : [y, head], out("logits"), { transB: 1 })[0];
     return { acts: this.acts, newKeys, newValues };
   }
 }
@@ -280,8 +283,11 @@ export function colmGraph(ckpt: Checkpoint): GraphBuilder {
   const newIdx = g.op("Range", [zero, T, one]);
   const slot = g.op("Unsqueeze", [g.op("Range", [zero, C, one]), g.int64([0])]); // [1, C]
   const pastCol = g.op("Unsqueeze", [P, g.int64([1])]); // [B, 1]
-  // One causal mask per query-group size, made once in the root rather than in every attention.
-  const maskNew = new Map<number, string>([[1, blocked(g.op("Greater", [g.op("Unsqueeze", [newIdx, g.int64([0])]), g.op("Unsqueeze", [newIdx, g.int64([1])])]))]]);
+  const fresh = g.op("Equal", [g.op("ReduceMax", [P], { keepdims: 0 }), zero]);
+  // One causal mask per query-group size, made once in the root rather than in every attention, and
+  // only read by the cache path: for a fresh prompt it is empty ([0, 0], not [T, T] made for nothing).
+  const maskIdx = g.op("Range", [zero, g.op("Where", [fresh, zero, T]), one]);
+  const maskNew = new Map<number, string>([[1, blocked(g.op("Greater", [g.op("Unsqueeze", [maskIdx, g.int64([0])]), g.op("Unsqueeze", [maskIdx, g.int64([1])])]))]]);
   for (const h of c.chain_heads) {
     const group = h / c.kv_heads;
     if (!maskNew.has(group)) maskNew.set(group, g.op("Tile", [maskNew.get(1)!, g.int64([group, 1])]));
@@ -291,7 +297,7 @@ export function colmGraph(ckpt: Checkpoint): GraphBuilder {
     rows,
     bt: g.op("Concat", [asVector(B), asVector(T), g.int64([-1])], { axis: 0 }),
     positions: g.op("Add", [g.op("Unsqueeze", [newIdx, g.int64([0])]), pastCol]),
-    fresh: g.op("Equal", [g.op("ReduceMax", [P], { keepdims: 0 }), zero]),
+    fresh,
     seqlensK: g.op("Cast", [g.op("Expand", [g.op("Sub", [T, one]), asVector(B)])], { to: DataType.INT32 }),
     totalLength: g.op("Cast", [T], { to: DataType.INT32 }),
     maskNew: (group) => maskNew.get(group)!,
@@ -333,7 +339,7 @@ export function colmGraph(ckpt: Checkpoint): GraphBuilder {
     skip.branchOutput(done.hidden);
     if (!last) skip.ops("Split", [empty, skip.int64(new Array<number>(4 * L).fill(0))], 4 * L, { axis: 0 }).forEach((v) => skip.branchOutput(v));
     const more = g.op("Greater", [chains, g.int64([i - 1], true)]);
-    const outs = g.ops("If", [more], values.length, { then_branch: { graph: run.proto() }, else_branch: { graph: skip.proto() } });
+    const outs = g.ops("If", [more], last ? ["logits", "hidden"] : values.length, { then_branch: { graph: run.proto() }, else_branch: { graph: skip.proto() } });
     const part = (j: number): string[] => outs.slice(2 + j * L, 2 + (j + 1) * L);
     done = { logits: outs[0], hidden: outs[1], attnIn: part(0), heads: part(1), ffnIn: part(2), act: part(3) };
   }

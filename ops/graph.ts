@@ -80,10 +80,13 @@ export class GraphBuilder {
     return this.ops(op, inputs, 1, attrs, domain)[0];
   }
 
-  /** Adds a node with `count` outputs. */
-  ops(op: string, inputs: readonly string[], count: number, attrs: Record<string, AttrValue> = {}, domain = ""): string[] {
+  /**
+   * Adds a node with `count` outputs, or with outputs of the given names (a graph output named so
+   * at its node needs no Identity to rename it: for prefill keys and values that is a copy).
+   */
+  ops(op: string, inputs: readonly string[], count: number | readonly string[], attrs: Record<string, AttrValue> = {}, domain = ""): string[] {
     const base = this.fresh(op);
-    const outs = Array.from({ length: count }, (_, i) => (count === 1 ? base : `${base}:${i}`));
+    const outs = typeof count === "number" ? Array.from({ length: count }, (_, i) => (count === 1 ? base : `${base}:${i}`)) : [...count];
     for (const input of inputs) this.root.readers.get(input)?.push(this.depth);
     for (const out of outs) this.made.add(out);
     this.nodes.push(nodeProto(op, inputs, outs, base, attrs, domain));
