@@ -77,7 +77,7 @@ if (colm) {
   rows.push(`${"  CoLM full 4-chain prefill (ms)".padEnd(44)}${PROMPTS.map((t) => f(colm.prefill[String(t)].full_ms)).join("")}`);
   rows.push(`${"  CoLM chain-1 prefill + last token k=4 (ms)".padEnd(44)}${PROMPTS.map((t) => f(colm.prefill[String(t)].chain1_ms)).join("")}`);
   rows.push(`${"  speedup (median of per-repeat ratios)".padEnd(44)}${PROMPTS.map((t) => f(colm.prefill[String(t)].speedup, 2)).join("")}`);
-  rows.push(`${"  its quartiles".padEnd(44)}${PROMPTS.map((t) => (colm.prefill[String(t)].speedup_quartiles ?? []).map((x) => x.toFixed(2)).join("–").padStart(9)).join("")}`);
+  rows.push(`${"  its quartiles".padEnd(44)}${PROMPTS.map((t) => (colm.prefill[String(t)].speedup_quartiles ?? []).map((x) => x.toFixed(1)).join("–").padStart(9)).join("")}`);
 }
 if (dense) rows.push(`${"  dense (one chain) prefill (ms)".padEnd(44)}${PROMPTS.map((t) => f(dense.prefill[String(t)].full_ms)).join("")}`);
 rows.push(`${"decode tok/s, batch 1, " + CONTEXT + " tokens of context".padEnd(21)}`.padEnd(44) + ["k=1", "k=2", "k=3", "k=4", "dense"].map((h) => h.padStart(9)).join(""));
