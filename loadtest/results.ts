@@ -5,13 +5,25 @@ import { availableParallelism, cpus } from "node:os";
 
 /** A benchmark's `--name=value` arguments, by name. */
 export class BenchArgs extends Map<string, string> {
+  /** `--name=value` or `--name value`; a bare `--name` is "true". */
   constructor(argv: readonly string[] = process.argv.slice(2)) {
-    super(argv.map((a) => a.replace(/^--/, "").split("=") as [string, string]));
+    super();
+    for (let i = 0; i < argv.length; i++) {
+      const arg = argv[i];
+      if (!arg.startsWith("--")) throw new Error(`unexpected argument ${JSON.stringify(arg)} (options are --name=value or --name value)`);
+      const eq = arg.indexOf("=");
+      if (eq >= 0) this.set(arg.slice(2, eq), arg.slice(eq + 1));
+      else if (i + 1 < argv.length && !argv[i + 1].startsWith("--")) this.set(arg.slice(2), argv[++i]);
+      else this.set(arg.slice(2), "true");
+    }
   }
 
   /** The numeric argument `name`, or `fallback` when it is not given. */
   num(name: string, fallback: number): number {
-    return this.has(name) ? Number(this.get(name)) : fallback;
+    if (!this.has(name)) return fallback;
+    const value = Number(this.get(name));
+    if (!Number.isFinite(value)) throw new Error(`--${name} needs a number, got ${JSON.stringify(this.get(name))}`);
+    return value;
   }
 }
 

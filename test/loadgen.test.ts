@@ -15,6 +15,7 @@ import {
   syntheticText,
 } from "../loadtest/arrivals.ts";
 import { checkLoopbackUrl, makeSpec, parseCli, runLoad, type LoadOptions, type LoadResult } from "../loadtest/loadgen.ts";
+import { BenchArgs } from "../loadtest/results.ts";
 import { describe as describeDist, formatSummary, meetsBudget, percentile, summarize, type RequestRecord } from "../loadtest/stats.ts";
 import { loadTestEngine, startApp, writeTestCheckpoint, type RunningApp, type TestCheckpoint } from "./helpers/server-fixture.ts";
 
@@ -179,6 +180,17 @@ describe("CLI", () => {
     assert.throws(() => parseCli(["--url", "http://127.0.0.1:1", "--concurrency", "1.5"]), /--concurrency/);
     assert.throws(() => parseCli(["--url", "http://127.0.0.1:1", "--rate", "1", "--mode", "grpc"]), /--mode/);
     assert.throws(() => parseCli(["--rate", "1"]), /--url is required/);
+  });
+
+  test("benchmark arguments: --name=value and --name value alike; a value that is not a number is an error", () => {
+    const args = new BenchArgs(["--prompt", "520", "--chains=1", "--loads", "0.5,1", "--verbose"]);
+    assert.equal(args.num("prompt", 128), 520);
+    assert.equal(args.num("chains", 4), 1);
+    assert.equal(args.num("max-tokens", 64), 64);
+    assert.equal(args.get("loads"), "0.5,1");
+    assert.equal(args.get("verbose"), "true");
+    assert.throws(() => new BenchArgs(["--prompt=abc"]).num("prompt", 1), /--prompt needs a number, got "abc"/);
+    assert.throws(() => new BenchArgs(["520"]), /unexpected argument "520"/);
   });
 
   test("request specs are reproducible from the seed", () => {
