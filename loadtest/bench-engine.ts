@@ -40,7 +40,8 @@ if (colm) {
     full_prefill_ms: p.full_ms,
     chain1_prefill_ms: p.chain1_ms,
     decode_tokens_per_s: d,
-    decode_ratio_k1_over_k4: d["1"] / d[String(BENCH_M.chain_heads.length)],
+    decode_ratio_k1_over_k4: colm.decode_k1_over_kn,
+    decode_ratio_k1_over_k4_quartiles: colm.decode_k1_over_kn_quartiles,
     rss_over_weight_bytes: colm.rss_over_weight_bytes,
     weight_bytes: colm.weight_bytes,
     load_ms: colm.load_ms,
@@ -84,6 +85,7 @@ if (colm) {
 if (dense) rows.push(`${"  dense (one chain) prefill (ms)".padEnd(44)}${PROMPTS.map((t) => f(dense.prefill[String(t)].full_ms)).join("")}`);
 rows.push(`${"decode tok/s, batch 1, " + CONTEXT + " tokens of context".padEnd(21)}`.padEnd(44) + ["k=1", "k=2", "k=3", "k=4", "dense"].map((h) => h.padStart(9)).join(""));
 rows.push("".padEnd(44) + [1, 2, 3, 4].map((k) => f(colm?.decode_tokens_per_s[String(k)], 1)).join("") + f(dense?.decode_tokens_per_s["1"], 1));
+if (colm?.decode_k1_over_kn !== undefined) rows.push(`${"  k=1 ÷ k=4, median of per-round ratios".padEnd(44)}${f(colm.decode_k1_over_kn, 2)}  (quartiles ${colm.decode_k1_over_kn_quartiles!.map((x) => x.toFixed(2)).join("–")}, ${REPEATS} rounds running every k)`);
 if (paired) rows.push(`${"  alternating rounds, k=4 vs dense".padEnd(44)}${"".padStart(27)}${f(paired.a_tokens_per_s, 1)}${f(paired.b_tokens_per_s, 1)}  (k=4 ÷ dense ${paired.a_over_b.toFixed(2)}, median of ${paired.rounds} rounds; quartiles ${paired.a_over_b_quartiles.map((x) => x.toFixed(2)).join("–")})`);
 if (colm) rows.push(`resident memory / weight bytes: ${colm.rss_over_weight_bytes.toFixed(2)} (${(colm.weight_bytes / 2 ** 20).toFixed(0)} MiB of weights, every size ready)`);
 console.log(rows.join("\n"));

@@ -23,6 +23,9 @@ export interface ModelFigures {
   /** By prompt length. */
   prefill: Record<string, PrefillFigures>;
   decode_tokens_per_s: Record<string, number>;
+  /** The median over rounds of k=1's rate ÷ k=n's in the same round, and its quartiles (n > 1). */
+  decode_k1_over_kn?: number;
+  decode_k1_over_kn_quartiles?: [number, number];
 }
 
 export interface MeasureOptions {
@@ -139,16 +142,22 @@ export async function measureModel(dir: string, o: MeasureOptions): Promise<Mode
     prefill[String(T)] = n > 1 ? { full_ms: median(full), chain1_ms: median(split), speedup: median(speedups), speedup_quartiles: [quantile(speedups, 0.25), quantile(speedups, 0.75)], max_abs_diff: diff } : { full_ms: median(full) };
   }
 
-  // Decode: batch 1 with o.context tokens cached (filled by chain 1).
-  const decode: Record<string, number> = {};
+  // Decode: batch 1 with o.context tokens cached (filled by chain 1). Every round runs every chain
+  // count, in ascending then descending order, so the machine's drift over minutes lands on all of
+  // them and k=1 ÷ k=n is taken within each round.
+  const rates: number[][] = Array.from({ length: n }, () => []);
   const base = await decodeContext(engine, o.context, o.decodeSteps);
-  for (let k = 1; k <= n; k++) {
-    const rates: number[] = [];
-    for (let r = 0; r < o.repeats; r++) rates.push(await decodeRate(engine, k, base, o.context, o.decodeSteps));
-    decode[String(k)] = median(rates);
+  for (let r = 0; r < o.repeats; r++) {
+    for (let j = 0; j < n; j++) {
+      const k = r % 2 === 0 ? j + 1 : n - j;
+      rates[k - 1].push(await decodeRate(engine, k, base, o.context, o.decodeSteps));
+    }
   }
   await engine.close();
-  return { weight_bytes: engine.runner.weightBytes, rss_over_weight_bytes: rss / engine.runner.weightBytes, load_ms, prefill, decode_tokens_per_s: decode };
+  const decode = Object.fromEntries(rates.map((xs, i) => [String(i + 1), median(xs)]));
+  const ratios = rates[0].map((x, r) => x / rates[n - 1][r]);
+  const kRatio = n > 1 ? { decode_k1_over_kn: median(ratios), decode_k1_over_kn_quartiles: [quantile(ratios, 0.25), quantile(ratios, 0.75)] as [number, number] } : {};
+  return { weight_bytes: engine.runner.weightBytes, rss_over_weight_bytes: rss / engine.runner.weightBytes, load_ms, prefill, decode_tokens_per_s: decode, ...kRatio };
 }
 
 export interface PairedDecode {

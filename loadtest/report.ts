@@ -207,7 +207,7 @@ function engineSection(r: unknown, charts: Record<string, string>): string[] {
     `- Chain-1 prefill speedup over the full 4-chain prefill at ${num(r, "prompt_tokens") ?? "?"} tokens: ${times(num(r, "prefill_speedup"))}${quartiles(r, "prefill_speedup_quartiles", num(r, "repeats"), "repeats")} ` +
       `(vs our dense prefill ${times(num(r, "prefill_speedup_vs_dense"))}); last-token logits agree to ${fmt(num(r, "prefill_max_abs_diff"))}.`,
     `- Time to first token for a 2048-token prompt vs llama.cpp's dense M prefill: ${times(num(r, "vs_llama_cpp_m", "ttft_2048_speedup_vs_llama_cpp_dense_prefill"))} shorter.`,
-    `- Decode at k=4 vs llama.cpp dense M: ${times(num(r, "vs_llama_cpp_m", "decode_k4_over_llama_cpp"))}; vs our dense model: ${times(num(r, "decode_k4_over_dense"))}${quartiles(r, "decode_k4_over_dense_quartiles", num(r, "decode_k4_vs_dense_paired", "rounds"), "alternating rounds")}; k=1 vs k=4: ${times(num(r, "decode_ratio_k1_over_k4"))}.`,
+    `- Decode at k=4 vs llama.cpp dense M: ${times(num(r, "vs_llama_cpp_m", "decode_k4_over_llama_cpp"))}; vs our dense model: ${times(num(r, "decode_k4_over_dense"))}${quartiles(r, "decode_k4_over_dense_quartiles", num(r, "decode_k4_vs_dense_paired", "rounds"), "alternating rounds")}; k=1 vs k=4: ${times(num(r, "decode_ratio_k1_over_k4"))}${quartiles(r, "decode_ratio_k1_over_k4_quartiles", num(r, "repeats"), "rounds")}.`,
     `- Resident memory with every size ready: ${times(num(r, "rss_over_weight_bytes"))} the weight bytes (${mib(num(r, "weight_bytes"))} of weights).`,
     "",
   );
