@@ -37,8 +37,10 @@ export interface MeasureOptions {
 }
 
 /** The value at fraction q (0 … 1) of the sorted values (q = 0.5: the median). */
-export const quantile = (xs: number[], q: number): number => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * q))];
+const quantile = (xs: number[], q: number): number => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * q))];
 export const median = (xs: number[]): number => quantile(xs, 0.5);
+/** The first and third quartiles. */
+const quartiles = (xs: number[]): [number, number] => [quantile(xs, 0.25), quantile(xs, 0.75)];
 
 const rssBytes = (): number => {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"));
@@ -139,7 +141,7 @@ export async function measureModel(dir: string, o: MeasureOptions): Promise<Mode
       if (n > 1) for (let i = 0; i < logits[0].length; i++) diff = Math.max(diff, Math.abs(logits[0][i] - logits[1][i]));
     }
     const speedups = full.map((f, r) => f / split[r]);
-    prefill[String(T)] = n > 1 ? { full_ms: median(full), chain1_ms: median(split), speedup: median(speedups), speedup_quartiles: [quantile(speedups, 0.25), quantile(speedups, 0.75)], max_abs_diff: diff } : { full_ms: median(full) };
+    prefill[String(T)] = n > 1 ? { full_ms: median(full), chain1_ms: median(split), speedup: median(speedups), speedup_quartiles: quartiles(speedups), max_abs_diff: diff } : { full_ms: median(full) };
   }
 
   // Decode: batch 1 with o.context tokens cached (filled by chain 1). Every round runs every chain
@@ -156,7 +158,7 @@ export async function measureModel(dir: string, o: MeasureOptions): Promise<Mode
   await engine.close();
   const decode = Object.fromEntries(rates.map((xs, i) => [String(i + 1), median(xs)]));
   const ratios = rates[0].map((x, r) => x / rates[n - 1][r]);
-  const kRatio = n > 1 ? { decode_k1_over_kn: median(ratios), decode_k1_over_kn_quartiles: [quantile(ratios, 0.25), quantile(ratios, 0.75)] as [number, number] } : {};
+  const kRatio = n > 1 ? { decode_k1_over_kn: median(ratios), decode_k1_over_kn_quartiles: quartiles(ratios) } : {};
   return { weight_bytes: engine.runner.weightBytes, rss_over_weight_bytes: rss / engine.runner.weightBytes, load_ms, prefill, decode_tokens_per_s: decode, ...kRatio };
 }
 
@@ -197,5 +199,5 @@ export async function pairedDecode(a: { dir: string; chains: number }, b: { dir:
   }
   for (const s of sides) await s.engine.close();
   const ratios = ra.map((x, i) => x / rb[i]);
-  return { a_tokens_per_s: median(ra), b_tokens_per_s: median(rb), a_over_b: median(ratios), a_over_b_quartiles: [quantile(ratios, 0.25), quantile(ratios, 0.75)], rounds: o.rounds };
+  return { a_tokens_per_s: median(ra), b_tokens_per_s: median(rb), a_over_b: median(ratios), a_over_b_quartiles: quartiles(ratios), rounds: o.rounds };
 }

@@ -3,7 +3,7 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import { availableParallelism, cpus } from "node:os";
 
-/** A benchmark's `--name=value` arguments, by name. */
+/** A benchmark's `--name=value` (or `--name value`) arguments, by name. */
 export class BenchArgs extends Map<string, string> {
   /** `--name=value` or `--name value`; a bare `--name` is "true". */
   constructor(argv: readonly string[] = process.argv.slice(2)) {
