@@ -1,14 +1,17 @@
 // Builds the ONNX graph of a CoLM-Air checkpoint: one graph, one copy of every weight, serving
-// every chain count. Chain causality (spec §1) lets the graph run chain by chain: pass i computes
-// output chain i of every layer, reading what passes 1 … i-1 left at each layer. Pass 1 (the
-// chain-1 model, which also yields every layer's keys and values) always runs; pass i runs
-// inside If(chains ≥ i), after pass i-1. So sub-model k costs exactly passes 1 … k, each
-// weight block W_i belongs to exactly one node (onnxruntime prepacks it once), and only the
-// blocks on and below the chain diagonal exist. Attention of a fresh prompt (empty cache) runs in
-// one fused causal kernel (GroupQueryAttention); later steps read the cache buffers in place.
+// every chain count. Chain causality (spec §1): output chain i of a layer reads only chains ≤ i.
+// The root runs the chain-1 model over every layer (it always runs, and makes every layer's keys
+// and values); If(chains ≥ 2) then runs chains 2 … n layer by layer, each reading what the chains
+// before it left at the same layer. A chain from 3 on works on all rows when the call asks for it
+// and on none when it does not, so sub-model k costs chains 1 … k (plus ~0.35 µs per empty node).
+// Each weight block W_i belongs to exactly one node, at most one If deep (onnxruntime prepacks
+// it once), and only the blocks on and below the chain diagonal exist. Chains 2 … n share one
+// attention per layer, so a step reads each layer's cache twice however many chains run. Attention
+// of a fresh prompt (empty cache) runs in one fused causal kernel (GroupQueryAttention); later
+// steps read the cache buffers in place.
 //
 // A call runs B sequences ("rows") of T new tokens each; token (b, t) is flattened to b·T + t.
-// Inputs:  tokens int64 [B, T]; chains int64 scalar (passes to run); logits_rows int64 [R] (flattened
+// Inputs:  tokens int64 [B, T]; chains int64 scalar (the chain count to run); logits_rows int64 [R] (flattened
 //          tokens whose logits are wanted; empty for a KV-only prefill); logits_chains int64 [R]
 //          (the sub-model, ≤ chains, whose logits each of those rows gets); past_length int64 [B];
 //          past_key_l / past_value_l float [B, kv_heads, C, hd], the rows' cache buffers (C ≥ P_b
@@ -30,7 +33,7 @@ function columns(x: Float32Array, rows: number, cols: number, c0: number, c1: nu
   return out;
 }
 
-/** Registers every weight once, in the per-chain form the passes read. */
+/** Registers every weight once, in the per-chain form the stacks read. */
 function registerWeights(root: GraphBuilder, ckpt: Checkpoint): void {
   const c = ckpt.config;
   const w = ckpt.weights;
@@ -80,11 +83,16 @@ function registerWeights(root: GraphBuilder, ckpt: Checkpoint): void {
   root.weight("rope.sin", [c.max_position, hd / 2], sin);
 }
 
-/** Values the root computes once per call and every pass reads. */
+/** Values the root computes once per call and every chain reads. */
 interface Shared {
   tokens: string; // [B·T]
-  rows: string;
-  bt: string; // the shape [B, T, -1], to view [B·T, n] activations per row
+  rows: string; // [R]: flattened tokens whose logits are wanted
+  rowChains: string; // [R, 1]: the sub-model each of those rows wants
+  chains: string; // int64 scalar: the chain count the call runs
+  B: string; // int64 [1]
+  T: string; // int64 [1]
+  BT: string; // int64 [1]: B·T
+  R: string; // int64 [1]
   positions: string; // [B, T] int64
   fresh: string; // bool: every P_b = 0, the caches are empty (prompts' first chunks)
   seqlensK: string; // int32 [B]: T - 1 (GroupQueryAttention's convention), for fresh prompts
@@ -95,155 +103,277 @@ interface Shared {
   splitPastNew: string; // [C, T]
   pastKey: string[];
   pastValue: string[];
-  /** Rotated keys / values of the new tokens, [B, T, kv·hd], per layer (made by pass 1). */
-  keys: string[];
-  values: string[];
-  /** The same as [B, kv, T, hd], for the cache path of every pass. */
-  keyHeads: string[];
-  valueHeads: string[];
+  /** Chain 1's keys and values per layer (made by the chain-1 stack, read by every chain). */
+  kv: LayerKv[];
+}
+
+/** Chain 1's new keys and values at one layer, as the fused kernel and the cache path read them. */
+interface LayerKv {
+  keys: string; // rotated, [B, T, kv·hd]
+  values: string; // [B, T, kv·hd]
+  keyHeads: string; // [B, kv, T, hd], the cache's layout (and the new_key output)
+  valueHeads: string;
 }
 
 /**
- * What passes 1 … i leave at each layer for the passes after them: the inputs of pass i's chain
- * linears, x_{≤i}, so pass i+1 extends each with its own chain by one Concat.
+ * What chains 1 … i leave at each layer for the chains after them: the inputs of chain i's chain
+ * linears, x_{≤i}, which chain i+1 extends with its own chain by one Concat; and the head so far.
  */
 interface ChainActivations {
-  attnIn: string[]; // normed attention inputs x̂_{≤i}, [T, d_i]
-  heads: string[]; // attention outputs of chains 1 … i's heads, [T, (h_1+…+h_i)·hd]
-  ffnIn: string[]; // normed FFN inputs ĥ_{≤i}, [T, d_i]
-  act: string[]; // SwiGLU activations a_{≤i}, [T, f_1+…+f_i]
+  attnIn: string[]; // normed attention inputs x̂_{≤i}, [B·T, d_i]
+  heads: string[]; // attention outputs of chains 1 … i's heads, [B·T, (h_1+…+h_i)·hd]
+  ffnIn: string[]; // normed FFN inputs ĥ_{≤i}, [B·T, d_i]
+  act: string[]; // SwiGLU activations a_{≤i}, [B·T, f_1+…+f_i]
   hidden: string; // final hidden state x^L_{≤i} of the requested rows, [R, d_i]
   logits: string; // Σ_{j≤i} y_j · H_jᵀ, [R, V]
 }
 
-/** Pass i: output chain i of every layer (spec §3), given the chains before it. */
-class ChainPass {
-  private readonly acts: ChainActivations = { attnIn: [], heads: [], ffnIn: [], act: [], hidden: "", logits: "" };
+/**
+ * The values one attention over a run of chains with equal head counts reads, made once per graph:
+ * the run's heads stack along the rows (chain after chain), so its n running chains attend as n
+ * times the batch, and the layer's cache is read once for all of them.
+ */
+interface Run {
+  chains: number[];
+  heads: number;
+  group: number; // heads / kv_heads
+  stacked: boolean; // more than one chain: n is read at run time
+  n: string; // int64 [1]: running chains of the run (only when stacked)
+  positions: string; // [n·B, T]
+  seqlensK: string; // int32 [n·B]
+  mask: string; // [n·group·T, T]
+  q3: string; // the shape [-1, T, heads·hd]: stacked queries [n·B·T, ·] as [n·B, T, ·]
+  q6: string; // the shape [-1, B, T, kv, group, hd]
+  out6: string; // the shape [0, kv, -1, group, T, hd]
+  sizes: string; // int64 [run length]: each chain's rows (B·T when it runs, else 0)
+}
+
+/**
+ * Chains a … b of every layer (spec §3), layer by layer, given what chains 1 … a-1 left at each
+ * layer (`before`). The root builds chains 1 … 1 (the chain-1 model, which also makes every layer's
+ * keys and values); the If(chains ≥ 2) branch builds chains 2 … n. A chain from 3 on runs on all
+ * B·T rows when the call asks for it and on none otherwise: its nodes then see empty tensors and
+ * cost ~0.35 µs each (measured), while an If per chain section cost ~11 µs skipped and, two deep,
+ * would run its weights unpacked. Every weight is read once, by one node of this stack.
+ */
+class LayerStack {
+  private readonly memo = new Map<string, string>();
+  private readonly runs: Run[] = [];
 
   constructor(
     private readonly g: GraphBuilder,
     private readonly c: ColmConfig,
-    private readonly i: number,
+    private readonly s: Shared,
+    private readonly chains: readonly number[],
     private readonly before: ChainActivations | undefined,
-  ) {}
-
-  /** x_{≤i}: the earlier chains' values at the same point, then this chain's. */
-  private upTo(pick: (a: ChainActivations) => string, mine: string): string {
-    return this.before ? this.g.op("Concat", [pick(this.before), mine], { axis: 1 }) : mine;
+  ) {
+    for (const i of chains) {
+      const last = this.runs.at(-1);
+      if (last && last.heads === c.chain_heads[i - 1]) last.chains.push(i);
+      else this.runs.push({ chains: [i], heads: c.chain_heads[i - 1] } as Run);
+    }
+    for (const run of this.runs) this.prepareRun(run);
   }
 
-  /** Chain RMSNorm of chain i on its own: x_i / sqrt(mean(x_i²) + eps) · g_i. */
-  private norm(x: string, name: string): string {
-    return this.g.op("SimplifiedLayerNormalization", [x, `${name}.c${this.i}`], { axis: -1, epsilon: { float: this.c.norm_eps } });
+  private once(key: string, make: () => string): string {
+    if (!this.memo.has(key)) this.memo.set(key, make());
+    return this.memo.get(key)!;
+  }
+
+  /** Chain i runs on every call that reaches this stack (chain 1; chain 2 in its If branch). */
+  private always(i: number): boolean {
+    return i <= 2;
+  }
+
+  /** bool: the call runs at least i chains. */
+  private running(i: number): string {
+    return this.once(`running${i}`, () => this.g.op("Greater", [this.s.chains, this.g.int64([i - 1], true)]));
+  }
+
+  /** int64 [1]: `n` when chain i runs, else 0. */
+  private count(i: number, n: string): string {
+    return this.once(`count${i}:${n}`, () => this.g.op("Where", [this.running(i), n, this.g.int64([0])]));
+  }
+
+  /** The first `count(i, n)` rows of x: all of them when chain i runs, none otherwise. */
+  private gate(b: GraphBuilder, x: string, i: number, n: string): string {
+    return this.always(i) ? x : b.op("Slice", [x, b.int64([0]), this.count(i, n), b.int64([0])]);
+  }
+
+  /** x_{≤i}: the earlier chains' value at the same point (on chain i's rows), then chain i's. */
+  private upTo(before: string | undefined, mine: string, i: number): string {
+    return before === undefined ? mine : this.g.op("Concat", [this.gate(this.g, before, i, this.s.BT), mine], { axis: 1 });
+  }
+
+  private prepareRun(run: Run): void {
+    const { g, c, s } = this;
+    const hd = c.head_dim;
+    const kvh = c.kv_heads;
+    run.group = run.heads / kvh;
+    run.stacked = run.chains.length > 1;
+    const a = run.chains[0];
+    if (run.stacked) {
+      // Running chains of the run: clamp(chains - (a - 1), 0, length).
+      const n = g.op("Max", [g.op("Min", [g.op("Sub", [s.chains, g.int64([a - 1], true)]), g.int64([run.chains.length], true)]), g.int64([0], true)]);
+      run.n = g.op("Unsqueeze", [n, g.int64([0])]);
+      run.positions = g.op("Tile", [s.positions, g.op("Concat", [run.n, g.int64([1])], { axis: 0 })]);
+      run.seqlensK = g.op("Tile", [s.seqlensK, run.n]);
+      run.mask = g.op("Tile", [s.maskNew(run.group), g.op("Concat", [run.n, g.int64([1])], { axis: 0 })]);
+      run.sizes = g.op("Concat", run.chains.map((i) => (this.always(i) ? s.BT : this.count(i, s.BT))), { axis: 0 });
+    } else {
+      run.positions = s.positions;
+      run.seqlensK = s.seqlensK;
+      run.mask = s.maskNew(run.group);
+    }
+    run.q3 = g.op("Concat", [g.int64([-1]), s.T, g.int64([run.heads * hd])], { axis: 0 });
+    run.q6 = g.op("Concat", [g.int64([-1]), s.B, s.T, g.int64([kvh, run.group, hd])], { axis: 0 });
+    run.out6 = g.op("Concat", [g.int64([0, kvh, -1, run.group]), s.T, g.int64([hd])], { axis: 0 });
+  }
+
+  /** Chain RMSNorm of one chain: x_i / sqrt(mean(x_i²) + eps) · g_i. */
+  private norm(x: string, weight: string): string {
+    return this.g.op("SimplifiedLayerNormalization", [x, weight], { axis: -1, epsilon: { float: this.c.norm_eps } });
   }
 
   /**
    * The residual sum r = x + delta and its chain RMSNorm, in one fused node (a batch-1 decode
    * step runs thousands of small nodes, and each costs a few microseconds of its own): [norm, r].
    */
-  private addNorm(x: string, delta: string, name: string): [string, string] {
-    const [normed, , , sum] = this.g.ops("SkipSimplifiedLayerNormalization", [delta, x, `${name}.c${this.i}`], 4, { epsilon: { float: this.c.norm_eps } }, MS);
+  private addNorm(x: string, delta: string, weight: string): [string, string] {
+    const [normed, , , sum] = this.g.ops("SkipSimplifiedLayerNormalization", [delta, x, weight], 4, { epsilon: { float: this.c.norm_eps } }, MS);
     return [normed, sum];
   }
 
-  /** Rotary embedding (rotate-half) of [B·T, heads·hd] at the shared positions → [B, T, heads·hd]. */
-  private rope(x: string, heads: number, s: Shared): string {
-    const g = this.g;
-    const x3 = g.op("Reshape", [x, s.bt]);
-    return g.op("RotaryEmbedding", [x3, s.positions, "rope.cos", "rope.sin"], { interleaved: 0, num_heads: heads }, MS);
+  /** Chain 1's keys and values at layer l (spec §3, CoLM-Air: every chain attends to these). */
+  private keysValues(xn1: string, l: number): LayerKv {
+    const { g, c, s } = this;
+    const kvh = c.kv_heads;
+    const bt = this.once("bt", () => g.op("Concat", [s.B, s.T, g.int64([-1])], { axis: 0 })); // [B·T, n] → [B, T, n]
+    const keys = g.op("RotaryEmbedding", [g.op("Reshape", [g.op("MatMul", [xn1, `l${l}.k`]), bt]), s.positions, "rope.cos", "rope.sin"], { interleaved: 0, num_heads: kvh }, MS);
+    const values = g.op("Reshape", [g.op("MatMul", [xn1, `l${l}.v`]), bt]);
+    // Made under their output names: a renaming Identity would copy every prompt's keys and values.
+    const byKv = (x: string, name: string): string => g.ops("Transpose", [g.op("Reshape", [x, g.int64([0, 0, kvh, c.head_dim])])], [name], { perm: [0, 2, 1, 3] })[0];
+    return { keys, values, keyHeads: byKv(keys, `new_key_${l}`), valueHeads: byKv(values, `new_value_${l}`) };
   }
 
   /**
-   * Causal attention of chain i's heads (rotated queries [B, T, h_i·hd]) over the shared keys and
-   * values → [B·T, h_i·hd]. Head m of chain i reads kv head floor(m / (h_i / kv_heads)), which is
-   * the usual grouped-query layout for chain i's heads alone.
+   * Causal attention of a run's chains at layer l: queries x̂_{≤i} · Wq_i per chain ([rows, h·hd],
+   * scaled by 1/sqrt(hd), see registerWeights) → per chain [rows, h·hd]. Head m of chain i reads kv
+   * head floor(m / group): the usual grouped-query layout within each chain (spec §3).
    */
-  private attention(q: string, l: number, s: Shared): string {
-    const { g, c, i } = this;
-    const heads = c.chain_heads[i - 1];
-    // A fresh prompt: one fused causal kernel, no [T, T] score matrix through memory. Only its
-    // first output is declared: asked for present keys/values too, the kernel zero-fills and copies
-    // them for every head (the cache already has them, from new_key / new_value).
-    const fresh = g.subgraph(`fresh_${i}_${l}`);
-    const [out] = fresh.ops("GroupQueryAttention", [q, s.keys[l], s.values[l], "", "", s.seqlensK, s.totalLength], 1, { num_heads: heads, kv_num_heads: c.kv_heads, scale: { float: 1 } }, MS);
-    fresh.branchOutput(fresh.op("Reshape", [out, fresh.int64([-1, heads * c.head_dim])]));
-    // Decode and later chunks: the cache is read in place, the new tokens are attended beside it.
-    const cached = g.subgraph(`cached_${i}_${l}`);
-    cached.branchOutput(this.cacheAttention(cached, q, l, s));
-    return g.ops("If", [s.fresh], 1, { then_branch: { graph: fresh.proto() }, else_branch: { graph: cached.proto() } })[0];
-  }
-
-  /**
-   * Attention over each row's cache ([B, kv, C, hd], slots ≥ P_b masked) and its new tokens, with
-   * plain ops. Queries regroup by kv head: [B, T, kv, group, hd] → [B, kv, group·T, hd].
-   */
-  private cacheAttention(g: GraphBuilder, q: string, l: number, s: Shared): string {
-    const { c } = this;
+  private attention(b: GraphBuilder, run: Run, qs: string[], l: number): string[] {
+    const { c, s } = this;
     const hd = c.head_dim;
     const kvh = c.kv_heads;
-    const group = c.chain_heads[this.i - 1] / kvh;
-    const qByKv = g.op("Transpose", [g.op("Reshape", [q, g.int64([0, 0, kvh, group, hd])])], { perm: [0, 2, 3, 1, 4] });
-    const qHeads = g.op("Reshape", [qByKv, g.int64([0, kvh, -1, hd])]); // [B, kv, group·T, hd]
-    const transB = { transB: 1 }; // queries come scaled by 1/sqrt(hd) (see registerWeights)
-    const scoresPast = g.op("Add", [g.op("FusedMatMul", [qHeads, s.pastKey[l]], transB, MS), s.maskPast]); // [B, kv, group·T, C]
-    const scoresNew = g.op("Add", [g.op("FusedMatMul", [qHeads, s.keyHeads[l]], transB, MS), s.maskNew(group)]); // [B, kv, group·T, T]
-    const probs = g.op("Softmax", [g.op("Concat", [scoresPast, scoresNew], { axis: -1 })], { axis: -1 });
-    const [probsPast, probsNew] = g.ops("Split", [probs, s.splitPastNew], 2, { axis: -1 });
-    const out = g.op("Add", [g.op("MatMul", [probsPast, s.pastValue[l]]), g.op("MatMul", [probsNew, s.valueHeads[l]])]);
-    const byGroup = g.op("Reshape", [out, g.int64([0, kvh, group, -1, hd])]); // [B, kv, group, T, hd]
-    return g.op("Reshape", [g.op("Transpose", [byGroup], { perm: [0, 3, 1, 2, 4] }), g.int64([-1, group * kvh * hd])]);
+    const kv = s.kv[l];
+    const stacked = qs.length > 1 ? b.op("Concat", qs, { axis: 0 }) : qs[0]; // [n·B·T, h·hd]
+    const q = b.op("RotaryEmbedding", [b.op("Reshape", [stacked, run.q3]), run.positions, "rope.cos", "rope.sin"], { interleaved: 0, num_heads: run.heads }, MS); // [n·B, T, h·hd]
+    // A fresh prompt: one fused causal kernel, no [T, T] score matrix through memory, the run's
+    // chains as n times the batch. Only its first output is declared: asked for present keys/values
+    // too, the kernel zero-fills and copies them (the cache already has them, from new_key / new_value).
+    const fresh = b.subgraph(`fresh_${run.chains[0]}_${l}`);
+    const perRow = (x: string): string => (run.stacked ? fresh.op("Tile", [x, fresh.op("Concat", [run.n, fresh.int64([1, 1])], { axis: 0 })]) : x);
+    const [out] = fresh.ops("GroupQueryAttention", [q, perRow(kv.keys), perRow(kv.values), "", "", run.seqlensK, s.totalLength], 1, { num_heads: run.heads, kv_num_heads: kvh, scale: { float: 1 } }, MS);
+    fresh.branchOutput(fresh.op("Reshape", [out, fresh.int64([-1, run.heads * hd])]));
+    // Decode and later chunks: the cache is read in place, the new tokens are attended beside it.
+    // Query rows regroup by kv head: [n, B, T, kv, group, hd] → [B, kv, n·group·T, hd].
+    const cached = b.subgraph(`cached_${run.chains[0]}_${l}`);
+    const qHeads = cached.op("Reshape", [cached.op("Transpose", [cached.op("Reshape", [q, run.q6])], { perm: [1, 3, 0, 4, 2, 5] }), cached.int64([0, kvh, -1, hd])]);
+    const scoresPast = cached.op("Add", [cached.op("FusedMatMul", [qHeads, s.pastKey[l]], { transB: 1 }, MS), s.maskPast]); // [B, kv, rows, C]
+    const scoresNew = cached.op("Add", [cached.op("FusedMatMul", [qHeads, kv.keyHeads], { transB: 1 }, MS), run.mask]); // [B, kv, rows, T]
+    const probs = cached.op("Softmax", [cached.op("Concat", [scoresPast, scoresNew], { axis: -1 })], { axis: -1 });
+    const [probsPast, probsNew] = cached.ops("Split", [probs, s.splitPastNew], 2, { axis: -1 });
+    const heads = cached.op("Add", [cached.op("MatMul", [probsPast, s.pastValue[l]]), cached.op("MatMul", [probsNew, kv.valueHeads])]);
+    const back = cached.op("Transpose", [cached.op("Reshape", [heads, run.out6])], { perm: [2, 0, 4, 1, 3, 5] }); // [n, B, T, kv, group, hd]
+    cached.branchOutput(cached.op("Reshape", [back, cached.int64([-1, run.heads * hd])]));
+    const [all] = b.ops("If", [s.fresh], 1, { then_branch: { graph: fresh.proto() }, else_branch: { graph: cached.proto() } });
+    return run.stacked ? b.ops("Split", [all, run.sizes], qs.length, { axis: 0 }) : [all];
   }
 
-  /** Runs the pass; pass 1 also makes (and publishes in `s`) every layer's keys and values. */
-  build(s: Shared, tiedHead: boolean): { acts: ChainActivations; newKeys: string[]; newValues: string[] } {
-    const { g, c, i } = this;
-    const kvh = c.kv_heads;
-    const newKeys: string[] = [];
-    const newValues: string[] = [];
+  /** A run's attention, inside If(chains ≥ a) when its first chain a may not run (then every output is empty). */
+  private runAttention(run: Run, qs: string[], l: number): string[] {
+    const a = run.chains[0];
+    if (this.always(a)) return this.attention(this.g, run, qs, l);
+    const then = this.g.subgraph(`attn_${a}_${l}`);
+    this.attention(then, run, qs, l).forEach((h) => then.branchOutput(h));
+    const skip = this.g.subgraph(`skip_attn_${a}_${l}`);
+    qs.forEach((q) => skip.branchOutput(q)); // [0, h·hd]: the queries of chains that do not run
+    return this.g.ops("If", [this.running(a)], qs.length, { then_branch: { graph: then.proto() }, else_branch: { graph: skip.proto() } });
+  }
 
-    let x = g.op("Gather", [`embed.c${i}`, s.tokens], { axis: 0 }); // x⁰_i = E[token, d_{i-1}:d_i]
-    let xn = this.norm(x, "l0.attn_norm");
-    for (let l = 0; l < c.n_layers; l++) {
-      const p = `l${l}`;
-      // Attention: h_i = x_i + (heads_{≤i} · Wo_i), heads from queries x̂_{≤i} · Wq_i (x̂_i = norm(x_i)).
-      if (i === 1) {
-        // Chain 1 also makes the keys and values every chain shares (spec §3, CoLM-Air).
-        const keyRot = this.rope(g.op("MatMul", [xn, `${p}.k`]), kvh, s);
-        const value = g.op("MatMul", [xn, `${p}.v`]);
-        const value3 = g.op("Reshape", [value, s.bt]);
-        // Made under their output names: a renaming Identity would copy every prompt's keys and values.
-        const byKv = (x: string, name: string): string => g.ops("Transpose", [g.op("Reshape", [x, g.int64([0, 0, kvh, c.head_dim])])], [name], { perm: [0, 2, 1, 3] })[0];
-        s.keys.push(keyRot);
-        s.values.push(value3);
-        s.keyHeads.push(byKv(keyRot, `new_key_${l}`));
-        s.valueHeads.push(byKv(value3, `new_value_${l}`));
-        newKeys.push(s.keyHeads[l]);
-        newValues.push(s.valueHeads[l]);
-      }
-      const attnIn = this.acts.attnIn[l] = this.upTo((a) => a.attnIn[l], xn);
-      const q = g.op("MatMul", [attnIn, `${p}.q.c${i}`]);
-      const heads = this.acts.heads[l] = this.upTo((a) => a.heads[l], this.attention(this.rope(q, c.chain_heads[i - 1], s), l, s));
-      const [hn, h] = this.addNorm(x, g.op("MatMul", [heads, `${p}.o.c${i}`]), `${p}.ffn_norm`);
-
-      // SwiGLU: a_i = silu(ĥ_{≤i} · Wgate_i) ⊙ (ĥ_{≤i} · Wup_i); x_i ← h_i + a_{≤i} · Wdown_i.
-      const ffnIn = this.acts.ffnIn[l] = this.upTo((a) => a.ffnIn[l], hn);
-      const gate = g.op("MatMul", [ffnIn, `${p}.gate.c${i}`]);
-      const up = g.op("MatMul", [ffnIn, `${p}.up.c${i}`]);
-      const act = g.op("Mul", [g.op("QuickGelu", [gate], { alpha: { float: 1 } }, MS), up]); // QuickGelu(α=1) is silu
-      const down = g.op("MatMul", [this.acts.act[l] = this.upTo((a) => a.act[l], act), `${p}.down.c${i}`]);
-      if (l + 1 < c.n_layers) [xn, x] = this.addNorm(h, down, `l${l + 1}.attn_norm`);
-      else x = g.op("Add", [h, down]);
+  /** Builds every layer and the head of the stack's chains. */
+  build(tiedHead: boolean): ChainActivations {
+    const { g, c, s, chains, before } = this;
+    const L = c.n_layers;
+    const acts: ChainActivations = { attnIn: [], heads: [], ffnIn: [], act: [], hidden: "", logits: "" };
+    const x: string[] = [];
+    const xn: string[] = [];
+    for (const i of chains) {
+      x[i] = g.op("Gather", [`embed.c${i}`, this.gate(g, s.tokens, i, s.BT)], { axis: 0 }); // x⁰_i = E[token, d_{i-1}:d_i]
+      xn[i] = this.norm(x[i], `l0.attn_norm.c${i}`);
     }
-    // Head: logits_k = Σ_{i≤k} y_i · H_iᵀ, for the requested rows only. A single-chain model's are
-    // made under the graph's output names (no renaming Identity).
-    const out = (name: string): number | string[] => (c.nChains === 1 ? [name] : 1);
-    const hidden = g.ops("Gather", [x, s.rows], out("hidden"), { axis: 0 })[0];
-    this.acts.hidden = this.upTo((a) => a.hidden, hidden);
-    const y = this.norm(hidden, "norm");
-    const head = `${tiedHead ? "embed" : "head"}.c${i}`;
-    const prev = this.before;
-    this.acts.logits = g.ops("Gemm", prev ? [y, head, prev.logits] : [y, head], out("logits"), { transB: 1 })[0];
-    return { acts: this.acts, newKeys, newValues };
+    for (let l = 0; l < L; l++) {
+      const p = `l${l}`;
+      if (chains[0] === 1) s.kv.push(this.keysValues(xn[1], l)); // chain 1 makes the keys and values every chain shares
+      // Attention: h_i = x_i + heads_{≤i} · Wo_i, with heads from queries x̂_{≤i} · Wq_i.
+      let attnIn = before?.attnIn[l];
+      const q: string[] = [];
+      for (const i of chains) {
+        attnIn = this.upTo(attnIn, xn[i], i);
+        q[i] = g.op("MatMul", [attnIn, `${p}.q.c${i}`]);
+      }
+      acts.attnIn[l] = attnIn!;
+      const heads: string[] = [];
+      for (const run of this.runs) this.runAttention(run, run.chains.map((i) => q[i]), l).forEach((h, j) => (heads[run.chains[j]] = h));
+      // SwiGLU: a_i = silu(ĥ_{≤i} · Wgate_i) ⊙ (ĥ_{≤i} · Wup_i); x_i ← h_i + a_{≤i} · Wdown_i.
+      let headsUpTo = before?.heads[l];
+      let ffnIn = before?.ffnIn[l];
+      let act = before?.act[l];
+      for (const i of chains) {
+        headsUpTo = this.upTo(headsUpTo, heads[i], i);
+        const [hn, h] = this.addNorm(x[i], g.op("MatMul", [headsUpTo, `${p}.o.c${i}`]), `${p}.ffn_norm.c${i}`);
+        ffnIn = this.upTo(ffnIn, hn, i);
+        const gate = g.op("MatMul", [ffnIn, `${p}.gate.c${i}`]);
+        const up = g.op("MatMul", [ffnIn, `${p}.up.c${i}`]);
+        act = this.upTo(act, g.op("Mul", [g.op("QuickGelu", [gate], { alpha: { float: 1 } }, MS), up]), i); // QuickGelu(α=1) is silu
+        const down = g.op("MatMul", [act, `${p}.down.c${i}`]);
+        if (l + 1 < L) [xn[i], x[i]] = this.addNorm(h, down, `l${l + 1}.attn_norm.c${i}`);
+        else x[i] = g.op("Add", [h, down]);
+      }
+      acts.heads[l] = headsUpTo!;
+      acts.ffnIn[l] = ffnIn!;
+      acts.act[l] = act!;
+    }
+    // Head: logits_k = Σ_{i≤k} y_i · H_iᵀ, for the requested rows only. Rows that asked for fewer
+    // than i chains keep the logits of chains 1 … i-1 (chain causality: more chains never change a
+    // smaller sub-model's output). A single-chain model's are made under the graph's output names.
+    const named = (name: string): number | string[] => (c.nChains === 1 ? [name] : 1);
+    let logits = before?.logits;
+    let hidden = before?.hidden;
+    for (const i of chains) {
+      const head = `${tiedHead ? "embed" : "head"}.c${i}`;
+      if (this.always(i)) {
+        const mine = g.ops("Gather", [x[i], s.rows], named("hidden"), { axis: 0 })[0];
+        const y = this.norm(mine, `norm.c${i}`);
+        const out = g.ops("Gemm", logits ? [y, head, logits] : [y, head], named("logits"), { transB: 1 })[0];
+        logits = logits ? g.op("Where", [g.op("Less", [s.rowChains, g.int64([i], true)]), logits, out]) : out;
+        hidden = hidden ? g.op("Concat", [hidden, mine], { axis: 1 }) : mine;
+        continue;
+      }
+      // A chain that may not run works on the first R_i rows (R or 0) and leaves the rest as they were.
+      const Ri = this.count(i, s.R);
+      const mine = g.op("Gather", [x[i], this.gate(g, s.rows, i, s.R)], { axis: 0 }); // [R_i, c_i]
+      const top = this.gate(g, logits!, i, s.R);
+      const out = g.op("Gemm", [this.norm(mine, `norm.c${i}`), head, top], { transB: 1 });
+      const kept = g.op("Where", [g.op("Less", [this.gate(g, s.rowChains, i, s.R), g.int64([i], true)]), top, out]);
+      logits = g.op("Concat", [kept, g.op("Slice", [logits!, Ri, g.int64([Number.MAX_SAFE_INTEGER]), g.int64([0])])], { axis: 0 });
+      // [R, c_i] when it runs, [R, 0] when not: hidden stays [R, d_k].
+      const width = g.op("Where", [this.running(i), g.int64([c.chainWidths[i - 1]]), g.int64([0])]);
+      hidden = g.op("Concat", [hidden!, g.op("Reshape", [mine, g.op("Concat", [s.R, width], { axis: 0 })], { allowzero: 1 })], { axis: 1 });
+    }
+    acts.logits = logits!;
+    acts.hidden = hidden!;
+    return acts;
   }
 }
 
@@ -271,10 +401,10 @@ export function colmGraph(ckpt: Checkpoint): GraphBuilder {
 
   // Positions P_b … P_b+T-1 continue each row's cache; masks hide future new tokens and unused slots.
   const dim = (x: string, axis: number): string => g.op("Gather", [g.op("Shape", [x]), g.int64([axis], true)], { axis: 0 });
+  const asVector = (x: string): string => g.op("Unsqueeze", [x, g.int64([0])]);
   const B = dim(tokens, 0);
   const T = dim(tokens, 1);
   const C = dim(pastKey[0], 2);
-  const asVector = (x: string): string => g.op("Unsqueeze", [x, g.int64([0])]);
   const zero = g.int64([0], true);
   const one = g.int64([1], true);
   // A large finite negative rather than -inf: onnxruntime's broadcast Add is ~3× slower on infinities,
@@ -292,10 +422,16 @@ export function colmGraph(ckpt: Checkpoint): GraphBuilder {
     const group = h / c.kv_heads;
     if (!maskNew.has(group)) maskNew.set(group, g.op("Tile", [maskNew.get(1)!, g.int64([group, 1])]));
   }
+  const flat = g.op("Reshape", [tokens, g.int64([-1])]);
   const shared: Shared = {
-    tokens: g.op("Reshape", [tokens, g.int64([-1])]),
+    tokens: flat,
     rows,
-    bt: g.op("Concat", [asVector(B), asVector(T), g.int64([-1])], { axis: 0 }),
+    rowChains,
+    chains,
+    B: asVector(B),
+    T: asVector(T),
+    BT: g.op("Shape", [flat]),
+    R: g.op("Shape", [rows]),
     positions: g.op("Add", [g.op("Unsqueeze", [newIdx, g.int64([0])]), pastCol]),
     fresh,
     seqlensK: g.op("Cast", [g.op("Expand", [g.op("Sub", [T, one]), asVector(B)])], { to: DataType.INT32 }),
@@ -305,45 +441,33 @@ export function colmGraph(ckpt: Checkpoint): GraphBuilder {
     splitPastNew: g.op("Concat", [asVector(C), asVector(T)], { axis: 0 }),
     pastKey,
     pastValue,
-    keys: [],
-    values: [],
-    keyHeads: [],
-    valueHeads: [],
+    kv: [],
   };
 
-  const first = new ChainPass(g, c, 1, undefined).build(shared, c.tie_embeddings);
-  first.newKeys.forEach((k, l) => g.output(`new_key_${l}`, k));
-  first.newValues.forEach((v, l) => g.output(`new_value_${l}`, v));
-
-  // Pass i runs inside If(chains ≥ i) in the root graph, one If after another rather than nested:
-  // onnxruntime runs the MatMuls of an If nested two deep or more 1.6–2× slower (measured: their
-  // weights stream at 23 GB/s instead of 39), so every pass sits at depth ≤ 1. The If publishes
-  // what the next pass reads; when it is skipped, so are the Ifs after it, and its else branch
-  // returns the logits and hidden state so far and empty tensors for the rest (one Split node).
-  const L = c.n_layers;
-  const empty = c.nChains > 2 ? g.float([]) : ""; // [0]: what a skip branch returns for values nobody will read
-  let done = first.acts;
-  for (let i = 2; i <= c.nChains; i++) {
-    const last = i === c.nChains;
-    const published = (a: ChainActivations): string[] => [a.logits, a.hidden, ...(last ? [] : [...a.attnIn, ...a.heads, ...a.ffnIn, ...a.act])];
-    const run = g.subgraph(`chain_${i}`);
-    const pass = new ChainPass(run, c, i, done).build(shared, c.tie_embeddings);
-    // Rows that asked for fewer than i chains keep the logits of passes 1 … i-1 (chain causality:
-    // running more chains never changes the smaller sub-model's output).
-    const fewer = run.op("Less", [rowChains, run.int64([i], true)]);
-    pass.acts.logits = run.op("Where", [fewer, done.logits, pass.acts.logits]);
-    const values = published(pass.acts);
-    values.forEach((v) => run.branchOutput(v));
-    const skip = g.subgraph(`skip_${i}`);
-    skip.branchOutput(done.logits);
-    skip.branchOutput(done.hidden);
-    if (!last) skip.ops("Split", [empty, skip.int64(new Array<number>(4 * L).fill(0))], 4 * L, { axis: 0 }).forEach((v) => skip.branchOutput(v));
-    const more = g.op("Greater", [chains, g.int64([i - 1], true)]);
-    const outs = g.ops("If", [more], last ? ["logits", "hidden"] : values.length, { then_branch: { graph: run.proto() }, else_branch: { graph: skip.proto() } });
-    const part = (j: number): string[] => outs.slice(2 + j * L, 2 + (j + 1) * L);
-    done = { logits: outs[0], hidden: outs[1], attnIn: part(0), heads: part(1), ffnIn: part(2), act: part(3) };
+  // Chain 1 in the root: it always runs, and makes every layer's keys and values.
+  const first = new LayerStack(g, c, shared, [1], undefined).build(c.tie_embeddings);
+  shared.kv.forEach((kv, l) => {
+    g.output(`new_key_${l}`, kv.keyHeads);
+    g.output(`new_value_${l}`, kv.valueHeads);
+  });
+  if (c.nChains === 1) {
+    g.output("logits", first.logits);
+    g.output("hidden", first.hidden);
+    return g;
   }
-  g.output("logits", done.logits);
-  g.output("hidden", done.hidden);
+  // Chains 2 … n, layer by layer, in If(chains ≥ 2), one If deep (onnxruntime prepacks a weight
+  // only for nodes at most one subgraph below it). One attention per layer serves all their heads
+  // (per run of chains with equal head counts), so a call at k chains reads each layer's cache
+  // twice, not k times: measured, attention was a quarter of a k=4 decode step.
+  const rest = g.subgraph("chains_2_up");
+  const more = new LayerStack(rest, c, shared, Array.from({ length: c.nChains - 1 }, (_, j) => j + 2), first).build(c.tie_embeddings);
+  rest.branchOutput(more.logits);
+  rest.branchOutput(more.hidden);
+  const skip = g.subgraph("chain_1_only");
+  skip.branchOutput(first.logits);
+  skip.branchOutput(first.hidden);
+  g.ops("If", [g.op("Greater", [chains, one])], ["logits", "hidden"], { then_branch: { graph: rest.proto() }, else_branch: { graph: skip.proto() } });
+  g.output("logits", "logits");
+  g.output("hidden", "hidden");
   return g;
 }
