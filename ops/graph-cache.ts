@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 /** The sources whose output the cached file is: a change to any of them is a new key. */
-const BUILDER_SOURCES = ["colm-graph.ts", "graph.ts", "onnx-proto.ts", "../models/checkpoint.ts", "../models/config.ts"].map((f) => join(HERE, f));
+const BUILDER_SOURCES = ["colm-graph.ts", "layer-stack.ts", "graph.ts", "onnx-proto.ts", "../models/checkpoint.ts", "../models/config.ts"].map((f) => join(HERE, f));
 
 async function hashFile(hash: ReturnType<typeof createHash>, path: string): Promise<void> {
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
