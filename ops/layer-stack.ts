@@ -167,7 +167,7 @@ export class LayerStack {
 
   /**
    * The residual sum r = x + delta and its chain RMSNorm, in one fused node (a batch-1 decode
-   * step runs thousands of small nodes, and each costs a few microseconds of its own): [norm, r].
+   * step runs a thousand small nodes or more, each with a microsecond or so of its own): [norm, r].
    */
   private addNorm(x: string, delta: string, weight: string): [string, string] {
     const [normed, , , sum] = this.g.ops("SkipSimplifiedLayerNormalization", [delta, x, weight], 4, { epsilon: { float: this.c.norm_eps } }, MS);
