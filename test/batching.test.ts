@@ -83,19 +83,23 @@ for (const [label, cfg] of [["equal chains", TINY_EQUAL], ["unequal chains", TIN
       assert.ok(outs[0].newKeys[0] !== outs[1].newKeys[0]);
     });
 
-    test("fresh prompts of equal length prefill together", async () => {
+    test("fresh prompts of equal length prefill together, at every chain count", async () => {
+      // At k < n the chains after k run on no rows, and the chains that run share one fused
+      // attention with their heads stacked as extra batch rows: two rows must not mix.
       const c = m.ckpt.config;
       const V = c.vocab_size;
       const prompts = [
         [3, 1, 4, 1, 5, 9],
         [2, 7, 1, 8, 2, 8],
       ];
-      const cache = new KvCache(c.n_layers, c.kv_heads, c.head_dim, 8, 2);
-      const k = c.nChains;
-      const out = await m.runner.stepRows(prompts, k, cache, [5, 11]);
-      for (let r = 0; r < 2; r++) {
-        const alone = await fullForward(m.runner, prompts[r], k);
-        assert.ok(maxAbsDiff(out.logits.subarray(r * V, (r + 1) * V), alone.logits.subarray(5 * V)) < 1e-4);
+      for (let k = 1; k <= c.nChains; k++) {
+        const cache = new KvCache(c.n_layers, c.kv_heads, c.head_dim, 8, 2);
+        const out = await m.runner.stepRows(prompts, k, cache, [5, 11]);
+        for (let r = 0; r < 2; r++) {
+          const alone = await fullForward(m.runner, prompts[r], k);
+          const d = maxAbsDiff(out.logits.subarray(r * V, (r + 1) * V), alone.logits.subarray(5 * V));
+          assert.ok(d < 1e-4, `k=${k}, row ${r}: ${d}`);
+        }
       }
     });
   });
