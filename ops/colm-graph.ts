@@ -40,8 +40,8 @@ function registerWeights(root: GraphBuilder, ckpt: Checkpoint): void {
   const gains = (name: string, g: Float32Array): void => {
     for (let i = 0; i < c.nChains; i++) root.weight(`${name}.c${i + 1}`, [c.chainWidths[i]], g.slice(dk[i], dk[i + 1]));
   };
-  const linear = (name: string, blocks: ChainLinear, inPrefix: number[], scale = 1, from = 0): void => {
-    for (let i = from; i < c.nChains; i++) {
+  const linear = (name: string, blocks: ChainLinear, inPrefix: number[], scale = 1): void => {
+    for (let i = 0; i < c.nChains; i++) {
       const block = scale === 1 ? blocks[i] : blocks[i].map((v) => v * scale);
       root.weight(`${name}.c${i + 1}`, [inPrefix[i + 1], blocks[i].length / inPrefix[i + 1]], block);
     }
@@ -57,21 +57,9 @@ function registerWeights(root: GraphBuilder, ckpt: Checkpoint): void {
     // The attention scale 1/sqrt(hd) is folded into the queries (rotary embedding is linear, so
     // rope(s·q) = s·rope(q)); exact when hd is a power of 4, and it spares every q·Kᵀ a scaling
     // pass (measured: a scaled q·Kᵀ makes a decode attention block 28 µs instead of 22).
-    const scale = 1 / Math.sqrt(c.head_dim);
-    // Chain 1's queries, keys and values, which read the same input, as one [c_1, c_1 + 2·kv·hd]
-    // matrix: onnxruntime streams a [256, 256] MatMul at about 20 GB/s and a [256, 768] one at
-    // about 27 (measured at batch 1). In-process A/Bs on bench-m: a decode step took 0.95–0.97×
-    // the time at k=1 and 0.95–0.98× at k=4 in three runs, 0.99× and 1.06× in a fourth. Gate and
-    // up fused the same way took 1.07× and 1.06×, so they stay apart.
-    const w = c1 + 2 * kvWidth;
-    const qkv = new Float32Array(c1 * w);
-    for (let r = 0; r < c1; r++) {
-      qkv.set(L.q[0].subarray(r * c1, (r + 1) * c1).map((v) => v * scale), r * w);
-      qkv.set(L.k.subarray(r * kvWidth, (r + 1) * kvWidth), r * w + c1);
-      qkv.set(L.v.subarray(r * kvWidth, (r + 1) * kvWidth), r * w + c1 + kvWidth);
-    }
-    root.weight(`${p}.qkv.c1`, [c1, w], qkv);
-    linear(`${p}.q`, L.q, dk, scale, 1);
+    linear(`${p}.q`, L.q, dk, 1 / Math.sqrt(c.head_dim));
+    root.weight(`${p}.k`, [c1, kvWidth], L.k);
+    root.weight(`${p}.v`, [c1, kvWidth], L.v);
     linear(`${p}.o`, L.o, dk);
     gains(`${p}.ffn_norm`, L.ffnNorm);
     linear(`${p}.gate`, L.gate, dk);

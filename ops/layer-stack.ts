@@ -174,13 +174,13 @@ export class LayerStack {
     return [normed, sum];
   }
 
-  /** Chain 1's keys and values at layer l, from x̂_1 · Wk and x̂_1 · Wv (spec §3, CoLM-Air). */
-  private keysValues(k: string, v: string, l: number): LayerKv {
+  /** Chain 1's keys and values at layer l (spec §3, CoLM-Air: every chain attends to these). */
+  private keysValues(xn1: string, l: number): LayerKv {
     const { g, c, s } = this;
     const kvh = c.kv_heads;
     const bt = this.once("bt", () => g.op("Concat", [s.B, s.T, g.int64([-1])], { axis: 0 })); // [B·T, n] → [B, T, n]
-    const keys = g.op("RotaryEmbedding", [g.op("Reshape", [k, bt]), s.positions, "rope.cos", "rope.sin"], { interleaved: 0, num_heads: kvh }, MS);
-    const values = g.op("Reshape", [v, bt]);
+    const keys = g.op("RotaryEmbedding", [g.op("Reshape", [g.op("MatMul", [xn1, `l${l}.k`]), bt]), s.positions, "rope.cos", "rope.sin"], { interleaved: 0, num_heads: kvh }, MS);
+    const values = g.op("Reshape", [g.op("MatMul", [xn1, `l${l}.v`]), bt]);
     // Made under their output names: a renaming Identity would copy every prompt's keys and values.
     const byKv = (x: string, name: string): string => g.ops("Transpose", [g.op("Reshape", [x, g.int64([0, 0, kvh, c.head_dim])])], [name], { perm: [0, 2, 1, 3] })[0];
     return { keys, values, keyHeads: byKv(keys, `new_key_${l}`), valueHeads: byKv(values, `new_value_${l}`) };
@@ -244,21 +244,13 @@ export class LayerStack {
     }
     for (let l = 0; l < L; l++) {
       const p = `l${l}`;
+      if (chains[0] === 1) s.kv.push(this.keysValues(xn[1], l)); // chain 1 makes the keys and values every chain shares
       // Attention: h_i = x_i + heads_{≤i} · Wo_i, with heads from queries x̂_{≤i} · Wq_i.
       let attnIn = before?.attnIn[l];
       const q: string[] = [];
       for (const i of chains) {
         attnIn = this.upTo(attnIn, xn[i], i);
-        if (i > 1) {
-          q[i] = g.op("MatMul", [attnIn, `${p}.q.c${i}`]);
-          continue;
-        }
-        // Chain 1 also makes the keys and values every chain shares (spec §3, CoLM-Air), in one
-        // MatMul with its queries (see registerWeights).
-        const kvw = c.kv_heads * c.head_dim;
-        const [q1, k, v] = g.ops("Split", [g.op("MatMul", [attnIn, `${p}.qkv.c1`]), g.int64([c.chainWidths[0], kvw, kvw])], 3, { axis: 1 });
-        q[1] = q1;
-        s.kv.push(this.keysValues(k, v, l));
+        q[i] = g.op("MatMul", [attnIn, `${p}.q.c${i}`]);
       }
       acts.attnIn[l] = attnIn!;
       const heads: string[] = [];

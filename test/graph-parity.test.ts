@@ -47,10 +47,9 @@ describe("one weight set: every weight block has one reader, at most one If deep
         assert.equal(depths.length, 1, `${name} is read by ${depths.length} nodes`);
         assert.ok(depths[0] <= 1, `${name} is read ${depths[0]} subgraphs deep`);
       }
-      // Per chain and layer: 2 norms and q, o, gate, up, down (chain 1's q with the layer's k and
-      // v, one matrix); embedding, head, final norm per chain.
+      // Per chain and layer: 2 norms and q, o, gate, up, down; k and v once per layer; embedding, head, final norm per chain.
       const n = config.chain_heads.length;
-      assert.equal(blocks, config.n_layers * 7 * n + n * (config.tie_embeddings ? 1 : 3));
+      assert.equal(blocks, config.n_layers * (7 * n + 2) + n * (config.tie_embeddings ? 1 : 3));
     });
   }
 });
