@@ -119,13 +119,13 @@ export class LayerStack {
   }
 
   /** The first `count(i, n)` rows of x: all of them when chain i runs, none otherwise. */
-  private gate(x: string, i: number, n: string): string {
-    return this.always(i) ? x : this.g.op("Slice", [x, this.g.int64([0]), this.count(i, n), this.g.int64([0])]);
+  private gate(b: GraphBuilder, x: string, i: number, n: string): string {
+    return this.always(i) ? x : b.op("Slice", [x, b.int64([0]), this.count(i, n), b.int64([0])]);
   }
 
   /** x_{≤i}: the earlier chains' value at the same point (on chain i's rows), then chain i's. */
-  private upTo(before: string | undefined, mine: string, i: number): string {
-    return before === undefined ? mine : this.g.op("Concat", [this.gate(before, i, this.s.BT), mine], { axis: 1 });
+  private upTo(b: GraphBuilder, before: string | undefined, mine: string, i: number): string {
+    return before === undefined ? mine : b.op("Concat", [this.gate(b, before, i, this.s.BT), mine], { axis: 1 });
   }
 
   private makeRun(chains: number[]): Run {
@@ -169,8 +169,8 @@ export class LayerStack {
    * The residual sum r = x + delta and its chain RMSNorm, in one fused node (a batch-1 decode
    * step runs a thousand small nodes or more, each with a microsecond or so of its own): [norm, r].
    */
-  private addNorm(x: string, delta: string, weight: string): [string, string] {
-    const [normed, , , sum] = this.g.ops("SkipSimplifiedLayerNormalization", [delta, x, weight], 4, { epsilon: { float: this.c.norm_eps } }, MS);
+  private addNorm(b: GraphBuilder, x: string, delta: string, weight: string): [string, string] {
+    const [normed, , , sum] = b.ops("SkipSimplifiedLayerNormalization", [delta, x, weight], 4, { epsilon: { float: this.c.norm_eps } }, MS);
     return [normed, sum];
   }
 
@@ -221,14 +221,70 @@ export class LayerStack {
   }
 
   /** A run's attention, inside If(chains ≥ a) when its first chain a may not run (then every output is empty). */
-  private runAttention(run: Run, qs: string[], l: number): string[] {
+  private runAttention(b: GraphBuilder, run: Run, qs: string[], l: number): string[] {
     const a = run.chains[0];
-    if (this.always(a)) return this.attention(this.g, run, qs, l);
-    const then = this.g.subgraph(`attn_${a}_${l}`);
+    if (this.always(a)) return this.attention(b, run, qs, l);
+    const then = b.subgraph(`attn_${a}_${l}`);
     this.attention(then, run, qs, l).forEach((h) => then.branchOutput(h));
-    const skip = this.g.subgraph(`skip_attn_${a}_${l}`);
+    const skip = b.subgraph(`skip_attn_${a}_${l}`);
     qs.forEach((q) => skip.branchOutput(q)); // [0, h·hd]: the queries of chains that do not run
-    return this.g.ops("If", [this.running(a)], qs.length, { then_branch: { graph: then.proto() }, else_branch: { graph: skip.proto() } });
+    return b.ops("If", [this.running(a)], qs.length, { then_branch: { graph: then.proto() }, else_branch: { graph: skip.proto() } });
+  }
+
+  /** Layer l of the stack's chains: attention, then SwiGLU, leaving x (and its norm x̂) for layer l+1. */
+  private layer(g: GraphBuilder, l: number, x: string[], xn: string[], acts: ChainActivations): void {
+    const { c, chains, before } = this;
+    const L = c.n_layers;
+    const p = `l${l}`;
+    // Attention: h_i = x_i + heads_{≤i} · Wo_i, with heads from queries x̂_{≤i} · Wq_i.
+    let attnIn = before?.attnIn[l];
+    const q: string[] = [];
+    for (const i of chains) {
+      attnIn = this.upTo(g, attnIn, xn[i], i);
+      q[i] = g.op("MatMul", [attnIn, `${p}.q.c${i}`]);
+    }
+    acts.attnIn[l] = attnIn!;
+    const heads: string[] = [];
+    for (const run of this.runs) this.runAttention(g, run, run.chains.map((i) => q[i]), l).forEach((h, j) => (heads[run.chains[j]] = h));
+    // SwiGLU: a_i = silu(ĥ_{≤i} · Wgate_i) ⊙ (ĥ_{≤i} · Wup_i); x_i ← h_i + a_{≤i} · Wdown_i.
+    let headsUpTo = before?.heads[l];
+    let ffnIn = before?.ffnIn[l];
+    let act = before?.act[l];
+    for (const i of chains) {
+      headsUpTo = this.upTo(g, headsUpTo, heads[i], i);
+      const [hn, h] = this.addNorm(g, x[i], g.op("MatMul", [headsUpTo, `${p}.o.c${i}`]), `${p}.ffn_norm.c${i}`);
+      ffnIn = this.upTo(g, ffnIn, hn, i);
+      const gate = g.op("MatMul", [ffnIn, `${p}.gate.c${i}`]);
+      const up = g.op("MatMul", [ffnIn, `${p}.up.c${i}`]);
+      act = this.upTo(g, act, g.op("Mul", [g.op("QuickGelu", [gate], { alpha: { float: 1 } }, MS), up]), i); // QuickGelu(α=1) is silu
+      const down = g.op("MatMul", [act, `${p}.down.c${i}`]);
+      if (l + 1 < L) [xn[i], x[i]] = this.addNorm(g, h, down, `l${l + 1}.attn_norm.c${i}`);
+      else x[i] = g.op("Add", [h, down]);
+    }
+    acts.heads[l] = headsUpTo!;
+    acts.ffnIn[l] = ffnIn!;
+    acts.act[l] = act!;
+  }
+
+  /**
+   * Chain 1's last layer after its keys and values, only when something reads it: the logits of
+   * requested rows, or chains ≥ 2. A prompt chunk that only fills the cache (chain 1, no logits)
+   * skips it: 1/L of its work.
+   */
+  private lastLayerOnDemand(l: number, x: string[], xn: string[], acts: ChainActivations): void {
+    const { c, s } = this;
+    const root = this.g;
+    const run = root.subgraph(`chain_1_layer_${l}`);
+    this.layer(run, l, x, xn, acts);
+    const made = [x[1], acts.heads[l], acts.ffnIn[l], acts.act[l]];
+    made.forEach((v) => run.branchOutput(v));
+    const skip = root.subgraph(`chain_1_layer_${l}_skip`);
+    for (const cols of [c.chainWidths[0], c.chain_heads[0] * c.head_dim, c.chainWidths[0], c.ffn_chain_dims[0]]) {
+      skip.branchOutput(skip.op("Reshape", [skip.float([]), skip.int64([0, cols])])); // [0, cols]: nobody reads it
+    }
+    const rowsWanted = root.op("Greater", [root.op("Squeeze", [s.R, root.int64([0])]), root.int64([0], true)]);
+    const needed = root.op("Or", [rowsWanted, root.op("Greater", [s.chains, root.int64([1], true)])]);
+    [x[1], acts.heads[l], acts.ffnIn[l], acts.act[l]] = root.ops("If", [needed], made.length, { then_branch: { graph: run.proto() }, else_branch: { graph: skip.proto() } });
   }
 
   /** Builds every layer and the head of the stack's chains. */
@@ -239,40 +295,13 @@ export class LayerStack {
     const x: string[] = [];
     const xn: string[] = [];
     for (const i of chains) {
-      x[i] = g.op("Gather", [`embed.c${i}`, this.gate(s.tokens, i, s.BT)], { axis: 0 }); // x⁰_i = E[token, d_{i-1}:d_i]
+      x[i] = g.op("Gather", [`embed.c${i}`, this.gate(g, s.tokens, i, s.BT)], { axis: 0 }); // x⁰_i = E[token, d_{i-1}:d_i]
       xn[i] = this.norm(x[i], `l0.attn_norm.c${i}`);
     }
     for (let l = 0; l < L; l++) {
-      const p = `l${l}`;
       if (chains[0] === 1) s.kv.push(this.keysValues(xn[1], l)); // chain 1 makes the keys and values every chain shares
-      // Attention: h_i = x_i + heads_{≤i} · Wo_i, with heads from queries x̂_{≤i} · Wq_i.
-      let attnIn = before?.attnIn[l];
-      const q: string[] = [];
-      for (const i of chains) {
-        attnIn = this.upTo(attnIn, xn[i], i);
-        q[i] = g.op("MatMul", [attnIn, `${p}.q.c${i}`]);
-      }
-      acts.attnIn[l] = attnIn!;
-      const heads: string[] = [];
-      for (const run of this.runs) this.runAttention(run, run.chains.map((i) => q[i]), l).forEach((h, j) => (heads[run.chains[j]] = h));
-      // SwiGLU: a_i = silu(ĥ_{≤i} · Wgate_i) ⊙ (ĥ_{≤i} · Wup_i); x_i ← h_i + a_{≤i} · Wdown_i.
-      let headsUpTo = before?.heads[l];
-      let ffnIn = before?.ffnIn[l];
-      let act = before?.act[l];
-      for (const i of chains) {
-        headsUpTo = this.upTo(headsUpTo, heads[i], i);
-        const [hn, h] = this.addNorm(x[i], g.op("MatMul", [headsUpTo, `${p}.o.c${i}`]), `${p}.ffn_norm.c${i}`);
-        ffnIn = this.upTo(ffnIn, hn, i);
-        const gate = g.op("MatMul", [ffnIn, `${p}.gate.c${i}`]);
-        const up = g.op("MatMul", [ffnIn, `${p}.up.c${i}`]);
-        act = this.upTo(act, g.op("Mul", [g.op("QuickGelu", [gate], { alpha: { float: 1 } }, MS), up]), i); // QuickGelu(α=1) is silu
-        const down = g.op("MatMul", [act, `${p}.down.c${i}`]);
-        if (l + 1 < L) [xn[i], x[i]] = this.addNorm(h, down, `l${l + 1}.attn_norm.c${i}`);
-        else x[i] = g.op("Add", [h, down]);
-      }
-      acts.heads[l] = headsUpTo!;
-      acts.ffnIn[l] = ffnIn!;
-      acts.act[l] = act!;
+      if (chains[0] === 1 && l === L - 1) this.lastLayerOnDemand(l, x, xn, acts);
+      else this.layer(g, l, x, xn, acts);
     }
     // Head: logits_k = Σ_{i≤k} y_i · H_iᵀ, for the requested rows only. Rows that asked for fewer
     // than i chains keep the logits of chains 1 … i-1 (chain causality: more chains never change a
@@ -292,10 +321,10 @@ export class LayerStack {
       }
       // A chain that may not run works on the first R_i rows (R or 0) and leaves the rest as they were.
       const Ri = this.count(i, s.R);
-      const mine = g.op("Gather", [x[i], this.gate(s.rows, i, s.R)], { axis: 0 }); // [R_i, c_i]
-      const top = this.gate(logits!, i, s.R);
+      const mine = g.op("Gather", [x[i], this.gate(g, s.rows, i, s.R)], { axis: 0 }); // [R_i, c_i]
+      const top = this.gate(g, logits!, i, s.R);
       const out = g.op("Gemm", [this.norm(mine, `norm.c${i}`), head, top], { transB: 1 });
-      const kept = g.op("Where", [g.op("Less", [this.gate(s.rowChains, i, s.R), g.int64([i], true)]), top, out]);
+      const kept = g.op("Where", [g.op("Less", [this.gate(g, s.rowChains, i, s.R), g.int64([i], true)]), top, out]);
       logits = g.op("Concat", [kept, g.op("Slice", [logits!, Ri, g.int64([Number.MAX_SAFE_INTEGER]), g.int64([0])])], { axis: 0 });
       // [R, c_i] when it runs, [R, 0] when not: hidden stays [R, d_k].
       const width = g.op("Where", [this.running(i), g.int64([c.chainWidths[i - 1]]), g.int64([0])]);
