@@ -274,17 +274,17 @@ export class LayerStack {
   private lastLayerOnDemand(l: number, x: string[], xn: string[], acts: ChainActivations): void {
     const { c, s } = this;
     const root = this.g;
-    const run = root.subgraph(`chain_1_layer_${l}`);
-    this.layer(run, l, x, xn, acts);
+    const wanted = root.subgraph(`chain_1_layer_${l}`);
+    this.layer(wanted, l, x, xn, acts);
     const made = [x[1], acts.heads[l], acts.ffnIn[l], acts.act[l]];
-    made.forEach((v) => run.branchOutput(v));
+    made.forEach((v) => wanted.branchOutput(v));
     const skip = root.subgraph(`chain_1_layer_${l}_skip`);
     for (const cols of [c.chainWidths[0], c.chain_heads[0] * c.head_dim, c.chainWidths[0], c.ffn_chain_dims[0]]) {
       skip.branchOutput(skip.op("Reshape", [skip.float([]), skip.int64([0, cols])])); // [0, cols]: nobody reads it
     }
     const rowsWanted = root.op("Greater", [root.op("Squeeze", [s.R, root.int64([0])]), root.int64([0], true)]);
     const needed = root.op("Or", [rowsWanted, root.op("Greater", [s.chains, root.int64([1], true)])]);
-    [x[1], acts.heads[l], acts.ffnIn[l], acts.act[l]] = root.ops("If", [needed], made.length, { then_branch: { graph: run.proto() }, else_branch: { graph: skip.proto() } });
+    [x[1], acts.heads[l], acts.ffnIn[l], acts.act[l]] = root.ops("If", [needed], made.length, { then_branch: { graph: wanted.proto() }, else_branch: { graph: skip.proto() } });
   }
 
   /** Builds every layer and the head of the stack's chains. */
