@@ -110,6 +110,8 @@ export function colmGraph(ckpt: Checkpoint): GraphBuilder {
   const B = dim(tokens, 0);
   const T = dim(tokens, 1);
   const C = dim(pastKey[0], 2);
+  const Bv = asVector(B); // [1]
+  const Tv = asVector(T);
   const zero = g.int64([0], true);
   const one = g.int64([1], true);
   // A large finite negative rather than -inf: onnxruntime's broadcast Add is ~3× slower on infinities,
@@ -133,17 +135,17 @@ export function colmGraph(ckpt: Checkpoint): GraphBuilder {
     rows,
     rowChains,
     chains,
-    B: asVector(B),
-    T: asVector(T),
+    B: Bv,
+    T: Tv,
     BT: g.op("Shape", [flat]),
     R: g.op("Shape", [rows]),
     positions: g.op("Add", [g.op("Unsqueeze", [newIdx, g.int64([0])]), pastCol]),
     fresh,
-    seqlensK: g.op("Cast", [g.op("Expand", [g.op("Sub", [T, one]), asVector(B)])], { to: DataType.INT32 }),
+    seqlensK: g.op("Cast", [g.op("Expand", [g.op("Sub", [T, one]), Bv])], { to: DataType.INT32 }),
     totalLength: g.op("Cast", [T], { to: DataType.INT32 }),
     maskNew: (group) => maskNew.get(group)!,
     maskPast: g.op("Unsqueeze", [blocked(g.op("Not", [g.op("Less", [slot, pastCol])])), g.int64([1, 2])]),
-    splitPastNew: g.op("Concat", [asVector(C), asVector(T)], { axis: 0 }),
+    splitPastNew: g.op("Concat", [asVector(C), Tv], { axis: 0 }),
     pastKey,
     pastValue,
     kv: [],

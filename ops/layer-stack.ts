@@ -66,6 +66,7 @@ interface Run {
   mask: string; // [n·group·T, T]
   q3: string; // the shape [-1, T, heads·hd]: stacked queries [n·B·T, ·] as [n·B, T, ·]
   q6: string; // the shape [-1, B, T, kv, group, hd]
+  kvRepeats: string; // Tile repeats [n, 1, 1]: chain 1's keys / values once per running chain (only when stacked)
   out6: string; // the shape [0, kv, -1, group, T, hd]
   sizes: string; // int64 [run length]: each chain's rows (B·T when it runs, else 0; only when stacked)
 }
@@ -103,9 +104,12 @@ export class LayerStack {
     return this.memo.get(key)!;
   }
 
-  /** Chain i runs on every call that reaches this stack (chain 1; chain 2 in its If branch). */
+  /**
+   * Chain i runs on every call that reaches this stack: its first chain does (the root's chain 1;
+   * chain a of a stack built in If(chains ≥ a)); the ones after it are gated by row count.
+   */
   private always(i: number): boolean {
-    return i <= 2;
+    return i <= this.chains[0];
   }
 
   /** bool: the call runs at least i chains. */
@@ -140,7 +144,7 @@ export class LayerStack {
       out6: g.op("Concat", [g.int64([0, kvh, -1, group]), s.T, g.int64([hd])], { axis: 0 }),
     };
     if (chains.length === 1) {
-      return { chains, heads, group, stacked: false, n: "", positions: s.positions, seqlensK: s.seqlensK, mask: s.maskNew(group), sizes: "", ...shapes };
+      return { chains, heads, group, stacked: false, n: "", positions: s.positions, seqlensK: s.seqlensK, mask: s.maskNew(group), sizes: "", kvRepeats: "", ...shapes };
     }
     // The run's chains that the call runs: clamp(chains - (a - 1), 0, length), a its first chain.
     const clamped = g.op("Max", [g.op("Min", [g.op("Sub", [s.chains, g.int64([chains[0] - 1], true)]), g.int64([chains.length], true)]), g.int64([0], true)]);
@@ -155,6 +159,7 @@ export class LayerStack {
       positions: g.op("Tile", [s.positions, byRows]),
       seqlensK: g.op("Tile", [s.seqlensK, n]),
       mask: g.op("Tile", [s.maskNew(group), byRows]),
+      kvRepeats: g.op("Concat", [n, g.int64([1, 1])], { axis: 0 }),
       sizes: g.op("Concat", chains.map((i) => (this.always(i) ? s.BT : this.count(i, s.BT))), { axis: 0 }),
       ...shapes,
     };
@@ -202,7 +207,7 @@ export class LayerStack {
     // chains as n times the batch. Only its first output is declared: asked for present keys/values
     // too, the kernel zero-fills and copies them (the cache already has them, from new_key / new_value).
     const fresh = b.subgraph(`fresh_${run.chains[0]}_${l}`);
-    const perRow = (x: string): string => (run.stacked ? fresh.op("Tile", [x, fresh.op("Concat", [run.n, fresh.int64([1, 1])], { axis: 0 })]) : x);
+    const perRow = (x: string): string => (run.stacked ? fresh.op("Tile", [x, run.kvRepeats]) : x);
     const [out] = fresh.ops("GroupQueryAttention", [q, perRow(kv.keys), perRow(kv.values), "", "", run.seqlensK, s.totalLength], 1, { num_heads: run.heads, kv_num_heads: kvh, scale: { float: 1 } }, MS);
     fresh.branchOutput(fresh.op("Reshape", [out, fresh.int64([-1, run.heads * hd])]));
     // Decode and later chunks: the cache is read in place, the new tokens are attended beside it.
