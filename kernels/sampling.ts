@@ -13,8 +13,27 @@
 // and sorts only the one bucket the nucleus boundary falls in, and the O(V) scratch buffers are
 // shared by all samplers of one vocabulary size. Sharing is safe because `sample` is synchronous:
 // no two calls can interleave.
-import type { SamplingOptions } from "../server/engine-types.ts";
 import { SeededRng, type Rng } from "./rng.ts";
+
+/** Sampling controls (OpenAI names, camelCased). Every field optional; defaults are greedy-free
+ * OpenAI defaults: temperature 1, topP 1, topK 0 (off), minP 0 (off), penalties off. */
+export interface SamplingOptions {
+  /** 0 means greedy. */
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  minP?: number;
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  /** 1 means off (multiplicative, as in vLLM / HF). */
+  repetitionPenalty?: number;
+  /** token id → additive bias. */
+  logitBias?: Record<number, number>;
+  /** Same seed → same tokens. */
+  seed?: number;
+  /** Return the top-N alternatives' logprobs with each token (0 … 20). Undefined: no logprobs. */
+  logprobs?: number;
+}
 
 export interface TokenLogprob {
   tokenId: number;

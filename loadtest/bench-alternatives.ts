@@ -16,7 +16,7 @@ import { parameterCount } from "../models/checkpoint.ts";
 import { parseConfig, type ColmConfigJson } from "../models/config.ts";
 import { KvCache } from "../kernels/kv-cache.ts";
 import { cachedGraph } from "../ops/graph-cache.ts";
-import { loadModel, type ColmEngine } from "../server/engine.ts";
+import { loadModel, type ColmEngine } from "../server/engine/engine.ts";
 import { median } from "./engine-figures.ts";
 import { BenchArgs, writeResult } from "./results.ts";
 import { BENCH_M, DENSE_M, benchCheckpoint, describeShape } from "./shapes.ts";

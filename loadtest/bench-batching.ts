@@ -1,7 +1,7 @@
 // npm run bench:batching — continuous batching on bench-s (random weights): generated tokens/s
 // with 1, 4 and 16 concurrent greedy requests through the engine, against the same requests
 // served one at a time. Writes loadtest/results/batching.json.
-import { loadModel, type ColmEngine } from "../server/engine.ts";
+import { loadModel, type ColmEngine } from "../server/engine/engine.ts";
 import { BENCH_S, benchCheckpoint, describeShape } from "./shapes.ts";
 import { BenchArgs, writeResult } from "./results.ts";
 

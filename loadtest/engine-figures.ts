@@ -3,7 +3,7 @@
 // length, and batch-1 decode tokens/s per chain count. Shared by the engine and model benchmarks.
 import { readFileSync } from "node:fs";
 import { KvCache } from "../kernels/kv-cache.ts";
-import { loadModel, type ColmEngine } from "../server/engine.ts";
+import { loadModel, type ColmEngine } from "../server/engine/engine.ts";
 
 export interface PrefillFigures {
   /** Whole prompt at full size, logits for the last token only. */

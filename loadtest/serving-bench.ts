@@ -1,8 +1,8 @@
 // What bench:serve and bench:sweep share: bench-s served by the real HTTP server in this process
 // (SSE clients on loopback), the router's cost model warmed up, and what a fixed k=4 sustains
 // with its batch full: both benchmarks derive their offered loads and latency budget from it.
-import { createApp, listeningUrl, type ColmApp } from "../server/app.ts";
-import { loadModel, type ColmEngine } from "../server/engine.ts";
+import { createApp, listeningUrl, type ColmApp } from "../server/api/app.ts";
+import { loadModel, type ColmEngine } from "../server/engine/engine.ts";
 import { parseMix } from "./arrivals.ts";
 import { runLoad, type LoadOptions } from "./loadgen.ts";
 import { BENCH_S, benchCheckpoint } from "./shapes.ts";

@@ -3,7 +3,7 @@
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseConfig, type ColmConfigJson } from "../models/config.ts";
-import { writeRandomCheckpoint } from "../models/random.ts";
+import { writeRandomCheckpoint } from "../kernels/random-checkpoint.ts";
 
 const common = { architecture: "colm-air", head_dim: 64, rope_theta: 10000, norm_eps: 1e-5, tie_embeddings: false, tokenizer: "byte" } as const;
 

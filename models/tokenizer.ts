@@ -4,7 +4,11 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Tokenizer as HfTokenizerCore } from "@huggingface/tokenizers";
-import type { Tokenizer } from "../server/engine-types.ts";
+
+export interface Tokenizer {
+  encode(text: string): number[];
+  decode(ids: number[]): string;
+}
 
 export interface SpecialTokens {
   bos: number | null;

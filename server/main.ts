@@ -10,8 +10,8 @@ import { freemem } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { createApp, listeningUrl } from "./app.ts";
-import { loadModel } from "./engine.ts";
+import { createApp, listeningUrl } from "./api/app.ts";
+import { loadModel } from "./engine/engine.ts";
 
 const DEFAULT_MODEL = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "models", "colm-kjv");
 

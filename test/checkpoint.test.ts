@@ -6,7 +6,7 @@ import { writeFileSync, readFileSync, unlinkSync, copyFileSync } from "node:fs";
 import { parseConfig, ConfigError } from "../models/config.ts";
 import { loadCheckpoint, CheckpointError, parameterCount } from "../models/checkpoint.ts";
 import { SafetensorsFile, SafetensorsError, writeSafetensors } from "../models/safetensors.ts";
-import { randomTensors } from "../models/random.ts";
+import { randomTensors } from "../kernels/random-checkpoint.ts";
 import { TINY_EQUAL, TINY_UNEQUAL, makeCheckpoint, tempDir } from "./helpers/checkpoints.ts";
 
 describe("config.json", () => {

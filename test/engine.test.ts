@@ -1,8 +1,8 @@
 // The engine API on a real onnxruntime session: generation, LM switching, cancellation, limits.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { loadModel, EngineError, type ColmEngine } from "../server/engine.ts";
-import type { GeneratedToken, GenerateOptions, GenerationSummary } from "../server/engine-types.ts";
+import { loadModel, EngineError, type ColmEngine } from "../server/engine/engine.ts";
+import type { GeneratedToken, GenerateOptions, GenerationSummary } from "../server/engine/types.ts";
 import { readdirSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { cachedGraph, pruneGraphCache } from "../ops/graph-cache.ts";

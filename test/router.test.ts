@@ -4,12 +4,12 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import request from "supertest";
-import { createApp, type ColmApp } from "../server/app.ts";
-import { CostModel, type CostPredictor } from "../server/cost-model.ts";
-import type { Engine } from "../server/engine-types.ts";
-import { ChainControl } from "../server/generation.ts";
-import { AdaptiveChains, DEFAULT_HYSTERESIS, mergeBudgetHeaders, route, type HysteresisConfig, type LoadSnapshot } from "../server/latency-router.ts";
-import type { LatencyBudget } from "../server/schemas.ts";
+import { createApp, type ColmApp } from "../server/api/app.ts";
+import { CostModel, type CostPredictor } from "../server/policy/cost-model.ts";
+import type { Engine } from "../server/engine/types.ts";
+import { ChainControl } from "../server/api/generation.ts";
+import { AdaptiveChains, DEFAULT_HYSTERESIS, mergeBudgetHeaders, route, type HysteresisConfig, type LoadSnapshot } from "../server/policy/latency-router.ts";
+import type { LatencyBudget } from "../server/api/schemas.ts";
 import { loadTestEngine, metricValue, parsePrometheus, parseSse, writeTestCheckpoint, type TestCheckpoint } from "./helpers/server-fixture.ts";
 
 /** step_k(B) = k · (2 + B) ms; prefill(T, k) = 0.1 · (T − 1) + step_k(1). */

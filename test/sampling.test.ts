@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Sampler, SamplingError, argmax, topN } from "../kernels/sampling.ts";
 import { SeededRng } from "../kernels/rng.ts";
-import type { SamplingOptions } from "../server/engine-types.ts";
+import type { SamplingOptions } from "../server/engine/types.ts";
 
 const V = 1000;
 

@@ -2,8 +2,8 @@
 // each gets exactly the tokens it gets alone.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { loadModel, type ColmEngine } from "../server/engine.ts";
-import type { GenerateOptions } from "../server/engine-types.ts";
+import { loadModel, type ColmEngine } from "../server/engine/engine.ts";
+import type { GenerateOptions } from "../server/engine/types.ts";
 import { TINY_EQUAL, makeCheckpoint } from "./helpers/checkpoints.ts";
 
 async function tokensOf(engine: ColmEngine, prompt: number[], options: GenerateOptions, onToken?: () => void): Promise<{ ids: number[]; chains: number[] }> {

@@ -3,8 +3,8 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import request from "supertest";
-import type { ColmApp } from "../server/app.ts";
-import type { Engine } from "../server/engine-types.ts";
+import type { ColmApp } from "../server/api/app.ts";
+import type { Engine } from "../server/engine/types.ts";
 import { serveTestModel, WsClient, startApp, type RunningApp } from "./helpers/server-fixture.ts";
 
 let engine: Engine;

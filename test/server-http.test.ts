@@ -2,9 +2,9 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import request from "supertest";
-import { createApp, type ColmApp } from "../server/app.ts";
-import type { Engine } from "../server/engine-types.ts";
-import { renderChat } from "../server/chat.ts";
+import { createApp, type ColmApp } from "../server/api/app.ts";
+import type { Engine } from "../server/engine/types.ts";
+import { renderChat } from "../server/api/chat.ts";
 import { loadTestEngine, parseSse, startApp, writeTestCheckpoint, type TestCheckpoint } from "./helpers/server-fixture.ts";
 
 let ckpt: TestCheckpoint;
@@ -436,6 +436,10 @@ describe("admission, API key, shutdown and faults", () => {
       info: engine.info,
       tokenizer: engine.tokenizer,
       kvBytesInUse: () => engine.kvBytesInUse(),
+      get load() {
+        return engine.load;
+      },
+      onStep: (listener) => engine.onStep(listener),
       close: async () => undefined,
       async *generate(prompt, options) {
         const it = engine.generate(prompt, options);

@@ -3,7 +3,7 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import request from "supertest";
-import type { Engine } from "../server/engine-types.ts";
+import type { Engine } from "../server/engine/types.ts";
 import { serveTestModel, WsClient, metricValue, parsePrometheus, parseSse, scrape, waitFor, type RunningApp, type Sample } from "./helpers/server-fixture.ts";
 
 let engine: Engine;

@@ -2,12 +2,12 @@
 // chat template, error formatting.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { Admission } from "../server/admission.ts";
-import { renderChat } from "../server/chat.ts";
-import type { ModelInfo } from "../server/engine-types.ts";
-import { ApiError, formatPath, toApiError } from "../server/errors.ts";
-import { ChainControl } from "../server/generation.ts";
-import { chooseChains, modelId, resolveModel } from "../server/router.ts";
+import { Admission } from "../server/policy/admission.ts";
+import { renderChat } from "../server/api/chat.ts";
+import type { ModelInfo } from "../server/engine/types.ts";
+import { ApiError, formatPath, toApiError } from "../server/api/errors.ts";
+import { ChainControl } from "../server/api/generation.ts";
+import { chooseChains, modelId, resolveModel } from "../server/api/router.ts";
 
 const info: ModelInfo = {
   name: "m",

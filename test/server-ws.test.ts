@@ -3,8 +3,8 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import request from "supertest";
 import { WebSocket } from "ws";
-import type { Engine } from "../server/engine-types.ts";
-import { waitForBuffer } from "../server/ws.ts";
+import type { Engine } from "../server/engine/types.ts";
+import { waitForBuffer } from "../server/api/ws.ts";
 import { serveTestModel, WsClient, startApp, waitFor, type RunningApp } from "./helpers/server-fixture.ts";
 
 let engine: Engine;

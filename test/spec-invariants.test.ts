@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { writeFileSync } from "node:fs";
 import { parseConfig } from "../models/config.ts";
-import { randomTensors } from "../models/random.ts";
+import { randomTensors } from "../kernels/random-checkpoint.ts";
 import { writeSafetensors } from "../models/safetensors.ts";
 import { KvCache } from "../kernels/kv-cache.ts";
 import { TINY_EQUAL, TINY_UNEQUAL, makeCheckpoint, tempDir } from "./helpers/checkpoints.ts";

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { loadModel, type ColmEngine } from "../server/engine.ts";
+import { loadModel, type ColmEngine } from "../server/engine/engine.ts";
 import { fullForward, maxAbsDiff } from "./helpers/run.ts";
 
 const MODEL = join(import.meta.dirname, "..", "models", "colm-kjv");

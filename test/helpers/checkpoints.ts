@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { ColmConfigJson } from "../../models/config.ts";
-import { writeRandomCheckpoint } from "../../models/random.ts";
+import { writeRandomCheckpoint } from "../../kernels/random-checkpoint.ts";
 
 /** Four equal chains, grouped-query sharing with 2 query heads per kv head in every chain. */
 export const TINY_EQUAL: ColmConfigJson = {

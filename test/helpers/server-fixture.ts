@@ -8,11 +8,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { WebSocket } from "ws";
 import type { ColmConfigJson } from "../../models/config.ts";
-import { writeRandomCheckpoint } from "../../models/random.ts";
+import { writeRandomCheckpoint } from "../../kernels/random-checkpoint.ts";
 import { TINY_EQUAL } from "./checkpoints.ts";
-import { createApp, listeningUrl, type AppOptions, type ColmApp } from "../../server/app.ts";
-import type { Engine } from "../../server/engine-types.ts";
-import { loadModel } from "../../server/engine.ts";
+import { createApp, listeningUrl, type AppOptions, type ColmApp } from "../../server/api/app.ts";
+import type { Engine } from "../../server/engine/types.ts";
+import { loadModel } from "../../server/engine/engine.ts";
 
 /** vocab 256 (byte tokenizer), 4 equal chains, 2 layers: loads and generates in milliseconds. */
 export const SERVER_TEST_CONFIG: ColmConfigJson = {

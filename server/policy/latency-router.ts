@@ -19,11 +19,11 @@
 // With `switching: false` a budgeted request keeps its routed k to the end (routing alone; the
 // serving sweep compares the two).
 import type { CostModel, CostPredictor } from "./cost-model.ts";
-import type { ServerContext } from "./context.ts";
-import { invalidField } from "./errors.ts";
-import { ChainControl } from "./generation.ts";
-import type { ChainRequest } from "./router.ts";
-import type { LatencyBudget } from "./schemas.ts";
+import type { ServerContext } from "../api/context.ts";
+import { invalidField } from "../api/errors.ts";
+import { ChainControl } from "../api/generation.ts";
+import type { ChainRequest } from "../api/router.ts";
+import type { LatencyBudget } from "../api/schemas.ts";
 
 /** Sequences decoding now, and sequences waiting ahead of a new request (engine + admission). */
 export interface LoadSnapshot {

@@ -3,15 +3,15 @@
 // chain 1 (spec §5.4): the cache is filled by the smallest model and only the last prompt token
 // runs at the requested size. The engine knows the model runner beneath it and nothing above.
 import { basename, join, resolve } from "node:path";
-import { loadCheckpoint, parameterCount } from "../models/checkpoint.ts";
-import { kvValuesPerToken, readConfig } from "../models/config.ts";
-import { loadTokenizer } from "../models/tokenizer.ts";
-import { KvCache } from "../kernels/kv-cache.ts";
-import { ModelRunner, type Device } from "../ops/runner.ts";
-import { cachedGraph } from "../ops/graph-cache.ts";
+import { loadCheckpoint, parameterCount } from "../../models/checkpoint.ts";
+import { kvValuesPerToken, readConfig } from "../../models/config.ts";
+import { loadTokenizer } from "../../models/tokenizer.ts";
+import { KvCache } from "../../kernels/kv-cache.ts";
+import { ModelRunner, type Device } from "../../ops/runner.ts";
+import { cachedGraph } from "../../ops/graph-cache.ts";
 import { Scheduler, prefillRow, type StepStats } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
-import { EngineError } from "./engine-error.ts";
+import { EngineError } from "./errors.ts";
 
 export { EngineError };
 import type {
@@ -21,7 +21,7 @@ import type {
   GenerationSummary,
   ModelInfo,
   Tokenizer,
-} from "./engine-types.ts";
+} from "./types.ts";
 
 export interface LoadModelOptions {
   device?: Device;

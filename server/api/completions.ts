@@ -1,12 +1,12 @@
 // POST /v1/completions (OpenAI legacy completions), streaming and not.
 import { randomUUID } from "node:crypto";
 import type { Request, Response } from "express";
-import type { Engine, GeneratedToken } from "./engine-types.ts";
+import type { Engine, GeneratedToken } from "../engine/types.ts";
 import { admitHttp, apiRoute, kvReservation, type HttpGeneration, type ServerContext } from "./context.ts";
 import { fromZodError, toApiError } from "./errors.ts";
 import { runChoices, type ChainControl, type GenerationResult } from "./generation.ts";
 import { checkTokenIds, encodeText, prepare, usage, type PreparedRequest } from "./request.ts";
-import { mergeBudgetHeaders, planChains } from "./latency-router.ts";
+import { mergeBudgetHeaders, planChains } from "../policy/latency-router.ts";
 import { modelId } from "./router.ts";
 import { completionRequestSchema, type CompletionRequest } from "./schemas.ts";
 import { SseWriter } from "./sse.ts";

@@ -2,9 +2,9 @@
 // weights and exactly-zero masked blocks. Tests and benchmarks run on these.
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { parseConfig, type ColmConfig, type ColmConfigJson } from "./config.ts";
-import { writeSafetensors, type TensorToWrite } from "./safetensors.ts";
-import { SeededRng, type Rng } from "../kernels/rng.ts";
+import { parseConfig, type ColmConfig, type ColmConfigJson } from "../models/config.ts";
+import { writeSafetensors, type TensorToWrite } from "../models/safetensors.ts";
+import { SeededRng, type Rng } from "./rng.ts";
 
 /** Normal(0, std²) samples from a seeded generator (Box–Muller). */
 function gaussian(rng: Rng, n: number, std: number): Float32Array {

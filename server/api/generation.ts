@@ -1,7 +1,7 @@
 // One generation on the engine, shared by the HTTP and WebSocket front ends: runs the engine's
 // iterator, lets a per-generation ChainControl switch the chain count between tokens, and records
 // the generation's metrics (TTFT, TPOT, end-to-end, token counts, switches, budget misses).
-import type { Engine, FinishReason, GeneratedToken, GenerationSummary, SamplingOptions } from "./engine-types.ts";
+import type { Engine, FinishReason, GeneratedToken, GenerationSummary, SamplingOptions } from "../engine/types.ts";
 import type { Metrics } from "./metrics.ts";
 import type { LatencyBudget } from "./schemas.ts";
 

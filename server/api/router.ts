@@ -3,7 +3,7 @@
 // `chooseChains` is the choice without a cost model (fixed → as asked, elastic → the largest k);
 // an app routes elastic requests by latency budget and load with server/latency-router.ts
 // (planChains), which falls back to this choice when the context has no router.
-import type { ModelInfo } from "./engine-types.ts";
+import type { ModelInfo } from "../engine/types.ts";
 import { invalidField, modelNotFound } from "./errors.ts";
 import type { LatencyBudget } from "./schemas.ts";
 

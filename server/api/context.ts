@@ -1,7 +1,7 @@
 // What the route handlers share: the engine (once loaded), metrics, admission and the set of
 // in-flight requests (for graceful shutdown).
-import type { Admission } from "./admission.ts";
-import type { Engine } from "./engine-types.ts";
+import type { Admission } from "../policy/admission.ts";
+import type { Engine } from "../engine/types.ts";
 import type { Request, Response } from "express";
 import { sendError, serviceUnavailable, toApiError } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";

@@ -4,7 +4,7 @@
 // first come, first served, so no request starves behind smaller later ones). A request that
 // finds the queue full is refused at once (429 with Retry-After); one that could never fit the
 // KV budget is a 400.
-import { kvBudgetExceeded, queueFull } from "./errors.ts";
+import { kvBudgetExceeded, queueFull } from "../api/errors.ts";
 
 export interface AdmissionOptions {
   maxRunning: number;

@@ -23,7 +23,7 @@ import { WebSocket, WebSocketServer, type RawData } from "ws";
 import { admit, kvReservation, type ServerContext } from "./context.ts";
 import { ApiError, fromZodError, invalidField, toApiError } from "./errors.ts";
 import { runGeneration, type ChainControl } from "./generation.ts";
-import { planChains } from "./latency-router.ts";
+import { planChains } from "../policy/latency-router.ts";
 import { CHAT_TEMPLATE_STOPS, renderChat } from "./chat.ts";
 import { checkTokenIds, encodeText, prepare, usage } from "./request.ts";
 import { modelId } from "./router.ts";

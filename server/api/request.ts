@@ -1,6 +1,6 @@
 // Turning a validated request body into what the engine needs: token-id prompts, sampling
 // options, stop strings, max tokens (with the context-length check) and the chain count.
-import type { Engine, ModelInfo, SamplingOptions } from "./engine-types.ts";
+import type { Engine, ModelInfo, SamplingOptions } from "../engine/types.ts";
 import { contextLengthExceeded, invalidField } from "./errors.ts";
 import { chooseChains, resolveModel } from "./router.ts";
 import type { LatencyBudget } from "./schemas.ts";

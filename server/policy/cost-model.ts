@@ -1,4 +1,5 @@
-// What the server believes a model call costs, learnt online from the scheduler's StepStats.
+// What the server believes a model call costs, learnt online from the engine's StepStats.
+import type { StepStats } from "../engine/types.ts";
 //
 //   decode step at chain count k with B rows:   step_k(B) = a_k + b_k · B      (ms)
 //   prefill of a T-token prompt served at k:     prefill(T, k) = p · (T − 1) + step_k(1)
@@ -16,14 +17,8 @@
 // a generation − predicted step), fed by the generations themselves; time per output token is
 // predicted as step_k(B) + tokenOverheadMs.
 
-/** One model call, as the scheduler reports it (structurally server/scheduler.ts StepStats). */
-export interface StepObservation {
-  kind: "prefill" | "decode";
-  rows: number;
-  tokens: number;
-  chains: number;
-  ms: number;
-}
+/** One model call, as the engine reports it. */
+export type StepObservation = StepStats;
 
 /** What the router asks; tests inject a table instead of a learnt model. */
 export interface CostPredictor {

@@ -1,46 +1,10 @@
-// The contract between the engine (server/engine.ts) and everything above it (HTTP/WS API,
-// scheduler, load tests). The engine implements it; callers depend on nothing else.
+// The contract between the engine (server/engine/engine.ts) and everything above it (policy, the
+// HTTP/WS API, load tests). The engine implements it; callers depend on nothing else.
+import type { SamplingOptions } from "../../kernels/sampling.ts";
+import type { ModelInfo } from "../../models/model-info.ts";
+import type { Tokenizer } from "../../models/tokenizer.ts";
 
-/** What a loaded model is, as the API layer reports it. */
-export interface ModelInfo {
-  /** Model name (the folder name unless the config says otherwise), e.g. "colm-kjv". */
-  name: string;
-  /** Number of chains n: sub-models 1 … n are servable. */
-  nChains: number;
-  /** Hidden width d_k of sub-model k, index k-1. */
-  widths: number[];
-  /** Parameter count of sub-model k (weights it reads), index k-1. */
-  paramCounts: number[];
-  vocabSize: number;
-  /** Longest sequence (prompt + completion) the model accepts. */
-  maxPosition: number;
-  bosTokenId: number | null;
-  eosTokenId: number | null;
-  /** Execution provider actually in use. */
-  device: "cpu" | "cuda";
-  /** KV cache bytes per token (spec §5.6: 2 · L · kv_heads · hd · 4). */
-  kvBytesPerToken: number;
-}
-
-/** Sampling controls (OpenAI names, camelCased). Every field optional; defaults are greedy-free
- * OpenAI defaults: temperature 1, topP 1, topK 0 (off), minP 0 (off), penalties off. */
-export interface SamplingOptions {
-  /** 0 means greedy. */
-  temperature?: number;
-  topP?: number;
-  topK?: number;
-  minP?: number;
-  presencePenalty?: number;
-  frequencyPenalty?: number;
-  /** 1 means off (multiplicative, as in vLLM / HF). */
-  repetitionPenalty?: number;
-  /** token id → additive bias. */
-  logitBias?: Record<number, number>;
-  /** Same seed → same tokens. */
-  seed?: number;
-  /** Return the top-N alternatives' logprobs with each token (0 … 20). Undefined: no logprobs. */
-  logprobs?: number;
-}
+export type { ModelInfo, SamplingOptions, Tokenizer };
 
 export interface GenerateOptions {
   /** Fixed chain count 1 … n. Ignored when chooseChains is given. Default: n. */
@@ -95,9 +59,21 @@ export interface GenerationSummary {
   decodeMs: number;
 }
 
-export interface Tokenizer {
-  encode(text: string): number[];
-  decode(ids: number[]): string;
+/** What one model call cost: the scheduler reports every step. */
+export interface StepStats {
+  kind: "prefill" | "decode";
+  /** Sequences in the call (decode) or 1 (prefill). */
+  rows: number;
+  /** New tokens processed (prompt tokens for a prefill, one per row for a decode step). */
+  tokens: number;
+  /** Chain count the call ran (the largest of its rows). */
+  chains: number;
+  ms: number;
+}
+
+export interface EngineLoad {
+  running: number;
+  waiting: number;
 }
 
 export interface Engine {
@@ -107,6 +83,10 @@ export interface Engine {
   generate(prompt: number[], options: GenerateOptions): AsyncGenerator<GeneratedToken, GenerationSummary, void>;
   /** KV cache bytes held by live generations right now. */
   kvBytesInUse(): number;
+  /** Sequences in the running batch and waiting for a row. */
+  readonly load: EngineLoad;
+  /** Called after every model call with what it cost (the cost model learns from it). */
+  onStep(listener: (step: StepStats) => void): void;
   /** Release the onnxruntime session. */
   close(): Promise<void>;
 }

@@ -4,9 +4,12 @@
 // token — each row at its own chain count — and finished or cancelled
 // sequences leave at once (the last row moves into the hole, so rows in use stay a prefix).
 // Rows are grouped by chain count; each group is one batched call.
-import { KvCache } from "../kernels/kv-cache.ts";
-import type { ModelRunner } from "../ops/runner.ts";
+import { KvCache } from "../../kernels/kv-cache.ts";
+import type { ModelRunner } from "../../ops/runner.ts";
 import type { Sequence } from "./sequence.ts";
+import type { StepStats } from "./types.ts";
+
+export type { StepStats };
 
 /**
  * Prompt tokens run through chain 1 per call. Alone, a prompt goes in one call: its first chunk
@@ -46,18 +49,6 @@ export async function prefillRow(
   const out = await runner.stepRows([rest], chains, cache, [rest.length - 1], row);
   cache.append(out.newKeys, out.newValues, rest.length, row, 1);
   return out.logits;
-}
-
-/** What one model call cost: the scheduler reports every step (the cost model learns from them). */
-export interface StepStats {
-  kind: "prefill" | "decode";
-  /** Sequences in the call (decode) or 1 (prefill). */
-  rows: number;
-  /** New tokens processed (prompt tokens for a prefill, one per row for a decode step). */
-  tokens: number;
-  /** Chain count the call ran (the largest of its rows). */
-  chains: number;
-  ms: number;
 }
 
 export class Scheduler {

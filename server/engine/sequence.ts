@@ -1,10 +1,10 @@
 // One generation's state inside the scheduler: sampler, stop strings, incremental detokenizer,
 // the chain count per token, and a queue the caller's async iterator reads from.
-import { Sampler } from "../kernels/sampling.ts";
-import { StopMatcher } from "../kernels/stop.ts";
-import { IncrementalDecoder, tokenText } from "../models/tokenizer.ts";
-import { EngineError } from "./engine-error.ts";
-import type { FinishReason, GenerateOptions, GeneratedToken, GenerationSummary, ModelInfo, Tokenizer } from "./engine-types.ts";
+import { Sampler } from "../../kernels/sampling.ts";
+import { StopMatcher } from "../../kernels/stop.ts";
+import { IncrementalDecoder, tokenText } from "../../models/tokenizer.ts";
+import { EngineError } from "./errors.ts";
+import type { FinishReason, GenerateOptions, GeneratedToken, GenerationSummary, ModelInfo, Tokenizer } from "./types.ts";
 
 type Event = { token: GeneratedToken } | { summary: GenerationSummary } | { error: unknown };
 

@@ -8,13 +8,13 @@
 //   and the generation stops (not emitted) at "\nUser:" or "\nSystem:" besides the request's stops.
 import { randomUUID } from "node:crypto";
 import type { Request, Response } from "express";
-import type { Engine, GeneratedToken } from "./engine-types.ts";
+import type { Engine, GeneratedToken } from "../engine/types.ts";
 import { admitHttp, apiRoute, kvReservation, type ServerContext } from "./context.ts";
 import { fromZodError, invalidField, toApiError } from "./errors.ts";
 import { runChoices, type GenerationResult } from "./generation.ts";
 import { chainFields } from "./completions.ts";
 import { encodeText, prepare, usage } from "./request.ts";
-import { mergeBudgetHeaders, planChains } from "./latency-router.ts";
+import { mergeBudgetHeaders, planChains } from "../policy/latency-router.ts";
 import { modelId } from "./router.ts";
 import { chatRequestSchema, type ChatMessage } from "./schemas.ts";
 import { SseWriter } from "./sse.ts";
