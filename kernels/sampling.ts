@@ -13,6 +13,7 @@
 // and sorts only the one bucket the nucleus boundary falls in, and the O(V) scratch buffers are
 // shared by all samplers of one vocabulary size. Sharing is safe because `sample` is synchronous:
 // no two calls can interleave.
+import { ColmError } from "../models/errors.ts";
 import { SeededRng, type Rng } from "./rng.ts";
 
 /** Sampling controls (OpenAI names, camelCased). Every field optional; defaults are greedy-free
@@ -49,13 +50,14 @@ export interface SampledToken {
 }
 
 /** Sampling options that cannot be honoured; `param` names the offending option. */
-export class SamplingError extends Error {
+export class SamplingError extends ColmError {
   override name = "SamplingError";
   constructor(
     message: string,
-    readonly param: keyof SamplingOptions | "vocabSize" | "logits",
+    /** The option at fault; `param` spells it as the API does (topP → top_p). */
+    readonly option: keyof SamplingOptions | "vocabSize" | "logits",
   ) {
-    super(message);
+    super(message, option === "vocabSize" || option === "logits" ? "internal" : "invalid_request", "invalid_value", option.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`));
   }
 }
 

@@ -5,8 +5,9 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { readConfig, type ColmConfig } from "./config.ts";
 import { SafetensorsFile } from "./safetensors.ts";
+import { ModelLoadError } from "./errors.ts";
 
-export class CheckpointError extends Error {
+export class CheckpointError extends ModelLoadError {
   override name = "CheckpointError";
 }
 

@@ -2,6 +2,7 @@
 // from it that every other module uses (chain widths c_i, prefix widths d_k, FFN prefixes F_k).
 import { readFileSync } from "node:fs";
 import { z } from "zod";
+import { ModelLoadError } from "./errors.ts";
 
 const positiveInt = z.number().int().positive();
 
@@ -51,7 +52,7 @@ export const ColmConfigSchema = z
 
 export type ColmConfigJson = z.input<typeof ColmConfigSchema>;
 
-export class ConfigError extends Error {
+export class ConfigError extends ModelLoadError {
   override name = "ConfigError";
 }
 

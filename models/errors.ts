@@ -30,3 +30,11 @@ export class ColmError extends Error {
     super(message);
   }
 }
+
+/** A model folder that cannot be loaded (config, weights, tokenizer): the server's fault, not a request's. */
+export class ModelLoadError extends ColmError {
+  override name = "ModelLoadError";
+  constructor(message: string) {
+    super(message, "internal", "model_load_error");
+  }
+}

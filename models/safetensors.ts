@@ -3,11 +3,12 @@
 // Reading validates the header against the file before any tensor is touched; tensors are
 // converted to float32 on demand so a checkpoint is never held twice in float32.
 import { openSync, readSync, fstatSync, closeSync, writeFileSync } from "node:fs";
+import { ModelLoadError } from "./errors.ts";
 
 export type SafetensorsDtype = "F32" | "F16" | "BF16";
 const BYTES: Record<SafetensorsDtype, number> = { F32: 4, F16: 2, BF16: 2 };
 
-export class SafetensorsError extends Error {
+export class SafetensorsError extends ModelLoadError {
   override name = "SafetensorsError";
 }
 

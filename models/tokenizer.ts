@@ -4,6 +4,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Tokenizer as HfTokenizerCore } from "@huggingface/tokenizers";
+import { ModelLoadError } from "./errors.ts";
 
 export interface Tokenizer {
   encode(text: string): number[];
@@ -20,11 +21,11 @@ export interface DisplayTokenizer extends Tokenizer {
   tokenText(tokenId: number): string;
 }
 
-export class TokenizerError extends Error {
+export class TokenizerError extends ModelLoadError {
   override name = "TokenizerError";
   constructor(
     message: string,
-    readonly code: "missing_file" | "invalid_file",
+    readonly reason: "missing_file" | "invalid_file",
     readonly path?: string,
   ) {
     super(message);

@@ -4,6 +4,7 @@
 import { availableParallelism } from "node:os";
 import * as ort from "onnxruntime-node";
 import type { Checkpoint } from "../models/checkpoint.ts";
+import { ColmError } from "../models/errors.ts";
 import type { ColmConfig } from "../models/config.ts";
 import type { KvCache } from "../kernels/kv-cache.ts";
 import { buildColmGraph } from "./colm-graph.ts";
@@ -38,8 +39,11 @@ export interface StepResult {
   newValues: Float32Array[];
 }
 
-export class RunnerError extends Error {
+export class RunnerError extends ColmError {
   override name = "RunnerError";
+  constructor(message: string) {
+    super(message, "internal", "runner_error");
+  }
 }
 
 export class ModelRunner {

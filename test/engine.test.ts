@@ -102,9 +102,9 @@ describe("engine", () => {
       assert.equal(engine.kvBytesInUse(), 0);
     };
     await refuse(prompt, { maxTokens: 200 }, "context_length_exceeded");
-    await refuse([], { maxTokens: 2 }, "invalid_prompt");
-    await refuse([1, 9999], { maxTokens: 2 }, "invalid_prompt");
-    await refuse(prompt, { maxTokens: 2, chains: 5 }, "invalid_chains");
+    await refuse([], { maxTokens: 2 }, "empty_prompt");
+    await refuse([1, 9999], { maxTokens: 2 }, "invalid_value");
+    await refuse(prompt, { maxTokens: 2, chains: 5 }, "invalid_value");
   });
 });
 

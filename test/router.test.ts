@@ -7,9 +7,10 @@ import request from "supertest";
 import { createApp, type ColmApp } from "../server/api/app.ts";
 import { CostModel, type CostPredictor } from "../server/policy/cost-model.ts";
 import type { Engine } from "../server/engine/types.ts";
-import { ChainControl } from "../server/api/generation.ts";
-import { AdaptiveChains, DEFAULT_HYSTERESIS, mergeBudgetHeaders, route, type HysteresisConfig, type LoadSnapshot } from "../server/policy/latency-router.ts";
-import type { LatencyBudget } from "../server/api/schemas.ts";
+import { ChainControl } from "../server/engine/chain-control.ts";
+import { AdaptiveChains, DEFAULT_HYSTERESIS, route, type HysteresisConfig, type LatencyBudget, type LoadSnapshot } from "../server/policy/latency-router.ts";
+import { mergeBudgetHeaders } from "../server/api/request.ts";
+import { ColmError, httpStatus } from "../server/api/errors.ts";
 import { loadTestEngine, metricValue, parsePrometheus, parseSse, writeTestCheckpoint, type TestCheckpoint } from "./helpers/server-fixture.ts";
 
 /** step_k(B) = k · (2 + B) ms; prefill(T, k) = 0.1 · (T − 1) + step_k(1). */
@@ -173,8 +174,8 @@ describe("X-Latency-Budget-* headers", () => {
     assert.deepEqual(mergeBudgetHeaders({ "x-latency-budget-tpot-ms": "40", "x-latency-budget-ttft-ms": "500" }, { tpot_ms: 10 }), { tpot_ms: 10, ttft_ms: 500 });
     assert.deepEqual(mergeBudgetHeaders({ "x-latency-budget-total-ms": "1000" }, null), { total_ms: 1000 });
     assert.equal(mergeBudgetHeaders({}, undefined), undefined);
-    assert.throws(() => mergeBudgetHeaders({ "x-latency-budget-tpot-ms": "fast" }, undefined), (e: { status?: number }) => e.status === 400);
-    assert.throws(() => mergeBudgetHeaders({ "x-latency-budget-tpot-ms": "-3" }, undefined), (e: { status?: number }) => e.status === 400);
+    assert.throws(() => mergeBudgetHeaders({ "x-latency-budget-tpot-ms": "fast" }, undefined), (e: unknown) => e instanceof ColmError && httpStatus(e) === 400);
+    assert.throws(() => mergeBudgetHeaders({ "x-latency-budget-tpot-ms": "-3" }, undefined), (e: unknown) => e instanceof ColmError && httpStatus(e) === 400);
   });
 });
 

@@ -41,18 +41,24 @@ const invalid = (name: string, patch: Record<string, unknown>, param: string | n
   code: "invalid_value",
 });
 
+/** A required field left out: OpenAI's "Missing required parameter" naming it. */
+const missing = (name: string, patch: Record<string, unknown>, param: string, path = C, base: object = ok): Case => ({
+  ...invalid(name, patch, param, path, base),
+  code: "missing_required_parameter",
+});
+
 const cases: Case[] = [
   { name: "bad JSON", path: C, body: '{"model": "tiny", "prompt":', contentType: "application/json", status: 400, param: null, code: "invalid_json" },
   { name: "plain-text body", path: C, body: "hello there", contentType: "text/plain", status: 400, param: null, code: "invalid_json" },
   { name: "JSON array body", path: C, body: "[1,2]", contentType: "application/json", status: 400, param: null, code: "invalid_value" },
-  { name: "empty body", path: C, body: "", contentType: "application/json", status: 400, param: "model", code: "invalid_value" },
+  { name: "empty body", path: C, body: "", contentType: "application/json", status: 400, param: "model", code: "missing_required_parameter" },
   { name: "oversized body (> 1 MB)", path: C, body: { ...ok, prompt: "x".repeat(1_100_000) }, status: 413, param: null, code: "request_too_large" },
-  invalid("model missing", { model: undefined }, "model"),
+  missing("model missing", { model: undefined }, "model"),
   invalid("model is a number", { model: 5 }, "model"),
   { name: "unknown model", path: C, body: { ...ok, model: "gpt-4o" }, status: 404, param: "model", code: "model_not_found" },
   { name: "size beyond n", path: C, body: { ...ok, model: "tiny:c9" }, status: 404, param: "model", code: "model_not_found" },
   { name: "size 0", path: C, body: { ...ok, model: "tiny:c0" }, status: 404, param: "model", code: "model_not_found" },
-  invalid("prompt missing", { prompt: undefined }, "prompt"),
+  missing("prompt missing", { prompt: undefined }, "prompt"),
   invalid("prompt is a number", { prompt: 12 }, "prompt"),
   invalid("prompt is an empty array", { prompt: [] }, "prompt"),
   invalid("prompt mixes ids and strings", { prompt: [1, "a"] }, "prompt"),
@@ -89,8 +95,11 @@ const cases: Case[] = [
   invalid("latency_budget unknown key", { latency_budget: { fast: 1 } }, "latency_budget.fast"),
   invalid("latency_budget is a string", { latency_budget: "fast" }, "latency_budget"),
   { name: "prompt longer than the context", path: C, body: { ...ok, prompt: "x".repeat(300) }, status: 400, param: "prompt", code: "context_length_exceeded" },
-  { name: "prompt + max_tokens over the context", path: C, body: { ...ok, prompt: "x".repeat(200), max_tokens: 100 }, status: 400, param: "prompt", code: "context_length_exceeded" },
-  invalid("chat: messages missing", { messages: undefined }, "messages", CHAT, chatOk),
+  { name: "prompt + max_tokens over the context", path: C, body: { ...ok, prompt: "x".repeat(200), max_tokens: 100 }, status: 400, param: "max_tokens", code: "context_length_exceeded" },
+  { name: "a prompt that alone fills the context", path: C, body: { ...ok, prompt: "x".repeat(300), max_tokens: 1 }, status: 400, param: "prompt", code: "context_length_exceeded" },
+  missing("chat: messages missing", { messages: undefined }, "messages", CHAT, chatOk),
+  missing("chat: a user message without content", { messages: [{ role: "user" }] }, "messages[0].content", CHAT, chatOk),
+  invalid("chat: a user message with null content", { messages: [{ role: "user", content: null }] }, "messages[0].content", CHAT, chatOk),
   invalid("chat: messages empty", { messages: [] }, "messages", CHAT, chatOk),
   invalid("chat: unknown role", { messages: [{ role: "wizard", content: "x" }] }, "messages[0].role", CHAT, chatOk),
   invalid("chat: content is a number", { messages: [{ role: "user", content: 5 }] }, "messages[0].content", CHAT, chatOk),
@@ -145,13 +154,13 @@ describe("bad HTTP inputs", () => {
 describe("bad WebSocket messages", () => {
   const wsCases: Array<{ name: string; msg: unknown; param: string | null; code: string; status?: number; id?: unknown }> = [
     { name: "not JSON", msg: "{nope", param: null, code: "invalid_json" },
-    { name: "no type", msg: { id: "a", prompt: "x" }, param: "type", code: "invalid_value", id: "a" },
+    { name: "no type", msg: { id: "a", prompt: "x" }, param: "type", code: "missing_required_parameter", id: "a" },
     { name: "unknown type", msg: { type: "explode", id: "a" }, param: "type", code: "invalid_value", id: "a" },
-    { name: "generate without id", msg: { type: "generate", model: "tiny", prompt: "x" }, param: "id", code: "invalid_value" },
+    { name: "generate without id", msg: { type: "generate", model: "tiny", prompt: "x" }, param: "id", code: "missing_required_parameter" },
     { name: "generate with neither prompt nor messages", msg: { type: "generate", id: "g1", model: "tiny" }, param: "prompt", code: "missing_prompt", id: "g1" },
     { name: "generate with a bad temperature", msg: { type: "generate", id: "g2", model: "tiny", prompt: "x", temperature: 9 }, param: "temperature", code: "invalid_value", id: "g2" },
     { name: "generate for an unknown model", msg: { type: "generate", id: "g3", model: "nope", prompt: "x" }, param: "model", code: "model_not_found", id: "g3" },
-    { name: "generate too long", msg: { type: "generate", id: "g4", model: "tiny", prompt: "z".repeat(250), max_tokens: 20 }, param: "prompt", code: "context_length_exceeded", id: "g4" },
+    { name: "generate too long", msg: { type: "generate", id: "g4", model: "tiny", prompt: "z".repeat(250), max_tokens: 20 }, param: "max_tokens", code: "context_length_exceeded", id: "g4" },
     { name: "generate with n 2", msg: { type: "generate", id: "g5", model: "tiny", prompt: "x", n: 2 }, param: "n", code: "invalid_value", id: "g5" },
     { name: "switch for an unknown id", msg: { type: "switch", id: "zz", chains: 2 }, param: "id", code: "unknown_id", id: "zz" },
     { name: "switch with chains 0", msg: { type: "switch", id: "zz", chains: 0 }, param: "chains", code: "invalid_value", id: "zz" },

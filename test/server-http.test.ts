@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import request from "supertest";
 import { createApp, type ColmApp } from "../server/api/app.ts";
 import type { Engine } from "../server/engine/types.ts";
-import { renderChat } from "../server/api/chat.ts";
+import { renderChat } from "../server/api/chat-template.ts";
 import { loadTestEngine, parseSse, startApp, writeTestCheckpoint, type TestCheckpoint } from "./helpers/server-fixture.ts";
 
 let ckpt: TestCheckpoint;

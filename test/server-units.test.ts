@@ -3,11 +3,14 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { Admission } from "../server/policy/admission.ts";
-import { renderChat } from "../server/api/chat.ts";
+import { renderChat } from "../server/api/chat-template.ts";
 import type { ModelInfo } from "../server/engine/types.ts";
-import { ApiError, formatPath, toApiError } from "../server/api/errors.ts";
-import { ChainControl } from "../server/api/generation.ts";
-import { chooseChains, modelId, resolveModel } from "../server/api/router.ts";
+import { EngineError } from "../server/engine/errors.ts";
+import { AdmissionError } from "../server/policy/admission.ts";
+import { ApiError, errorHeaders, formatPath, httpStatus, toColmError } from "../server/api/errors.ts";
+import { ChainControl } from "../server/engine/chain-control.ts";
+import { modelId } from "../server/api/models.ts";
+import { fixedChainsOf } from "../server/api/request.ts";
 
 const info: ModelInfo = {
   name: "m",
@@ -32,7 +35,7 @@ describe("Admission", () => {
     const w1 = a.acquire().then((r) => (order.push(1), r));
     const w2 = a.acquire().then((r) => (order.push(2), r));
     assert.equal(a.waiting, 2);
-    await assert.rejects(a.acquire(), (e: unknown) => e instanceof ApiError && e.status === 429 && e.headers["Retry-After"] === "3");
+    await assert.rejects(a.acquire(), (e: unknown) => e instanceof AdmissionError && httpStatus(e) === 429 && errorHeaders(e)["Retry-After"] === "3");
     r1();
     r1(); // idempotent
     const g1 = await w1;
@@ -90,27 +93,21 @@ describe("Admission", () => {
     releaseBig();
     releaseSmall();
     assert.equal(a.kvReservedBytes, 0);
-    await assert.rejects(a.acquire(1, undefined, 1001), (e: unknown) => e instanceof ApiError && e.status === 400 && e.code === "kv_budget_exceeded");
+    await assert.rejects(a.acquire(1, undefined, 1001), (e: unknown) => e instanceof AdmissionError && httpStatus(e) === 400 && e.code === "kv_budget_exceeded");
   });
 });
 
 describe("model resolution and chain choice", () => {
-  test("resolveModel", () => {
-    assert.deepEqual(resolveModel("m", undefined, info), {});
-    assert.deepEqual(resolveModel("m:c2", undefined, info), { fixedChains: 2 });
-    assert.deepEqual(resolveModel("m", 3, info), { fixedChains: 3 });
-    assert.deepEqual(resolveModel("m:c3", 3, info), { fixedChains: 3 });
+  test("the model id and the chains field fix a size, or leave it elastic", () => {
+    assert.equal(fixedChainsOf("m", undefined, info), undefined);
+    assert.equal(fixedChainsOf("m:c2", undefined, info), 2);
+    assert.equal(fixedChainsOf("m", 3, info), 3);
+    assert.equal(fixedChainsOf("m:c3", 3, info), 3);
     for (const bad of ["x", "m:c0", "m:c5", "m:c02", "m:", "m:cx", "x:c1"]) {
-      assert.throws(() => resolveModel(bad, null, info), (e: unknown) => e instanceof ApiError && e.status === 404 && e.param === "model", bad);
+      assert.throws(() => fixedChainsOf(bad, null, info), (e: unknown) => e instanceof ApiError && httpStatus(e) === 404 && e.param === "model", bad);
     }
-    assert.throws(() => resolveModel("m", 5, info), (e: unknown) => e instanceof ApiError && e.status === 400 && e.param === "chains");
-    assert.throws(() => resolveModel("m:c1", 2, info), (e: unknown) => e instanceof ApiError && e.param === "chains");
-  });
-
-  test("chooseChains: fixed sizes are kept, elastic gets the largest (until the scheduler)", () => {
-    assert.equal(chooseChains({ fixedChains: 2, promptTokens: 5, maxTokens: 5 }, info), 2);
-    assert.equal(chooseChains({ promptTokens: 5, maxTokens: 5 }, info), 4);
-    assert.equal(chooseChains({ promptTokens: 5, maxTokens: 5, latencyBudget: { tpot_ms: 1 } }, info), 4);
+    assert.throws(() => fixedChainsOf("m", 5, info), (e: unknown) => e instanceof ApiError && httpStatus(e) === 400 && e.param === "chains");
+    assert.throws(() => fixedChainsOf("m:c1", 2, info), (e: unknown) => e instanceof ApiError && e.param === "chains");
     assert.equal(modelId(info, 3), "m:c3");
   });
 });
@@ -141,21 +138,22 @@ describe("chat template and errors", () => {
     assert.equal(
       renderChat([
         { role: "developer", content: "d" },
-        { role: "tool", content: null },
+        { role: "tool", content: "" },
         { role: "assistant", content: [{ type: "text", text: "a" }, { type: "text", text: "b" }] },
       ]),
       "System: d\n\nTool: \n\nAssistant: ab\n\nAssistant: ",
     );
   });
 
-  test("formatPath and toApiError", () => {
+  test("formatPath, and every error maps to one status by its kind", () => {
     assert.equal(formatPath(["messages", 0, "content"]), "messages[0].content");
     assert.equal(formatPath([]), null);
-    assert.equal(toApiError(new Error("x")).status, 500);
-    assert.equal(toApiError({ type: "entity.too.large", limit: 10 }).status, 413);
-    const engineErr = Object.assign(new Error("too long"), { name: "EngineError", code: "context_length_exceeded", param: "max_tokens" });
-    const e = toApiError(engineErr);
-    assert.equal(e.status, 400);
+    assert.equal(httpStatus(toColmError(new Error("x"))), 500);
+    assert.equal(httpStatus(toColmError({ type: "entity.too.large", limit: 10 })), 413);
+    const e = toColmError(new EngineError("too long", "context_length_exceeded", "max_tokens"));
+    assert.equal(httpStatus(e), 400);
     assert.equal(e.code, "context_length_exceeded");
+    assert.equal(e.param, "max_tokens");
   });
+
 });

@@ -63,7 +63,7 @@ describe("WebSocket /v1/stream", () => {
     assert.ok(from < firstNew);
     assert.equal(done.chains, toks[toks.length - 1].chains);
     assert.deepEqual(done.chains_per_token, toks.map((t) => t.chains));
-    assert.equal(done.model, "tiny:c4");
+    assert.equal(done.model, `tiny:c${done.chains}`, "done names the size its last token ran at");
     await client.close();
   });
 

@@ -149,12 +149,12 @@ test("loadTokenizer: 'byte' gives the byte tokenizer; a folder without tokenizer
     assert.ok(loadTokenizer(dir, "byte", { bos: 256, eos: 257 }) instanceof ByteTokenizer);
     assert.throws(
       () => loadTokenizer(dir, undefined, { bos: null, eos: null }),
-      (err: unknown) => err instanceof TokenizerError && err.code === "missing_file" && err.message.includes(join(dir, "tokenizer.json")),
+      (err: unknown) => err instanceof TokenizerError && err.reason === "missing_file" && err.message.includes(join(dir, "tokenizer.json")),
     );
     writeFileSync(join(dir, "tokenizer.json"), "{ not json");
     assert.throws(
       () => loadTokenizer(dir, undefined, { bos: null, eos: null }),
-      (err: unknown) => err instanceof TokenizerError && err.code === "invalid_file" && err.message.includes("tokenizer.json"),
+      (err: unknown) => err instanceof TokenizerError && err.reason === "invalid_file" && err.message.includes("tokenizer.json"),
     );
   });
 });

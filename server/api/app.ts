@@ -1,18 +1,19 @@
-// The express app factory, used by server/main.ts and by the tests.
+// The express app factory, used by server/main.ts and by the tests: routes, auth, the WebSocket
+// server, metrics, and the app's lifecycle (engine arrives → serve → drain → close).
 import { timingSafeEqual } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import express, { type Express, type NextFunction, type Request, type Response } from "express";
+import type { Engine } from "../engine/types.ts";
 import { Admission } from "../policy/admission.ts";
+import { CostModel, warmUp } from "../policy/cost-model.ts";
+import { LatencyRouter, type HysteresisConfig } from "../policy/latency-router.ts";
 import { chatRoute } from "./chat.ts";
 import { completionsRoute } from "./completions.ts";
-import { CostModel, warmUp, type StepObservation } from "../policy/cost-model.ts";
-import { LatencyRouter, type HysteresisConfig, type LoadSnapshot } from "../policy/latency-router.ts";
-import { InFlight, requireEngine, type ServerContext } from "./context.ts";
-import type { Engine, ModelInfo } from "../engine/types.ts";
-import { ApiError, errorMiddleware, invalidApiKey, methodNotAllowed, modelNotFound, routeNotFound, sendError, serviceUnavailable } from "./errors.ts";
+import { InFlight, type ServerContext } from "./context.ts";
+import { errorMiddleware, invalidApiKey, methodNotAllowed, modelNotFound, routeNotFound, sendError, serviceUnavailable, upgradeRequired } from "./errors.ts";
 import { Metrics } from "./metrics.ts";
-import { modelId } from "./router.ts";
+import { modelEntries } from "./models.ts";
 import { StreamServer, WS_PATH } from "./ws.ts";
 
 export interface AppOptions {
@@ -48,12 +49,6 @@ export interface RouterOptions {
   now?: () => number;
   /** A cost model to start from (tests inject known costs); default: a fresh one. */
   costModel?: CostModel;
-}
-
-/** What ColmEngine offers beyond the Engine interface that the router uses when present. */
-interface SteppingEngine {
-  onStep(listener: (s: StepObservation) => void): void;
-  readonly load: { running: number; waiting: number };
 }
 
 export interface ColmApp {
@@ -98,93 +93,121 @@ function routeLabel(path: string): string {
 }
 
 function keyMatches(header: string | undefined, key: string): boolean {
-  if (!header) return false;
-  const m = /^Bearer\s+(.+)$/i.exec(header.trim());
+  const m = header ? /^Bearer\s+(.+)$/i.exec(header.trim()) : null;
   if (!m) return false;
   const a = Buffer.from(m[1]);
   const b = Buffer.from(key);
   return a.length === b.length && timingSafeEqual(a, b);
 }
 
-function modelEntries(info: ModelInfo, created: number) {
-  const n = info.nChains;
-  const entry = (id: string, k: number, elastic: boolean) => ({
-    id,
-    object: "model",
-    created,
-    owned_by: "colm-serve",
-    chains: k,
-    width: info.widths[k - 1],
-    params: info.paramCounts[k - 1],
-    max_position: info.maxPosition,
-    elastic,
-    ...(elastic ? { chain_options: Array.from({ length: n }, (_, i) => i + 1) } : {}),
+/** The app's mutable state: the engine once loaded, its router, whether it is draining. */
+interface AppState {
+  engine: Engine | null;
+  router: LatencyRouter | null;
+  draining: boolean;
+}
+
+/** A router learning from `engine`'s steps; load = the engine's batch and queue plus admission's queue. */
+function makeRouter(engine: Engine, admission: Admission, options: RouterOptions = {}): LatencyRouter {
+  const model = options.costModel ?? new CostModel({ nChains: engine.info.nChains, alpha: options.alpha });
+  engine.onStep((step) => model.observe(step));
+  // Capacity: the admission limit on running generations (each holds one row of the batch).
+  const load = () => ({ running: engine.load.running, queued: engine.load.waiting + admission.waiting, capacity: admission.maxRunning });
+  return new LatencyRouter({ model, load, now: options.now, hysteresis: options.hysteresis, switching: options.switching });
+}
+
+function makeMetrics(state: AppState, admission: Admission, stream: () => StreamServer | undefined): Metrics {
+  return new Metrics({
+    running: () => admission.running,
+    waiting: () => admission.waiting,
+    kvBytesInUse: () => state.engine?.kvBytesInUse() ?? 0,
+    kvBytesCapacity: () => {
+      const info = state.engine?.info;
+      return info ? Math.min(admission.kvBudgetBytes, admission.maxRunning * info.maxPosition * info.kvBytesPerToken) : 0;
+    },
+    wsConnections: () => stream()?.connections ?? 0,
+    modelInfo: () => (state.engine ? { model: state.engine.info.name, device: state.engine.info.device, nChains: state.engine.info.nChains } : null),
+    routerPredictions: () => {
+      if (!state.router) return null;
+      const v = state.router.view();
+      return { tpot: v.chains.map((c) => ({ chains: c.chains, currentMs: c.tpot_ms, b1Ms: c.tpot_ms_b1 })), prefillMsPerToken: v.prefill_ms_per_token };
+    },
   });
-  return [entry(info.name, n, true), ...Array.from({ length: n }, (_, i) => entry(modelId(info, i + 1), i + 1, false))];
+}
+
+/** Routes: health and metrics, then /v1/* behind draining, auth and loading checks. */
+function mountRoutes(app: Express, ctx: ServerContext, state: AppState, apiKey: string | undefined, bodyLimit: string | number, created: number): void {
+  app.get("/health", (_req, res) => {
+    if (state.draining) return void res.status(503).json({ status: "draining" });
+    if (!state.engine) return void res.status(503).json({ status: "loading" });
+    res.json({ status: "ok", model: state.engine.info.name, chains: state.engine.info.nChains, device: state.engine.info.device });
+  });
+  app.get("/metrics", async (_req, res, next) => {
+    try {
+      res.set("Content-Type", ctx.metrics.registry.contentType).send(await ctx.metrics.registry.metrics());
+    } catch (err) {
+      next(err);
+    }
+  });
+  app.use("/v1", (req: Request, res: Response, next: NextFunction) => {
+    if (state.draining) return sendError(res, serviceUnavailable("draining"));
+    if (apiKey && !keyMatches(req.headers.authorization, apiKey)) return sendError(res, invalidApiKey());
+    if (!state.engine) return sendError(res, serviceUnavailable("loading"));
+    next();
+  });
+  app.get("/v1/models", (_req, res) => void res.json({ object: "list", data: modelEntries(ctx.engine().info, created) }));
+  app.get("/v1/models/:id", (req, res) => {
+    const entry = modelEntries(ctx.engine().info, created).find((m) => m.id === req.params.id);
+    if (!entry) return sendError(res, modelNotFound(String(req.params.id)));
+    res.json(entry);
+  });
+  // What the latency router believes: per-k predicted time per output token, prefill cost, load.
+  app.get("/v1/router", (_req, res) => void res.json(ctx.router().view()));
+  // Every body is parsed as JSON whatever its Content-Type (curl -d sends form encoding).
+  const json = express.json({ limit: bodyLimit, strict: true, type: () => true });
+  app.post("/v1/completions", json, completionsRoute(ctx));
+  app.post("/v1/chat/completions", json, chatRoute(ctx));
+  // Known path, wrong method → 405; the WebSocket path over plain HTTP → 426; anything else → 404.
+  app.use((req: Request, res: Response) => {
+    if (req.path === WS_PATH) return sendError(res, upgradeRequired(WS_PATH));
+    const allow = KNOWN_ROUTES[req.path];
+    sendError(res, allow ? methodNotAllowed(req.method, req.path, allow) : routeNotFound(req.method, req.path));
+  });
+  app.use(errorMiddleware(ctx.log));
+}
+
+/** Count every request by route and status when it ends. */
+function countRequests(metrics: Metrics) {
+  return (req: Request, res: Response, next: NextFunction) => {
+    let counted = false;
+    const count = () => {
+      if (counted) return;
+      counted = true;
+      metrics.httpRequests.inc({ route: routeLabel(req.path), method: req.method, status: String(res.statusCode) });
+    };
+    res.on("finish", count);
+    res.on("close", count);
+    next();
+  };
 }
 
 export function createApp(initialEngine: Engine | null, options: AppOptions = {}): ColmApp {
   const log = options.log ?? ((line: string) => console.log(line));
-  let engine: Engine | null = initialEngine;
-  let draining = false;
-  const created = Math.floor(Date.now() / 1000);
   const admission = new Admission({
     maxRunning: options.maxRunning ?? 8,
     maxWaiting: options.maxWaiting ?? 32,
     retryAfterSeconds: options.retryAfterSeconds ?? 1,
     kvBudgetBytes: options.kvBudgetBytes,
   });
-  const inflight = new InFlight();
+  const state: AppState = { engine: initialEngine, router: initialEngine && makeRouter(initialEngine, admission, options.router), draining: false };
   let stream: StreamServer | undefined;
-  let router: LatencyRouter | null = null;
-
-  /** A router learning from `e`'s steps; load = the engine's batch and queue (plus admission's). */
-  const makeRouter = (e: Engine): LatencyRouter => {
-    const model = options.router?.costModel ?? new CostModel({ nChains: e.info.nChains, alpha: options.router?.alpha });
-    const parts = e as Engine & Partial<SteppingEngine>;
-    if (typeof parts.onStep === "function") parts.onStep((step) => model.observe(step));
-    const load = (): LoadSnapshot => {
-      const l = typeof parts.onStep === "function" ? parts.load : undefined;
-      // Capacity: the admission limit on running generations (each holds one row of the batch).
-      const capacity = admission.maxRunning;
-      return l ? { running: l.running, queued: l.waiting + admission.waiting, capacity } : { running: admission.running, queued: admission.waiting, capacity };
-    };
-    return new LatencyRouter({ model, load, now: options.router?.now, hysteresis: options.router?.hysteresis, switching: options.router?.switching });
-  };
-  const calibrate = async (e: Engine, r: LatencyRouter): Promise<void> => {
-    const t0 = performance.now();
-    await warmUp(e);
-    r.calibrated = true;
-    log(`router: calibrated in ${(performance.now() - t0).toFixed(0)} ms`);
-  };
-  if (initialEngine) {
-    const r = (router = makeRouter(initialEngine));
-    if (options.router?.calibrate === true) void calibrate(initialEngine, r).catch((err) => log(`router: warm-up failed: ${(err as Error)?.message ?? String(err)}`));
-  }
-  const metrics = new Metrics({
-    running: () => admission.running,
-    waiting: () => admission.waiting,
-    kvBytesInUse: () => engine?.kvBytesInUse() ?? 0,
-    kvBytesCapacity: () =>
-      engine ? Math.min(admission.kvBudgetBytes, admission.maxRunning * engine.info.maxPosition * engine.info.kvBytesPerToken) : 0,
-    wsConnections: () => stream?.connections ?? 0,
-    modelInfo: () => (engine ? { model: engine.info.name, device: engine.info.device, nChains: engine.info.nChains } : null),
-    routerPredictions: () => {
-      if (!router || !engine) return null;
-      const v = router.view();
-      return { tpot: v.chains.map((c) => ({ chains: c.chains, currentMs: c.tpot_ms, b1Ms: c.tpot_ms_b1 })), prefillMsPerToken: v.prefill_ms_per_token };
-    },
-  });
-  // The handlers find the router through routerOf(ctx) (server/latency-router.ts).
-  const ctx: ServerContext & { readonly router: LatencyRouter | undefined } = {
-    get router() {
-      return router ?? undefined;
-    },
-    engine: () => requireEngine(engine),
-    metrics,
+  const ctx: ServerContext = {
+    engine: () => state.engine ?? (() => { throw serviceUnavailable("loading"); })(),
+    router: () => state.router ?? (() => { throw serviceUnavailable("loading"); })(),
+    metrics: makeMetrics(state, admission, () => stream),
     admission,
-    inflight,
-    isDraining: () => draining,
+    inflight: new InFlight(),
+    isDraining: () => state.draining,
     log,
   };
   const apiKey = options.apiKey || undefined;
@@ -196,118 +219,65 @@ export function createApp(initialEngine: Engine | null, options: AppOptions = {}
       stallTimeoutMs: options.ws?.stallTimeoutMs ?? 30_000,
       maxPayloadBytes: options.ws?.maxPayloadBytes ?? 1 << 20,
     },
-    (req) => !apiKey || keyMatches(req.headers.authorization, apiKey) || new URL(req.url ?? "/", "http://x").searchParams.get("api_key") === apiKey,
-    (status) => metrics.httpRequests.inc({ route: WS_PATH, method: "GET", status: String(status) }),
+    (req) => {
+      const authorized = !apiKey || keyMatches(req.headers.authorization, apiKey) || new URL(req.url ?? "/", "http://x").searchParams.get("api_key") === apiKey;
+      if (!authorized) return invalidApiKey();
+      if (state.draining) return serviceUnavailable("draining");
+      return state.engine ? null : serviceUnavailable("loading");
+    },
+    (status) => ctx.metrics.httpRequests.inc({ route: WS_PATH, method: "GET", status: String(status) }),
   );
-
   const app = express();
   app.disable("x-powered-by");
   app.set("etag", false);
-
-  // Count every request by route and status when it ends.
-  app.use((req: Request, res: Response, next: NextFunction) => {
-    let counted = false;
-    const count = () => {
-      if (counted) return;
-      counted = true;
-      metrics.httpRequests.inc({ route: routeLabel(req.path), method: req.method, status: String(res.statusCode) });
-    };
-    res.on("finish", count);
-    res.on("close", count);
-    next();
+  app.use(countRequests(ctx.metrics));
+  mountRoutes(app, ctx, state, apiKey, options.bodyLimit ?? "1mb", Math.floor(Date.now() / 1000));
+  const calibrate = async (e: Engine, r: LatencyRouter): Promise<void> => {
+    const t0 = performance.now();
+    await warmUp(e);
+    r.calibrated = true;
+    log(`router: calibrated in ${(performance.now() - t0).toFixed(0)} ms`);
+  };
+  if (initialEngine && state.router && options.router?.calibrate === true) {
+    void calibrate(initialEngine, state.router).catch((err) => log(`router: warm-up failed: ${(err as Error)?.message ?? String(err)}`));
+  }
+  return lifecycle(app, ctx, state, stream, {
+    calibrate: () => (state.engine && state.router ? calibrate(state.engine, state.router) : Promise.resolve()),
+    setEngine: (e) => {
+      state.router = makeRouter(e, admission, options.router);
+      state.engine = e;
+      // In the background: /health is ok at once; requests arriving meanwhile share batches with
+      // the warm-up (batching never changes results) and teach the cost model too.
+      if (options.router?.calibrate ?? true) calibrate(e, state.router).catch((err) => log(`router: warm-up failed (${(err as Error)?.message ?? String(err)}); learning online`));
+    },
   });
+}
 
-  app.get("/health", (_req, res) => {
-    if (draining) return void res.status(503).json({ status: "draining" });
-    if (!engine) return void res.status(503).json({ status: "loading" });
-    res.json({ status: "ok", model: engine.info.name, chains: engine.info.nChains, device: engine.info.device });
-  });
-
-  app.get("/metrics", async (_req, res, next) => {
-    try {
-      const text = await metrics.registry.metrics();
-      res.set("Content-Type", metrics.registry.contentType).send(text);
-    } catch (err) {
-      next(err);
-    }
-  });
-
-  // /v1/*: draining → 503, API key → 401, loading → 503.
-  app.use("/v1", (req: Request, res: Response, next: NextFunction) => {
-    if (draining) return sendError(res, serviceUnavailable("draining"));
-    if (apiKey && !keyMatches(req.headers.authorization, apiKey)) return sendError(res, invalidApiKey());
-    if (!engine) return sendError(res, serviceUnavailable("loading"));
-    next();
-  });
-
-  app.get("/v1/models", (_req, res) => {
-    res.json({ object: "list", data: modelEntries(requireEngine(engine).info, created) });
-  });
-  app.get("/v1/models/:id", (req, res) => {
-    const entry = modelEntries(requireEngine(engine).info, created).find((m) => m.id === req.params.id);
-    if (!entry) return sendError(res, modelNotFound(String(req.params.id)));
-    res.json(entry);
-  });
-
-  // What the latency router believes: per-k predicted time per output token, prefill cost, load.
-  app.get("/v1/router", (_req, res) => {
-    requireEngine(engine);
-    res.json(router!.view());
-  });
-
-  // Every body is parsed as JSON whatever its Content-Type (curl -d sends form encoding).
-  const json = express.json({ limit: options.bodyLimit ?? "1mb", strict: true, type: () => true });
-  app.post("/v1/completions", json, completionsRoute(ctx));
-  app.post("/v1/chat/completions", json, chatRoute(ctx));
-
-  // Known path, wrong method → 405; anything else → 404.
-  app.use((req: Request, res: Response) => {
-    if (req.path === WS_PATH) {
-      return sendError(res, new ApiError(426, `${WS_PATH} is a WebSocket endpoint: connect with a WebSocket client.`, "invalid_request_error", null, "upgrade_required", { Upgrade: "websocket" }));
-    }
-    const allow = KNOWN_ROUTES[req.path];
-    if (allow) return sendError(res, methodNotAllowed(req.method, req.path, allow));
-    sendError(res, routeNotFound(req.method, req.path));
-  });
-  app.use(errorMiddleware(log));
-
+/** The ColmApp object: accessors, listen, drain and close. */
+function lifecycle(app: Express, ctx: ServerContext, state: AppState, stream: StreamServer, hooks: Pick<ColmApp, "calibrate" | "setEngine">): ColmApp {
   const servers = new Set<http.Server>();
-
+  const timeout = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
   return {
     app,
-    metrics,
-    admission,
+    metrics: ctx.metrics,
+    admission: ctx.admission,
     stream,
-    inflight,
+    inflight: ctx.inflight,
     get engine() {
-      return engine;
+      return state.engine;
     },
     get draining() {
-      return draining;
+      return state.draining;
     },
     get router() {
-      return router;
+      return state.router;
     },
-    async calibrate() {
-      if (engine && router) await calibrate(engine, router);
-    },
-    setEngine(e: Engine) {
-      const r = makeRouter(e);
-      router = r;
-      engine = e;
-      if (options.router?.calibrate ?? true) {
-        // In the background: /health is ok at once; requests arriving meanwhile simply share
-        // batches with the warm-up (batching never changes results) and teach the model too.
-        calibrate(e, r).catch((err) => log(`router: warm-up failed (${(err as Error)?.message ?? String(err)}); learning online`));
-      }
-    },
-    attach(server: http.Server) {
-      stream!.attach(server);
-    },
+    ...hooks,
+    attach: (server) => stream.attach(server),
     listen(port = 0, host = "127.0.0.1") {
       const server = http.createServer(app);
       servers.add(server);
-      stream!.attach(server);
+      stream.attach(server);
       return new Promise((resolve, reject) => {
         server.once("error", reject);
         server.listen(port, host, () => {
@@ -317,32 +287,26 @@ export function createApp(initialEngine: Engine | null, options: AppOptions = {}
       });
     },
     async drain(deadlineMs: number) {
-      draining = true;
-      admission.rejectWaiting(serviceUnavailable("draining"));
-      let timer: NodeJS.Timeout | undefined;
-      const timeout = (ms: number) => new Promise<void>((r) => (timer = setTimeout(r, ms)));
-      await Promise.race([inflight.idle(), timeout(deadlineMs)]);
-      clearTimeout(timer);
-      if (inflight.size > 0) {
-        log(`shutdown: deadline reached, cancelling ${inflight.size} request(s)`);
-        inflight.abortAll(new Error("server shutting down"));
-        await Promise.race([inflight.idle(), timeout(5_000)]);
-        clearTimeout(timer);
-      }
+      state.draining = true;
+      ctx.admission.rejectWaiting(serviceUnavailable("draining"));
+      await Promise.race([ctx.inflight.idle(), timeout(deadlineMs)]);
+      if (ctx.inflight.size === 0) return;
+      ctx.log(`shutdown: deadline reached, cancelling ${ctx.inflight.size} request(s)`);
+      ctx.inflight.abortAll(new Error("server shutting down"));
+      await Promise.race([ctx.inflight.idle(), timeout(5_000)]);
     },
     async close() {
-      stream!.close();
-      await Promise.all(
-        [...servers].map(
-          (s) =>
-            new Promise<void>((resolve) => {
-              s.close(() => resolve());
-              s.closeIdleConnections();
-              setTimeout(() => s.closeAllConnections(), 1_000).unref();
-            }),
-        ),
+      stream.close();
+      const closing = [...servers].map(
+        (s) =>
+          new Promise<void>((resolve) => {
+            s.close(() => resolve());
+            s.closeIdleConnections();
+            setTimeout(() => s.closeAllConnections(), 1_000).unref();
+          }),
       );
       servers.clear();
+      await Promise.all(closing);
     },
   };
 }

@@ -1,94 +1,110 @@
-// OpenAI-shaped errors: {error: {message, type, param, code}} and the HTTP status for each kind.
+// Errors at the edge: every failure is a ColmError (models/errors.ts); this file is the one place
+// that maps its kind to an HTTP status and an OpenAI-shaped body, {error: {message, type, param,
+// code}}, sent as a response, an SSE event or a WebSocket message.
 import type { NextFunction, Request, Response } from "express";
 import type { ZodError } from "zod";
+import { ColmError, type ErrorKind } from "../../models/errors.ts";
+
+export { ColmError };
 
 export interface ErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };
 }
 
-export class ApiError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-    readonly type: string,
-    readonly param: string | null = null,
-    readonly code: string | null = null,
-    readonly headers: Record<string, string> = {},
-  ) {
-    super(message);
-    this.name = "ApiError";
-  }
+const STATUS: Record<ErrorKind, number> = {
+  invalid_request: 400,
+  unauthorized: 401,
+  not_found: 404,
+  method_not_allowed: 405,
+  payload_too_large: 413,
+  unsupported_media: 415,
+  upgrade_required: 426,
+  rate_limited: 429,
+  internal: 500,
+  unavailable: 503,
+};
 
-  toBody(): ErrorBody {
-    return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
+/** An error the API layer raises itself; it may name HTTP headers of its own (Allow, Upgrade). */
+export class ApiError extends ColmError {
+  override name = "ApiError";
+  constructor(
+    message: string,
+    kind: ErrorKind,
+    code: string | null = null,
+    param: string | null = null,
+    readonly headers: Readonly<Record<string, string>> = {},
+    retryAfterSeconds?: number,
+  ) {
+    super(message, kind, code, param, retryAfterSeconds);
   }
+}
+
+export function httpStatus(err: ColmError): number {
+  return STATUS[err.kind];
+}
+
+/** OpenAI's error type for a kind: rate limits and server faults have their own, the rest are the request's. */
+function errorType(kind: ErrorKind): string {
+  if (kind === "rate_limited") return "rate_limit_error";
+  return STATUS[kind] >= 500 ? "server_error" : "invalid_request_error";
+}
+
+export function errorBody(err: ColmError): ErrorBody {
+  return { error: { message: err.message, type: errorType(err.kind), param: err.param, code: err.code } };
+}
+
+export function errorHeaders(err: ColmError): Record<string, string> {
+  const headers: Record<string, string> = err instanceof ApiError ? { ...err.headers } : {};
+  if (err.retryAfterSeconds !== undefined) headers["Retry-After"] = String(err.retryAfterSeconds);
+  return headers;
+}
+
+/** The WebSocket form of an error: {type: "error", id?, error, retry_after?}. */
+export function wsErrorMessage(err: ColmError, id?: string | number) {
+  return {
+    type: "error",
+    ...(id !== undefined ? { id } : {}),
+    ...errorBody(err),
+    ...(err.retryAfterSeconds !== undefined ? { retry_after: err.retryAfterSeconds } : {}),
+  };
 }
 
 /** 400: a field is missing, has the wrong type or is out of range; `param` names it. */
 export function invalidField(param: string | null, message: string, code: string | null = "invalid_value"): ApiError {
-  return new ApiError(400, message, "invalid_request_error", param, code);
-}
-
-export function contextLengthExceeded(param: string, maxPosition: number, promptTokens: number, maxTokens: number): ApiError {
-  return new ApiError(
-    400,
-    `This model's maximum context length is ${maxPosition} tokens. However, you requested ` +
-      `${promptTokens + maxTokens} tokens (${promptTokens} in the prompt, ${maxTokens} in the completion). ` +
-      `Please reduce the prompt or the completion length.`,
-    "invalid_request_error",
-    param,
-    "context_length_exceeded",
-  );
+  return new ApiError(message, "invalid_request", code, param);
 }
 
 export function modelNotFound(model: string): ApiError {
-  return new ApiError(404, `The model '${model}' does not exist.`, "invalid_request_error", "model", "model_not_found");
+  return new ApiError(`The model '${model}' does not exist.`, "not_found", "model_not_found", "model");
 }
 
 export function routeNotFound(method: string, path: string): ApiError {
-  return new ApiError(404, `Unknown route: ${method} ${path}`, "invalid_request_error", null, "not_found");
+  return new ApiError(`Unknown route: ${method} ${path}`, "not_found", "not_found");
 }
 
 export function methodNotAllowed(method: string, path: string, allow: string): ApiError {
-  return new ApiError(405, `Method ${method} is not allowed on ${path}; use ${allow}.`, "invalid_request_error", null, "method_not_allowed", { Allow: allow });
+  return new ApiError(`Method ${method} is not allowed on ${path}; use ${allow}.`, "method_not_allowed", "method_not_allowed", null, { Allow: allow });
+}
+
+export function upgradeRequired(path: string): ApiError {
+  return new ApiError(`${path} is a WebSocket endpoint: connect with a WebSocket client.`, "upgrade_required", "upgrade_required", null, { Upgrade: "websocket" });
 }
 
 export function bodyTooLarge(limit: string | number): ApiError {
-  return new ApiError(413, `Request body is larger than the limit (${limit}).`, "invalid_request_error", null, "request_too_large");
+  return new ApiError(`Request body is larger than the limit (${typeof limit === "number" ? `${limit} bytes` : limit}).`, "payload_too_large", "request_too_large");
 }
 
 export function invalidApiKey(): ApiError {
-  return new ApiError(401, "Missing or incorrect API key. Send 'Authorization: Bearer <key>'.", "invalid_request_error", null, "invalid_api_key");
-}
-
-export function kvBudgetExceeded(needBytes: number, budgetBytes: number): ApiError {
-  return new ApiError(
-    400,
-    `This request can grow to ${needBytes} bytes of KV cache (prompt + max_tokens, every choice), more than the server's KV budget of ${budgetBytes} bytes. Lower max_tokens or n.`,
-    "invalid_request_error",
-    "max_tokens",
-    "kv_budget_exceeded",
-  );
-}
-
-export function queueFull(retryAfterSeconds: number): ApiError {
-  return new ApiError(
-    429,
-    "The server is at capacity (all generation slots busy and the waiting queue is full). Retry later.",
-    "rate_limit_error",
-    null,
-    "queue_full",
-    { "Retry-After": String(retryAfterSeconds) },
-  );
+  return new ApiError("Missing or incorrect API key. Send 'Authorization: Bearer <key>'.", "unauthorized", "invalid_api_key");
 }
 
 export function serviceUnavailable(reason: "draining" | "loading"): ApiError {
   const message = reason === "draining" ? "The server is shutting down and accepts no new requests." : "The model is still loading.";
-  return new ApiError(503, message, "server_error", null, reason === "draining" ? "server_draining" : "model_loading", { "Retry-After": "5" });
+  return new ApiError(message, "unavailable", reason === "draining" ? "server_draining" : "model_loading", null, {}, 5);
 }
 
 export function internalError(message = "The server hit an internal error while generating."): ApiError {
-  return new ApiError(500, message, "server_error", null, "internal_error");
+  return new ApiError(message, "internal", "internal_error");
 }
 
 /** Format a zod path as `messages[0].content` (numbers as indices). */
@@ -101,52 +117,65 @@ export function formatPath(path: ReadonlyArray<PropertyKey>): string | null {
   return out || null;
 }
 
-export function fromZodError(err: ZodError): ApiError {
+/** The value at `path` in `input` (undefined when any step is missing). */
+function valueAt(input: unknown, path: ReadonlyArray<PropertyKey>): unknown {
+  let v = input;
+  for (const seg of path) {
+    if (v === null || typeof v !== "object") return undefined;
+    v = (v as Record<PropertyKey, unknown>)[seg];
+  }
+  return v;
+}
+
+/** The first zod issue as a 400 naming its field; a field that is absent is said to be required. */
+export function fromZodError(err: ZodError, input: unknown): ApiError {
   const issue = err.issues[0];
   if (!issue) return invalidField(null, "Invalid request.");
   let path = issue.path;
   // Unrecognized keys: name the offending key itself.
   if (issue.code === "unrecognized_keys" && issue.keys.length > 0) path = [...path, issue.keys[0]];
   const param = formatPath(path);
+  if (param && issue.code !== "unrecognized_keys" && valueAt(input, path) === undefined) {
+    return invalidField(param, `Missing required parameter: '${param}'.`, "missing_required_parameter");
+  }
   const message = param ? `Invalid value for '${param}': ${issue.message}` : `Invalid request: ${issue.message}`;
   return invalidField(param, message);
 }
 
-/** Anything thrown → ApiError (unknown errors become 500 with a generic message). */
-export function toApiError(err: unknown): ApiError {
-  if (err instanceof ApiError) return err;
-  const e = err as { type?: string; status?: number; limit?: number; name?: string; code?: string; param?: string } | undefined;
-  // The engine's own request checks (EngineError): a bad request, not a server fault.
-  if (e?.name === "EngineError" && typeof e.code === "string") {
-    const message = (err as Error).message;
-    if (e.code === "context_length_exceeded") return new ApiError(400, message, "invalid_request_error", e.param ?? "prompt", e.code);
-    return invalidField(e.param ?? null, message, "invalid_value");
-  }
+/** Anything thrown → a ColmError (unknown errors become an internal error with a generic message). */
+export function toColmError(err: unknown): ColmError {
+  if (err instanceof ColmError) return err.kind === "internal" && !(err instanceof ApiError) ? internalError() : err;
   // body-parser errors (express.json)
+  const e = err as { type?: string; status?: number; limit?: number } | undefined;
   if (e?.type === "entity.too.large") return bodyTooLarge(e.limit ?? "limit");
   if (e?.type === "entity.parse.failed") return invalidField(null, "The request body is not valid JSON.", "invalid_json");
   if (e?.type === "encoding.unsupported" || e?.type === "charset.unsupported") {
-    return new ApiError(415, "Unsupported body encoding.", "invalid_request_error", null, "unsupported_encoding");
+    return new ApiError("Unsupported body encoding.", "unsupported_media", "unsupported_encoding");
   }
   if (typeof e?.status === "number" && e.status >= 400 && e.status < 500) {
-    return new ApiError(e.status, (err as Error).message || "Bad request.", "invalid_request_error", null, null);
+    return new ApiError((err as Error).message || "Bad request.", "invalid_request");
   }
   return internalError();
 }
 
-export function sendError(res: Response, err: ApiError): void {
+export function sendError(res: Response, err: ColmError): void {
   if (res.headersSent) {
     res.end();
     return;
   }
-  res.status(err.status).set(err.headers).json(err.toBody());
+  res.status(httpStatus(err)).set(errorHeaders(err)).json(errorBody(err));
+}
+
+/** Log what the client is not told: the stack of a server fault. */
+export function logIfInternal(log: (line: string) => void, label: string, err: unknown, mapped: ColmError): void {
+  if (mapped.kind === "internal") log(`${label} error: ${(err as Error)?.stack ?? String(err)}`);
 }
 
 /** Express error middleware (must keep 4 parameters). */
 export function errorMiddleware(log: (msg: string) => void) {
   return (err: unknown, _req: Request, res: Response, _next: NextFunction): void => {
-    const apiErr = toApiError(err);
-    if (apiErr.status >= 500 && !(err instanceof ApiError)) log(`internal error: ${(err as Error)?.stack ?? String(err)}`);
-    sendError(res, apiErr);
+    const mapped = toColmError(err);
+    logIfInternal(log, "request", err, mapped);
+    sendError(res, mapped);
   };
 }

@@ -1,52 +1,10 @@
-// One generation on the engine, shared by the HTTP and WebSocket front ends: runs the engine's
-// iterator, lets a per-generation ChainControl switch the chain count between tokens, and records
-// the generation's metrics (TTFT, TPOT, end-to-end, token counts, switches, budget misses).
+// One generation on the engine, shared by every front end: runs the engine's iterator, lets the
+// generation's ChainControl switch the chain count between tokens, and records its metrics (TTFT,
+// TPOT, end-to-end, token counts, switches, latency-budget misses).
+import type { ChainControl } from "../engine/chain-control.ts";
 import type { Engine, FinishReason, GeneratedToken, GenerationSummary, SamplingOptions } from "../engine/types.ts";
+import type { LatencyBudget } from "../policy/latency-router.ts";
 import type { Metrics } from "./metrics.ts";
-import type { LatencyBudget } from "./schemas.ts";
-
-/**
- * The chain count a generation runs at, changeable while it runs (WS `switch`, the latency
- * router's load-adaptive policy). The engine calls `choose(index)` before each token; a changed
- * target takes effect there and `onApplied(chains, index)` reports the index of the first token
- * at the new count.
- */
-export class ChainControl {
-  target: number;
-  /** Set by the latency router for a budgeted elastic generation: picks the target before each
-   * token from (index, current count). Cleared when a client fixes the size (WS `switch`). */
-  policy?: (index: number, current: number) => number;
-  /** Told the interval between two consecutive tokens (ms) and the count of the later one: the
-   * latency router learns what a token really takes from it. */
-  onInterval?: (chains: number, ms: number) => void;
-  private last: number;
-  private started = false;
-  private readonly listeners: Array<(chains: number, atIndex: number) => void> = [];
-
-  constructor(initial: number) {
-    this.target = initial;
-    this.last = initial;
-  }
-
-  /** The count of the last token the engine asked for (before the first token: the target). */
-  get current(): number {
-    return this.started ? this.last : this.target;
-  }
-
-  /** Called with (chains, index of the first token at that count) whenever the count changes. */
-  onApplied(fn: (chains: number, atIndex: number) => void): void {
-    this.listeners.push(fn);
-  }
-
-  readonly choose = (index: number): number => {
-    if (this.policy) this.target = this.policy(index, this.current);
-    const k = this.target;
-    if (k !== this.last) for (const fn of this.listeners) fn(k, index);
-    this.last = k;
-    this.started = true;
-    return k;
-  };
-}
 
 export interface GenerationSpec {
   prompt: number[];
@@ -60,6 +18,9 @@ export interface GenerationSpec {
   signal: AbortSignal;
 }
 
+/** A part of a latency budget that a finished generation overran. */
+export type BudgetPart = "ttft" | "tpot" | "total";
+
 export interface GenerationResult {
   tokens: GeneratedToken[];
   /** Completion text: every token's released text plus the flushed tail. */
@@ -71,16 +32,65 @@ export interface GenerationResult {
   chainsPerToken: number[];
   /** Chain count of the last token (or the starting count if none was generated). */
   finalChains: number;
+  /** The parts of the request's latency budget this generation missed (empty: none, or no budget). */
+  budgetMissed: BudgetPart[];
   summary: GenerationSummary | null;
 }
 
 export interface GenerationContext {
   engine(): Engine;
-  metrics: Metrics;
+  readonly metrics: Metrics;
+}
+
+/** When a generation's tokens came out (performance.now()). */
+interface Timing {
+  firstAt?: number;
+  lastAt?: number;
+  endAt: number;
 }
 
 function isAbortError(err: unknown, signal: AbortSignal): boolean {
   return signal.aborted || (err as { name?: string } | null)?.name === "AbortError";
+}
+
+/** Per-token metrics, and the router's lesson: the interval between two tokens at a count. */
+function observeToken(metrics: Metrics, spec: GenerationSpec, tok: GeneratedToken, prev: number | undefined, timing: Timing): void {
+  const now = performance.now();
+  if (timing.firstAt === undefined) {
+    timing.firstAt = now;
+    metrics.ttft.observe({ chains: String(tok.chains) }, (now - spec.arrivedAt) / 1000);
+  }
+  if (timing.lastAt !== undefined) spec.control.onInterval?.(tok.chains, now - timing.lastAt);
+  timing.lastAt = now;
+  if (prev !== undefined && prev !== tok.chains) metrics.chainSwitches.inc({ from: String(prev), to: String(tok.chains) });
+  metrics.generationTokens.inc({ chains: String(tok.chains) });
+}
+
+function missedParts(b: LatencyBudget, spec: GenerationSpec, t: Timing, tpotMs: number | undefined): BudgetPart[] {
+  const missed: BudgetPart[] = [];
+  if (b.ttft_ms !== undefined && t.firstAt !== undefined && t.firstAt - spec.arrivedAt > b.ttft_ms) missed.push("ttft");
+  if (b.tpot_ms !== undefined && tpotMs !== undefined && tpotMs > b.tpot_ms) missed.push("tpot");
+  if (b.total_ms !== undefined && t.endAt - spec.arrivedAt > b.total_ms) missed.push("total");
+  return missed;
+}
+
+/** Metrics of a generation that ended (not failed); returns the budget parts it missed. */
+function observeEnd(metrics: Metrics, spec: GenerationSpec, r: Omit<GenerationResult, "budgetMissed" | "text" | "tokens">, startChains: number, tokens: number, t: Timing): BudgetPart[] {
+  const chainsLabel = { chains: String(r.finalChains) };
+  metrics.generations.inc({ finish_reason: r.finishReason });
+  metrics.promptTokens.inc({ chains: String(startChains) }, spec.prompt.length);
+  metrics.e2e.observe(chainsLabel, (t.endAt - spec.arrivedAt) / 1000);
+  let tpotMs: number | undefined;
+  if (t.firstAt !== undefined && t.lastAt !== undefined && tokens >= 2) {
+    tpotMs = (t.lastAt - t.firstAt) / (tokens - 1);
+    metrics.tpot.observe(chainsLabel, tpotMs / 1000);
+  }
+  const s = r.summary;
+  if (s && s.prefillMs > 0 && s.promptTokens > 0) metrics.prefillTps.observe(s.promptTokens / (s.prefillMs / 1000));
+  if (!spec.latencyBudget || r.finishReason === "cancelled") return [];
+  const missed = missedParts(spec.latencyBudget, spec, t, tpotMs);
+  for (const part of missed) metrics.budgetMisses.inc({ budget: part });
+  return missed;
 }
 
 /**
@@ -93,19 +103,13 @@ export async function runGeneration(
   spec: GenerationSpec,
   onToken: (tok: GeneratedToken) => void | Promise<void>,
 ): Promise<GenerationResult> {
-  const engine = ctx.engine();
-  const metrics = ctx.metrics;
   const startChains = spec.control.current;
   const tokens: GeneratedToken[] = [];
   const chainsPerToken: number[] = [];
+  const timing: Timing = { endAt: 0 };
   let text = "";
-  let firstAt: number | undefined;
-  let lastAt: number | undefined;
   let summary: GenerationSummary | null = null;
-  let finishReason: FinishReason = "cancelled";
-  let failed = false;
-
-  const iter = engine.generate(spec.prompt, {
+  const iter = ctx.engine().generate(spec.prompt, {
     chooseChains: spec.control.choose,
     sampling: spec.sampling,
     maxTokens: spec.maxTokens,
@@ -113,25 +117,14 @@ export async function runGeneration(
     signal: spec.signal,
   });
   try {
-    for (;;) {
-      const step = await iter.next();
+    for (let step = await iter.next(); ; step = await iter.next()) {
       if (step.done) {
         summary = step.value;
-        finishReason = summary.finishReason;
         text += summary.tailText;
         break;
       }
       const tok = step.value;
-      const now = performance.now();
-      if (firstAt === undefined) {
-        firstAt = now;
-        metrics.ttft.observe({ chains: String(tok.chains) }, (now - spec.arrivedAt) / 1000);
-      }
-      if (lastAt !== undefined) spec.control.onInterval?.(tok.chains, now - lastAt);
-      lastAt = now;
-      const prev = chainsPerToken[chainsPerToken.length - 1];
-      if (prev !== undefined && prev !== tok.chains) metrics.chainSwitches.inc({ from: String(prev), to: String(tok.chains) });
-      metrics.generationTokens.inc({ chains: String(tok.chains) });
+      observeToken(ctx.metrics, spec, tok, chainsPerToken[chainsPerToken.length - 1], timing);
       tokens.push(tok);
       chainsPerToken.push(tok.chains);
       text += tok.text;
@@ -139,49 +132,24 @@ export async function runGeneration(
     }
   } catch (err) {
     if (!isAbortError(err, spec.signal)) {
-      failed = true;
-      metrics.generations.inc({ finish_reason: "error" });
+      ctx.metrics.generations.inc({ finish_reason: "error" });
       throw err;
     }
-    finishReason = "cancelled";
   } finally {
-    if (!summary) {
-      // Stopped early (abort or error): make sure the engine frees the sequence.
-      await iter.return(undefined as never).catch(() => undefined);
-    }
-    if (!failed) {
-      const endAt = performance.now();
-      const finalChains = chainsPerToken[chainsPerToken.length - 1] ?? startChains;
-      const chainsLabel = { chains: String(finalChains) };
-      metrics.generations.inc({ finish_reason: finishReason });
-      metrics.promptTokens.inc({ chains: String(startChains) }, spec.prompt.length);
-      metrics.e2e.observe(chainsLabel, (endAt - spec.arrivedAt) / 1000);
-      let tpotMs: number | undefined;
-      if (firstAt !== undefined && lastAt !== undefined && tokens.length >= 2) {
-        tpotMs = (lastAt - firstAt) / (tokens.length - 1);
-        metrics.tpot.observe(chainsLabel, tpotMs / 1000);
-      }
-      if (summary && summary.prefillMs > 0 && summary.promptTokens > 0) {
-        metrics.prefillTps.observe(summary.promptTokens / (summary.prefillMs / 1000));
-      }
-      const b = spec.latencyBudget;
-      if (b && finishReason !== "cancelled") {
-        if (b.ttft_ms !== undefined && firstAt !== undefined && firstAt - spec.arrivedAt > b.ttft_ms) metrics.budgetMisses.inc({ budget: "ttft" });
-        if (b.tpot_ms !== undefined && tpotMs !== undefined && tpotMs > b.tpot_ms) metrics.budgetMisses.inc({ budget: "tpot" });
-        if (b.total_ms !== undefined && endAt - spec.arrivedAt > b.total_ms) metrics.budgetMisses.inc({ budget: "total" });
-      }
-    }
+    // Stopped early (abort or error): make sure the engine frees the sequence.
+    if (!summary) await iter.return(undefined as never).catch(() => undefined);
   }
-  return {
-    tokens,
-    text,
-    finishReason,
+  timing.endAt = performance.now();
+  const ended = {
+    finishReason: summary?.finishReason ?? ("cancelled" as const),
     promptTokens: summary?.promptTokens ?? spec.prompt.length,
     completionTokens: summary?.completionTokens ?? tokens.length,
     chainsPerToken,
     finalChains: chainsPerToken[chainsPerToken.length - 1] ?? startChains,
     summary,
   };
+  const budgetMissed = observeEnd(ctx.metrics, spec, ended, startChains, tokens.length, timing);
+  return { ...ended, tokens, text, budgetMissed };
 }
 
 /**
@@ -190,7 +158,7 @@ export async function runGeneration(
  */
 export async function runChoices(
   ctx: GenerationContext,
-  specs: Array<Omit<GenerationSpec, "signal">>,
+  specs: ReadonlyArray<Omit<GenerationSpec, "signal">>,
   signal: AbortSignal,
   onToken: (choice: number, tok: GeneratedToken) => void | Promise<void>,
 ): Promise<GenerationResult[]> {

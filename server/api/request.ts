@@ -1,11 +1,13 @@
-// Turning a validated request body into what the engine needs: token-id prompts, sampling
-// options, stop strings, max tokens (with the context-length check) and the chain count.
+// A request validated once, at the edge: every front end (completions, chat, WebSocket) turns its
+// body into a GenerationRequest here, and nothing after this point checks a field again. Every
+// refusal names the field at fault.
+import { checkContext, checkPrompt } from "../engine/errors.ts";
 import type { Engine, ModelInfo, SamplingOptions } from "../engine/types.ts";
-import { contextLengthExceeded, invalidField } from "./errors.ts";
-import { chooseChains, resolveModel } from "./router.ts";
-import type { LatencyBudget } from "./schemas.ts";
+import type { LatencyBudget } from "../policy/latency-router.ts";
+import { invalidField } from "./errors.ts";
+import { chainsOfModelId } from "./models.ts";
 
-/** The sampling fields common to every request kind (after zod). */
+/** The fields every request kind shares (after zod). */
 export interface SamplingFields {
   model: string;
   temperature?: number | null;
@@ -20,47 +22,116 @@ export interface SamplingFields {
   stop?: string | string[] | null;
   chains?: number | null;
   latency_budget?: LatencyBudget | null;
+  stream?: boolean | null;
+  stream_options?: { include_usage?: boolean | null } | null;
 }
 
-export interface PreparedRequest {
-  prompts: number[][];
+/** One prompt: its token ids and the text it came from (for echo). */
+export interface PromptInput {
+  ids: number[];
+  text: string;
+}
+
+/** A checked, typed generation request: what the pipeline plans, admits and runs. */
+export interface GenerationRequest {
+  prompts: PromptInput[];
+  /** Choices per prompt. */
+  n: number;
   maxTokens: number;
   sampling: SamplingOptions;
   stop: string[];
-  chains: number;
-  /** True when the request fixed its size (`:c<k>` or `chains`). */
-  fixed: boolean;
+  /** Chain count fixed by the request (`:c<k>` or `chains`); undefined = elastic. */
+  fixedChains?: number;
   latencyBudget?: LatencyBudget;
+  /** Top-N alternatives per token; undefined = no logprobs. */
+  logprobs?: number;
+  echo: boolean;
+  stream: boolean;
+  includeUsage: boolean;
+  /** performance.now() at arrival (TTFT and end-to-end are measured from it). */
+  arrivedAt: number;
+}
+
+export interface RequestShape {
+  /** The field that holds the prompt ("prompt" or "messages"), named by prompt errors. */
+  promptParam: string;
+  /** max_tokens as asked and the field that asked it; undefined: `defaultMaxTokens`, clamped to the room left, or all of it. */
+  maxTokens?: number;
+  maxTokensParam?: string;
+  defaultMaxTokens?: number;
+  logprobs?: number;
+  n?: number;
+  echo?: boolean;
+  /** Stops the front end adds (the chat template's). */
+  extraStop?: readonly string[];
 }
 
 /** Text → token ids, with BOS prepended when the model has one. */
-export function encodeText(engine: Engine, text: string): number[] {
+export function encodeText(engine: Engine, text: string): PromptInput {
   const ids = engine.tokenizer.encode(text);
   const bos = engine.info.bosTokenId;
-  return bos !== null && bos !== undefined ? [bos, ...ids] : ids;
+  return { ids: bos !== null && bos !== undefined ? [bos, ...ids] : ids, text };
 }
 
-export function checkTokenIds(ids: number[], info: ModelInfo, param: string): void {
-  for (const id of ids) {
-    if (id >= info.vocabSize) {
-      throw invalidField(param, `Invalid token id ${id} in '${param}': the vocabulary has ${info.vocabSize} tokens.`);
+/** Token ids given by the client (checked against the vocabulary) → a prompt. */
+export function tokenPrompt(engine: Engine, ids: number[], param: string): PromptInput {
+  checkPrompt(ids, engine.info, param);
+  return { ids, text: engine.tokenizer.decode(ids) };
+}
+
+const BUDGET_HEADERS: Array<[keyof LatencyBudget, string]> = [
+  ["ttft_ms", "x-latency-budget-ttft-ms"],
+  ["tpot_ms", "x-latency-budget-tpot-ms"],
+  ["total_ms", "x-latency-budget-total-ms"],
+];
+
+function hasBudget(b: LatencyBudget): boolean {
+  return b.ttft_ms !== undefined || b.tpot_ms !== undefined || b.total_ms !== undefined;
+}
+
+/**
+ * The request's budget: the body's `latency_budget` over the `X-Latency-Budget-*` headers, field
+ * by field (a body field wins). A header that is not a positive number is a 400.
+ */
+export function mergeBudgetHeaders(headers: Record<string, string | string[] | undefined>, body: LatencyBudget | null | undefined): LatencyBudget | undefined {
+  const fromHeaders: LatencyBudget = {};
+  for (const [field, name] of BUDGET_HEADERS) {
+    const raw = headers[name];
+    if (raw === undefined) continue;
+    const text = Array.isArray(raw) ? raw[0] : raw;
+    const v = Number(text);
+    if (text.trim() === "" || !Number.isFinite(v) || v <= 0) {
+      throw invalidField(null, `Invalid header '${name}': must be a positive number of milliseconds, got '${text}'.`, "invalid_header");
     }
+    fromHeaders[field] = v;
   }
+  const merged: LatencyBudget = { ...fromHeaders, ...Object.fromEntries(Object.entries(body ?? {}).filter(([, v]) => v !== undefined)) };
+  return hasBudget(merged) ? merged : undefined;
+}
+
+/** `model` and the `chains` extension → the fixed chain count, if any. */
+export function fixedChainsOf(model: string, chains: number | null | undefined, info: ModelInfo): number | undefined {
+  const fixed = chainsOfModelId(model, info);
+  if (chains === null || chains === undefined) return fixed;
+  if (chains < 1 || chains > info.nChains) throw invalidField("chains", `Invalid value for 'chains': must be an integer from 1 to ${info.nChains}.`);
+  if (fixed !== undefined && fixed !== chains) throw invalidField("chains", `'chains' (${chains}) contradicts the model id '${model}' (${fixed} chains).`);
+  return chains;
 }
 
 export function samplingOptions(body: SamplingFields, info: ModelInfo, logprobs: number | undefined): SamplingOptions {
   const s: SamplingOptions = {};
-  if (body.temperature !== null && body.temperature !== undefined) s.temperature = body.temperature;
-  if (body.top_p !== null && body.top_p !== undefined) {
-    if (body.top_p === 0) s.temperature = 0; // top_p 0 keeps only the most likely token
-    else s.topP = body.top_p;
-  }
+  const set = <K extends keyof SamplingOptions>(key: K, value: SamplingOptions[K] | null | undefined) => {
+    if (value !== null && value !== undefined) s[key] = value;
+  };
+  set("temperature", body.temperature);
+  if (body.top_p === 0) s.temperature = 0; // top_p 0 keeps only the most likely token
+  else set("topP", body.top_p);
   if (body.top_k !== null && body.top_k !== undefined) s.topK = body.top_k < 0 ? 0 : body.top_k;
-  if (body.min_p !== null && body.min_p !== undefined) s.minP = body.min_p;
-  if (body.presence_penalty !== null && body.presence_penalty !== undefined) s.presencePenalty = body.presence_penalty;
-  if (body.frequency_penalty !== null && body.frequency_penalty !== undefined) s.frequencyPenalty = body.frequency_penalty;
-  if (body.repetition_penalty !== null && body.repetition_penalty !== undefined) s.repetitionPenalty = body.repetition_penalty;
-  if (body.seed !== null && body.seed !== undefined) s.seed = body.seed;
+  set("minP", body.min_p);
+  set("presencePenalty", body.presence_penalty);
+  set("frequencyPenalty", body.frequency_penalty);
+  set("repetitionPenalty", body.repetition_penalty);
+  set("seed", body.seed);
   if (body.logit_bias) {
     const bias: Record<number, number> = {};
     for (const [key, value] of Object.entries(body.logit_bias)) {
@@ -72,48 +143,46 @@ export function samplingOptions(body: SamplingFields, info: ModelInfo, logprobs:
     }
     s.logitBias = bias;
   }
-  if (logprobs !== undefined) s.logprobs = logprobs;
+  set("logprobs", logprobs);
   return s;
 }
 
-export function stopList(stop: string | string[] | null | undefined): string[] {
+function stopList(stop: string | string[] | null | undefined): string[] {
   if (stop === null || stop === undefined) return [];
   return typeof stop === "string" ? [stop] : [...stop];
 }
 
-/**
- * Resolve model/chains, check every prompt against the context and pick max tokens.
- * `maxTokens` undefined: `defaultMaxTokens` (clamped to what the context leaves), or all of it.
- */
-export function prepare(
-  engine: Engine,
-  body: SamplingFields,
-  prompts: number[][],
-  opts: { maxTokens?: number; defaultMaxTokens?: number; promptParam: string; logprobs?: number; extraStop?: string[] },
-): PreparedRequest {
-  const info = engine.info;
-  const { fixedChains } = resolveModel(body.model, body.chains, info);
-  const longest = Math.max(...prompts.map((p) => p.length));
-  if (prompts.some((p) => p.length === 0)) throw invalidField(opts.promptParam, `'${opts.promptParam}' encodes to zero tokens and the model has no BOS token.`, "empty_prompt");
-  let maxTokens: number;
-  if (opts.maxTokens !== undefined) {
-    maxTokens = opts.maxTokens;
-    if (longest + maxTokens > info.maxPosition) throw contextLengthExceeded(opts.promptParam, info.maxPosition, longest, maxTokens);
-  } else {
-    const room = info.maxPosition - longest;
-    if (room < 1) throw contextLengthExceeded(opts.promptParam, info.maxPosition, longest, 1);
-    maxTokens = Math.min(room, opts.defaultMaxTokens ?? room);
+/** How many tokens the completion may have: as asked (if it fits the context) or what the default leaves. */
+function completionLength(info: ModelInfo, longest: number, shape: RequestShape): number {
+  if (shape.maxTokens !== undefined) {
+    checkContext(info, longest, shape.maxTokens, shape.promptParam, shape.maxTokensParam ?? "max_tokens");
+    return shape.maxTokens;
   }
-  const latencyBudget = body.latency_budget ?? undefined;
-  const chains = chooseChains({ fixedChains, latencyBudget, promptTokens: longest, maxTokens }, info);
+  const room = info.maxPosition - longest;
+  if (room < 1) checkContext(info, longest, 1, shape.promptParam);
+  return Math.min(room, shape.defaultMaxTokens ?? room);
+}
+
+/** The one place a request body becomes a GenerationRequest. */
+export function buildRequest(engine: Engine, body: SamplingFields, prompts: PromptInput[], shape: RequestShape, arrivedAt: number, budget: LatencyBudget | undefined): GenerationRequest {
+  const info = engine.info;
+  const fixedChains = fixedChainsOf(body.model, body.chains, info);
+  for (const p of prompts) checkPrompt(p.ids, info, shape.promptParam);
+  const longest = Math.max(...prompts.map((p) => p.ids.length));
+  const maxTokens = completionLength(info, longest, shape);
   return {
     prompts,
+    n: shape.n ?? 1,
     maxTokens,
-    sampling: samplingOptions(body, info, opts.logprobs),
-    stop: [...stopList(body.stop), ...(opts.extraStop ?? [])],
-    chains,
-    fixed: fixedChains !== undefined,
-    latencyBudget,
+    sampling: samplingOptions(body, info, shape.logprobs),
+    stop: [...stopList(body.stop), ...(shape.extraStop ?? [])],
+    fixedChains,
+    latencyBudget: budget,
+    logprobs: shape.logprobs,
+    echo: shape.echo ?? false,
+    stream: body.stream === true,
+    includeUsage: body.stream_options?.include_usage === true,
+    arrivedAt,
   };
 }
 

@@ -2,19 +2,19 @@
 // Optional OpenAI fields also accept `null` (meaning "not set"), as the OpenAI API does.
 // Unknown top-level fields are ignored (stripped), as OpenAI-compatible servers usually do.
 import { z } from "zod";
+import { MAX_TOP_LOGPROBS } from "../../kernels/sampling.ts";
 
 const MAX_N = 16;
 const MAX_STOP = 4;
-const MAX_TOP_LOGPROBS = 20;
 
 const int = () => z.number().int();
 
+/** A latency budget (policy/latency-router.ts LatencyBudget), each part optional, in ms. */
 export const latencyBudgetSchema = z.strictObject({
   ttft_ms: z.number().positive().finite().optional(),
   tpot_ms: z.number().positive().finite().optional(),
   total_ms: z.number().positive().finite().optional(),
 });
-export type LatencyBudget = z.infer<typeof latencyBudgetSchema>;
 
 const stopSchema = z.union([
   z.string().min(1, "stop strings must not be empty"),
@@ -63,11 +63,18 @@ export type CompletionRequest = z.infer<typeof completionRequestSchema>;
 
 const contentPartSchema = z.object({ type: z.literal("text"), text: z.string() });
 
-export const chatMessageSchema = z.object({
-  role: z.enum(["system", "developer", "user", "assistant", "tool"]),
-  content: z.union([z.string(), z.array(contentPartSchema)]).nullish(),
-  name: z.string().nullish(),
-});
+/** Every role but the assistant's must say something (an assistant turn may be empty, as OpenAI allows). */
+export const chatMessageSchema = z
+  .object({
+    role: z.enum(["system", "developer", "user", "assistant", "tool"]),
+    content: z.union([z.string(), z.array(contentPartSchema)]).nullish(),
+    name: z.string().nullish(),
+  })
+  .superRefine((m, ctx) => {
+    if (m.role !== "assistant" && (m.content === null || m.content === undefined)) {
+      ctx.addIssue({ code: "custom", path: ["content"], message: `a ${m.role} message needs content` });
+    }
+  });
 export type ChatMessage = z.infer<typeof chatMessageSchema>;
 
 export const chatRequestSchema = z.object({

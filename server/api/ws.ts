@@ -20,13 +20,17 @@
 import type { IncomingMessage, Server } from "node:http";
 import type { Duplex } from "node:stream";
 import { WebSocket, WebSocketServer, type RawData } from "ws";
-import { admit, kvReservation, type ServerContext } from "./context.ts";
-import { ApiError, fromZodError, invalidField, toApiError } from "./errors.ts";
-import { runGeneration, type ChainControl } from "./generation.ts";
-import { planChains } from "../policy/latency-router.ts";
-import { CHAT_TEMPLATE_STOPS, renderChat } from "./chat.ts";
-import { checkTokenIds, encodeText, prepare, usage } from "./request.ts";
-import { modelId } from "./router.ts";
+import type { ChainControl } from "../engine/chain-control.ts";
+import { checkChains } from "../engine/errors.ts";
+import type { Engine, GeneratedToken } from "../engine/types.ts";
+import { CHAT_TEMPLATE_STOPS, renderChat } from "./chat-template.ts";
+import { DEFAULT_COMPLETION_TOKENS } from "./completions.ts";
+import type { ServerContext } from "./context.ts";
+import { ApiError, errorBody, fromZodError, httpStatus, invalidField, toColmError, wsErrorMessage, type ColmError } from "./errors.ts";
+import { runGeneration, type GenerationResult } from "./generation.ts";
+import { modelId } from "./models.ts";
+import { admit, choiceExtensions, planRequest, type PlannedRequest } from "./pipeline.ts";
+import { buildRequest, encodeText, tokenPrompt, usage, type GenerationRequest } from "./request.ts";
 import { wsMessageSchema, type WsGenerate } from "./schemas.ts";
 
 export const WS_PATH = "/v1/stream";
@@ -65,8 +69,53 @@ export async function waitForBuffer(
   return ws.readyState === WebSocket.OPEN;
 }
 
-function errorMessage(err: ApiError, id?: Id) {
-  return { type: "error", ...(id !== undefined ? { id } : {}), error: err.toBody().error, ...(err.headers["Retry-After"] ? { retry_after: Number(err.headers["Retry-After"]) } : {}) };
+const STATUS_TEXT: Record<number, string> = { 401: "Unauthorized", 404: "Not Found", 503: "Service Unavailable" };
+
+function unknownId(id: Id): ApiError {
+  return new ApiError(`No generation with id ${JSON.stringify(id)} is running.`, "invalid_request", "unknown_id", "id");
+}
+
+/** Validate a `generate` message once (a prompt or messages, as /v1/completions or /v1/chat/completions). */
+export function wsRequest(engine: Engine, msg: WsGenerate, arrivedAt: number): GenerationRequest {
+  if ((msg.prompt === undefined) === (msg.messages === undefined)) throw invalidField("prompt", "Give exactly one of 'prompt' and 'messages'.", "missing_prompt");
+  const chat = msg.messages !== undefined;
+  const prompt = chat ? encodeText(engine, renderChat(msg.messages!)) : typeof msg.prompt === "string" ? encodeText(engine, msg.prompt) : tokenPrompt(engine, msg.prompt!, "prompt");
+  return buildRequest(engine, msg, [prompt], {
+    promptParam: chat ? "messages" : "prompt",
+    maxTokens: msg.max_tokens ?? undefined,
+    defaultMaxTokens: chat ? undefined : DEFAULT_COMPLETION_TOKENS,
+    logprobs: msg.logprobs ?? undefined,
+    extraStop: chat ? CHAT_TEMPLATE_STOPS : [],
+  }, arrivedAt, msg.latency_budget ?? undefined);
+}
+
+function tokenMessage(id: Id, tok: GeneratedToken) {
+  return {
+    type: "token",
+    id,
+    index: tok.index,
+    text: tok.text,
+    token_id: tok.tokenId,
+    chains: tok.chains,
+    ...(tok.logprob !== undefined ? { logprob: tok.logprob } : {}),
+    ...(tok.topLogprobs ? { top_logprobs: tok.topLogprobs.map((t) => ({ token: t.token, token_id: t.tokenId, logprob: t.logprob })) } : {}),
+  };
+}
+
+/** The last message of a generation; `model` names the size its last token ran at. */
+function doneMessage(engine: Engine, id: Id, r: GenerationResult) {
+  const { latency_budget_missed, ...chains } = choiceExtensions(r);
+  return {
+    type: "done",
+    id,
+    finish_reason: r.finishReason,
+    usage: usage(r.promptTokens, r.completionTokens),
+    model: modelId(engine.info, r.finalChains),
+    chains: chains.chains,
+    ...(r.summary?.tailText ? { tail_text: r.summary.tailText } : {}),
+    ...(chains.chains_per_token ? { chains_per_token: chains.chains_per_token } : {}),
+    ...(latency_budget_missed ? { latency_budget_missed } : {}),
+  };
 }
 
 export class StreamServer {
@@ -77,7 +126,8 @@ export class StreamServer {
   constructor(
     private readonly ctx: ServerContext,
     private readonly opts: WsOptions,
-    private readonly authorize: (req: IncomingMessage) => boolean,
+    /** Null when the upgrade may proceed, else the error to refuse it with. */
+    private readonly admitUpgrade: (req: IncomingMessage) => ColmError | null,
     private readonly countUpgrade: (status: number) => void,
   ) {
     this.wss = new WebSocketServer({ noServer: true, maxPayload: opts.maxPayloadBytes });
@@ -104,21 +154,16 @@ export class StreamServer {
 
   private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const url = new URL(req.url ?? "/", "http://localhost");
-    const reject = (status: number, err: ApiError) => {
+    const refusal = url.pathname !== WS_PATH ? new ApiError(`Unknown route: ${url.pathname}`, "not_found", "not_found") : this.admitUpgrade(req);
+    if (refusal) {
+      const status = httpStatus(refusal);
       this.countUpgrade(status);
-      const body = JSON.stringify(err.toBody());
+      const body = JSON.stringify(errorBody(refusal));
       socket.end(
-        `HTTP/1.1 ${status} ${status === 401 ? "Unauthorized" : status === 404 ? "Not Found" : "Service Unavailable"}\r\n` +
+        `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? "Error"}\r\n` +
           `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
       );
-    };
-    if (url.pathname !== WS_PATH) return reject(404, new ApiError(404, `Unknown route: ${url.pathname}`, "invalid_request_error", null, "not_found"));
-    if (!this.authorize(req)) return reject(401, new ApiError(401, "Missing or incorrect API key.", "invalid_request_error", null, "invalid_api_key"));
-    if (this.ctx.isDraining()) return reject(503, new ApiError(503, "The server is shutting down.", "server_error", null, "server_draining"));
-    try {
-      this.ctx.engine();
-    } catch {
-      return reject(503, new ApiError(503, "The model is still loading.", "server_error", null, "model_loading"));
+      return;
     }
     this.wss.handleUpgrade(req, socket, head, (ws) => {
       this.countUpgrade(101);
@@ -161,141 +206,94 @@ export class StreamServer {
   }
 
   private async onMessage(ws: WebSocket, live: Map<Id, Live>, send: (m: unknown) => void, data: RawData, isBinary: boolean): Promise<void> {
-    if (isBinary) {
-      send(errorMessage(invalidField(null, "Binary frames are not supported; send JSON text.", "invalid_message")));
-      return;
-    }
+    if (isBinary) return send(wsErrorMessage(invalidField(null, "Binary frames are not supported; send JSON text.", "invalid_message")));
     let raw: unknown;
     try {
       raw = JSON.parse(data.toString());
     } catch {
-      send(errorMessage(invalidField(null, "The message is not valid JSON.", "invalid_json")));
-      return;
+      return send(wsErrorMessage(invalidField(null, "The message is not valid JSON.", "invalid_json")));
     }
     const rawId = (raw as { id?: unknown } | null)?.id;
-    const id = typeof rawId === "string" || typeof rawId === "number" ? rawId : undefined;
     const parsed = wsMessageSchema.safeParse(raw);
-    if (!parsed.success) {
-      send(errorMessage(fromZodError(parsed.error), id));
-      return;
-    }
+    if (!parsed.success) return send(wsErrorMessage(fromZodError(parsed.error, raw), typeof rawId === "string" || typeof rawId === "number" ? rawId : undefined));
     const msg = parsed.data;
     switch (msg.type) {
       case "ping":
-        send({ type: "pong" });
-        return;
+        return send({ type: "pong" });
       case "cancel": {
         const g = live.get(msg.id);
-        if (!g) return send(errorMessage(new ApiError(400, `No generation with id ${JSON.stringify(msg.id)} is running.`, "invalid_request_error", "id", "unknown_id"), msg.id));
+        if (!g) return send(wsErrorMessage(unknownId(msg.id), msg.id));
         g.controller.abort(new Error("cancelled"));
         return;
       }
-      case "switch": {
-        const g = live.get(msg.id);
-        if (!g) return send(errorMessage(new ApiError(400, `No generation with id ${JSON.stringify(msg.id)} is running.`, "invalid_request_error", "id", "unknown_id"), msg.id));
-        const n = this.ctx.engine().info.nChains;
-        if (msg.chains > n) return send(errorMessage(invalidField("chains", `Invalid value for 'chains': must be an integer from 1 to ${n}.`), msg.id));
-        g.control.policy = undefined; // the client fixed the size: no more load-adaptive switching
-        g.control.target = msg.chains;
-        if (msg.chains === g.control.current) {
-          // Already the count in use (or a switch back before the previous one took effect):
-          // the next token runs at it.
-          g.pendingSwitch = undefined;
-          send({ type: "switched", id: msg.id, chains: msg.chains, at_index: g.produced });
-        } else {
-          g.pendingSwitch = msg.chains;
-        }
-        return;
-      }
+      case "switch":
+        return this.switchChains(live, send, msg.id, msg.chains);
       case "generate":
         try {
           await this.generate(ws, live, send, msg);
         } catch (err) {
-          send(errorMessage(toApiError(err), msg.id));
+          send(wsErrorMessage(toColmError(err), msg.id));
         }
-        return;
     }
   }
 
+  /** A client's `switch`: the generation runs at `chains` from its next token on. */
+  private switchChains(live: Map<Id, Live>, send: (m: unknown) => void, id: Id, chains: number): void {
+    const g = live.get(id);
+    if (!g) return send(wsErrorMessage(unknownId(id), id));
+    try {
+      checkChains(chains, this.ctx.engine().info);
+    } catch (err) {
+      return send(wsErrorMessage(toColmError(err), id));
+    }
+    g.control.policy = undefined; // the client fixed the size: no more load-adaptive switching
+    g.control.target = chains;
+    if (chains === g.control.applied) {
+      // Already the count in use (or a switch back before the previous one took effect): the next
+      // token runs at it and the control reports no change, so answer now.
+      g.pendingSwitch = undefined;
+      send({ type: "switched", id, chains, at_index: g.produced });
+    } else {
+      g.pendingSwitch = chains;
+    }
+  }
+
+  /** Deliver a token, pausing generation while the socket's send buffer is over its limit. */
+  private async deliver(ws: WebSocket, g: Live, id: Id, tok: GeneratedToken, send: (m: unknown) => void): Promise<void> {
+    g.produced = tok.index + 1;
+    if (ws.bufferedAmount > this.opts.maxBufferedBytes) {
+      const ok = await waitForBuffer(ws, this.opts.maxBufferedBytes, this.opts.stallTimeoutMs, g.controller.signal);
+      if (!ok && ws.readyState === WebSocket.OPEN && !g.controller.signal.aborted) ws.close(1008, "client too slow: send buffer over limit");
+    }
+    send(tokenMessage(id, tok));
+  }
+
+  /** Validate → plan → admit → run one `generate` message. */
   private async generate(ws: WebSocket, live: Map<Id, Live>, send: (m: unknown) => void, msg: WsGenerate): Promise<void> {
     const arrivedAt = performance.now();
-    if (live.has(msg.id)) throw new ApiError(400, `A generation with id ${JSON.stringify(msg.id)} is already running on this socket.`, "invalid_request_error", "id", "duplicate_id");
+    if (live.has(msg.id)) throw new ApiError(`A generation with id ${JSON.stringify(msg.id)} is already running on this socket.`, "invalid_request", "duplicate_id", "id");
     const engine = this.ctx.engine();
-    let prompt: number[];
-    let extraStop: string[] = [];
-    if ((msg.prompt === undefined) === (msg.messages === undefined)) throw invalidField("prompt", "Give exactly one of 'prompt' and 'messages'.", "missing_prompt");
-    if (msg.messages !== undefined) {
-      prompt = encodeText(engine, renderChat(msg.messages));
-      extraStop = CHAT_TEMPLATE_STOPS;
-    } else if (typeof msg.prompt === "string") {
-      prompt = encodeText(engine, msg.prompt);
-    } else {
-      checkTokenIds(msg.prompt!, engine.info, "prompt");
-      prompt = msg.prompt!;
-    }
-    const prep = prepare(engine, msg, [prompt], {
-      maxTokens: msg.max_tokens ?? undefined,
-      defaultMaxTokens: msg.messages !== undefined ? undefined : 16,
-      promptParam: msg.messages !== undefined ? "messages" : "prompt",
-      logprobs: msg.logprobs ?? undefined,
-      extraStop,
-    });
-    const chainPlan = planChains(this.ctx, prep, prompt.length);
-    const chains = chainPlan.chains;
-    const controller = new AbortController();
-    const g: Live = { controller, control: chainPlan.control(), produced: 0 };
+    const planned: PlannedRequest = planRequest(this.ctx, wsRequest(engine, msg, arrivedAt));
+    const choice = planned.choices[0];
+    const g: Live = { controller: new AbortController(), control: choice.spec.control, produced: 0 };
     live.set(msg.id, g);
     let release: () => void;
     try {
-      release = await admit(this.ctx, 1, controller, kvReservation(engine, [prompt.length], prep.maxTokens));
+      release = await admit(this.ctx, planned, g.controller);
     } catch (err) {
       live.delete(msg.id);
-      if (controller.signal.aborted) {
-        send({ type: "done", id: msg.id, finish_reason: "cancelled", usage: usage(prompt.length, 0), model: modelId(engine.info, chains), chains });
-        return;
-      }
-      throw err;
+      if (!g.controller.signal.aborted) throw err;
+      send({ type: "done", id: msg.id, finish_reason: "cancelled", usage: usage(choice.prompt.ids.length, 0), model: modelId(engine.info, g.control.current), chains: g.control.current });
+      return;
     }
     g.control.onApplied((chains, atIndex) => {
       if (g.pendingSwitch === chains) g.pendingSwitch = undefined;
       send({ type: "switched", id: msg.id, chains, at_index: atIndex });
     });
     try {
-      const result = await runGeneration(
-        this.ctx,
-        { prompt, maxTokens: prep.maxTokens, sampling: prep.sampling, stop: prep.stop, control: g.control, latencyBudget: prep.latencyBudget, arrivedAt, signal: controller.signal },
-        async (tok) => {
-          g.produced = tok.index + 1;
-          if (ws.bufferedAmount > this.opts.maxBufferedBytes) {
-            const ok = await waitForBuffer(ws, this.opts.maxBufferedBytes, this.opts.stallTimeoutMs, controller.signal);
-            if (!ok && ws.readyState === WebSocket.OPEN && !controller.signal.aborted) {
-              ws.close(1008, "client too slow: send buffer over limit");
-            }
-          }
-          send({
-            type: "token",
-            id: msg.id,
-            index: tok.index,
-            text: tok.text,
-            token_id: tok.tokenId,
-            chains: tok.chains,
-            ...(tok.logprob !== undefined ? { logprob: tok.logprob } : {}),
-            ...(tok.topLogprobs ? { top_logprobs: tok.topLogprobs.map((t) => ({ token: t.token, token_id: t.tokenId, logprob: t.logprob })) } : {}),
-          });
-        },
-      );
+      const result = await runGeneration(this.ctx, { ...choice.spec, signal: g.controller.signal }, (tok) => this.deliver(ws, g, msg.id, tok, send));
       if (g.pendingSwitch !== undefined) send({ type: "switched", id: msg.id, chains: g.pendingSwitch, at_index: null });
-      const changed = result.chainsPerToken.some((k) => k !== result.chainsPerToken[0]);
-      send({
-        type: "done",
-        id: msg.id,
-        finish_reason: result.finishReason,
-        usage: usage(result.promptTokens, result.completionTokens),
-        model: modelId(engine.info, chains),
-        chains: result.finalChains,
-        ...(result.summary?.tailText ? { tail_text: result.summary.tailText } : {}),
-        ...(changed ? { chains_per_token: result.chainsPerToken } : {}),
-      });
+      send(doneMessage(engine, msg.id, result));
     } finally {
       live.delete(msg.id);
       release();

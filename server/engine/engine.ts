@@ -11,7 +11,7 @@ import { ModelRunner, type Device } from "../../ops/runner.ts";
 import { cachedGraph } from "../../ops/graph-cache.ts";
 import { Scheduler, prefillRow, type StepStats } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
-import { EngineError } from "./errors.ts";
+import { EngineError, checkChains, checkContext, checkPrompt } from "./errors.ts";
 
 export { EngineError };
 import type {
@@ -70,23 +70,12 @@ export class ColmEngine implements Engine {
 
   /** Checks a request before any work is done; throws EngineError naming the problem. */
   validate(prompt: readonly number[], options: GenerateOptions): void {
-    const { vocabSize, maxPosition, nChains } = this.info;
-    if (prompt.length === 0) throw new EngineError("prompt must contain at least one token", "invalid_prompt", "prompt");
-    const bad = prompt.find((t) => !Number.isInteger(t) || t < 0 || t >= vocabSize);
-    if (bad !== undefined) throw new EngineError(`token id ${bad} is outside the vocabulary [0, ${vocabSize})`, "invalid_prompt", "prompt");
+    checkPrompt(prompt, this.info);
     if (!Number.isInteger(options.maxTokens) || options.maxTokens < 0) {
-      throw new EngineError(`max_tokens must be a non-negative integer, got ${options.maxTokens}`, "invalid_max_tokens", "max_tokens");
+      throw new EngineError(`max_tokens must be a non-negative integer, got ${options.maxTokens}`, "invalid_value", "max_tokens");
     }
-    if (prompt.length + options.maxTokens > maxPosition) {
-      throw new EngineError(
-        `This model's maximum context length is ${maxPosition} tokens. However, you requested ${prompt.length + options.maxTokens} tokens (${prompt.length} in the prompt, ${options.maxTokens} for the completion).`,
-        "context_length_exceeded",
-        "max_tokens",
-      );
-    }
-    if (options.chains !== undefined && (!Number.isInteger(options.chains) || options.chains < 1 || options.chains > nChains)) {
-      throw new EngineError(`chains must be an integer in 1 … ${nChains}, got ${options.chains}`, "invalid_chains", "chains");
-    }
+    checkContext(this.info, prompt.length, options.maxTokens);
+    if (options.chains !== undefined) checkChains(options.chains, this.info);
   }
 
   /** Fills a one-row `cache` with the prompt; returns the last token's logits at `chains` chains. */

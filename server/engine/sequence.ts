@@ -52,7 +52,7 @@ export class Sequence {
     const n = this.info.nChains;
     const k = this.options.chooseChains ? this.options.chooseChains(index) : (this.options.chains ?? n);
     if (Number.isInteger(k) && k >= 1 && k <= n) return (this.lastChains = k);
-    this.fail(new EngineError(`chooseChains returned ${k}; expected 1 … ${n}`, "invalid_chains", "chains"));
+    this.fail(new EngineError(`Invalid value for 'chains': a switch asked for ${k}; it must be an integer from 1 to ${n}.`, "invalid_value", "chains"));
     return 1;
   }
 

@@ -4,7 +4,31 @@
 // first come, first served, so no request starves behind smaller later ones). A request that
 // finds the queue full is refused at once (429 with Retry-After); one that could never fit the
 // KV budget is a 400.
-import { kvBudgetExceeded, queueFull } from "../api/errors.ts";
+import { ColmError } from "../../models/errors.ts";
+
+/** A request admission refuses: it could never fit the KV budget (400), or the queue is full (429). */
+export class AdmissionError extends ColmError {
+  override name = "AdmissionError";
+}
+
+function kvBudgetExceeded(needBytes: number, budgetBytes: number): AdmissionError {
+  return new AdmissionError(
+    `This request can grow to ${needBytes} bytes of KV cache (prompt + max_tokens, every choice), more than the server's KV budget of ${budgetBytes} bytes. Lower max_tokens or n.`,
+    "invalid_request",
+    "kv_budget_exceeded",
+    "max_tokens",
+  );
+}
+
+function queueFull(retryAfterSeconds: number): AdmissionError {
+  return new AdmissionError(
+    "The server is at capacity (all generation slots busy and the waiting queue is full). Retry later.",
+    "rate_limited",
+    "queue_full",
+    null,
+    retryAfterSeconds,
+  );
+}
 
 export interface AdmissionOptions {
   maxRunning: number;
@@ -61,7 +85,7 @@ export class Admission {
 
   /**
    * Wait for `weight` slots (a request with n choices takes n, capped at maxRunning).
-   * Resolves to a release function (idempotent). Throws a 429 ApiError when the queue is full;
+   * Resolves to a release function (idempotent). Throws an AdmissionError when the queue is full;
    * rejects with `signal.reason` when the signal aborts while waiting.
    */
   acquire(weight = 1, signal?: AbortSignal, kvBytes = 0): Promise<() => void> {

@@ -18,12 +18,25 @@
 // threshold from making the generation flap. Switching needs no recomputation (spec §5.5).
 // With `switching: false` a budgeted request keeps its routed k to the end (routing alone; the
 // serving sweep compares the two).
+import { ChainControl } from "../engine/chain-control.ts";
 import type { CostModel, CostPredictor } from "./cost-model.ts";
-import type { ServerContext } from "../api/context.ts";
-import { invalidField } from "../api/errors.ts";
-import { ChainControl } from "../api/generation.ts";
-import type { ChainRequest } from "../api/router.ts";
-import type { LatencyBudget } from "../api/schemas.ts";
+
+/** A request's latency budget, each part optional (ms). */
+export interface LatencyBudget {
+  ttft_ms?: number;
+  tpot_ms?: number;
+  total_ms?: number;
+}
+
+/** What routing needs to know of a request. */
+export interface ChainRequest {
+  /** Chain count fixed by the request (`model: "<name>:c<k>"` or `chains: k`); undefined = elastic. */
+  fixedChains?: number;
+  latencyBudget?: LatencyBudget;
+  /** Prompt length in tokens and requested completion length. */
+  promptTokens: number;
+  maxTokens: number;
+}
 
 /** Sequences decoding now, and sequences waiting ahead of a new request (engine + admission). */
 export interface LoadSnapshot {
@@ -58,24 +71,28 @@ export interface RouteDecision {
 }
 
 /**
- * Time per output token at k in a batch of `batch`: decode step + the loop's overhead, with gaps
- * filled: a k never seen is bounded by the nearest larger k that has been (a sub-model is never
- * slower than a model containing it). Undefined when nothing ≥ k is known.
+ * The least of `cost(j)` over j = k … n: a sub-model is never slower than a model containing it, so
+ * what a larger k was measured at bounds k, and a k never seen is bounded by the nearest larger k
+ * that has been. Predictions are therefore never cheaper at a larger k. Undefined when nothing ≥ k
+ * is known.
  */
-function stepBound(p: CostPredictor, k: number, batch: number): number | undefined {
+function monotoneBound(p: CostPredictor, k: number, cost: (j: number) => number | undefined): number | undefined {
+  let best: number | undefined;
   for (let j = k; j <= p.nChains; j++) {
-    const ms = p.decodeStepMs(j, batch);
-    if (ms !== undefined) return ms + (p.tokenOverheadMs ?? 0);
+    const ms = cost(j);
+    if (ms !== undefined && (best === undefined || ms < best)) best = ms;
   }
-  return undefined;
+  return best;
+}
+
+/** Time per output token at k in a batch of `batch`: decode step + the loop's overhead. */
+export function stepBound(p: CostPredictor, k: number, batch: number): number | undefined {
+  const step = monotoneBound(p, k, (j) => p.decodeStepMs(j, batch));
+  return step === undefined ? undefined : step + (p.tokenOverheadMs ?? 0);
 }
 
 function prefillBound(p: CostPredictor, promptTokens: number, k: number): number | undefined {
-  for (let j = k; j <= p.nChains; j++) {
-    const ms = p.prefillMs(promptTokens, j);
-    if (ms !== undefined) return ms;
-  }
-  return undefined;
+  return monotoneBound(p, k, (j) => p.prefillMs(promptTokens, j));
 }
 
 /** Predicted TTFT / TPOT / total for a new request served at k under `load`. */
@@ -250,6 +267,27 @@ export class LatencyRouter {
     return new AdaptiveChains(deps, request.latencyBudget, request.maxTokens, arrivedAt);
   }
 
+  /**
+   * Route a request and make the per-choice chain controls: each starts at the routed k, teaches
+   * the cost model the token intervals it sees and, for a budgeted elastic request, carries the
+   * load-adaptive switching policy.
+   */
+  plan(request: ChainRequest): ChainPlan {
+    const decision = this.route(request);
+    const arrivedAt = this.now();
+    return {
+      chains: decision.chains,
+      decision,
+      control: () => {
+        const control = new ChainControl(decision.chains);
+        control.onInterval = (chains, ms) => this.model.observeTokenInterval(chains, Math.max(1, this.load().running), ms);
+        const policy = this.adaptive(request, decision, arrivedAt);
+        if (policy) control.policy = policy.choose;
+        return control;
+      },
+    };
+  }
+
   view(): RouterView {
     const load = this.load();
     const batch = Math.max(1, load.running);
@@ -257,10 +295,7 @@ export class LatencyRouter {
     const chains = Array.from({ length: this.model.nChains }, (_, i) => {
       const k = i + 1;
       const line = lines.get(k);
-      const tpot = (B: number) => {
-        const step = this.model.decodeStepMs(k, B);
-        return step === undefined ? null : step + this.model.tokenOverheadMs;
-      };
+      const tpot = (B: number) => stepBound(this.model, k, B) ?? null;
       return {
         chains: k,
         tpot_ms: tpot(batch),
@@ -284,40 +319,6 @@ export class LatencyRouter {
   }
 }
 
-/** A ServerContext that carries the app's router (createApp builds one). */
-export type RoutedContext = ServerContext & { router: LatencyRouter };
-
-/** The router of `ctx`, if the app made one (contexts built by hand in tests may not). */
-export function routerOf(ctx: ServerContext): LatencyRouter | undefined {
-  return (ctx as Partial<RoutedContext>).router;
-}
-
-const BUDGET_HEADERS: Array<[keyof LatencyBudget, string]> = [
-  ["ttft_ms", "x-latency-budget-ttft-ms"],
-  ["tpot_ms", "x-latency-budget-tpot-ms"],
-  ["total_ms", "x-latency-budget-total-ms"],
-];
-
-/**
- * The request's budget: the body's `latency_budget` over the `X-Latency-Budget-*` headers,
- * field by field (a body field wins). Throws a 400 ApiError on a header that is not a positive number.
- */
-export function mergeBudgetHeaders(headers: Record<string, string | string[] | undefined>, body: LatencyBudget | null | undefined): LatencyBudget | undefined {
-  const fromHeaders: LatencyBudget = {};
-  for (const [field, name] of BUDGET_HEADERS) {
-    const raw = headers[name];
-    if (raw === undefined) continue;
-    const text = Array.isArray(raw) ? raw[0] : raw;
-    const v = Number(text);
-    if (text.trim() === "" || !Number.isFinite(v) || v <= 0) {
-      throw invalidField(null, `Invalid header '${name}': must be a positive number of milliseconds, got '${text}'.`, "invalid_header");
-    }
-    fromHeaders[field] = v;
-  }
-  const merged: LatencyBudget = { ...fromHeaders, ...Object.fromEntries(Object.entries(body ?? {}).filter(([, v]) => v !== undefined)) };
-  return hasBudget(merged) ? merged : undefined;
-}
-
 export interface ChainPlan {
   /** Chain count the generation starts at (the routed k). */
   chains: number;
@@ -326,29 +327,3 @@ export interface ChainPlan {
   control(): ChainControl;
 }
 
-/**
- * Route a prepared request (the size `prepare` chose is kept when it is fixed or when the app
- * has no router) and count a budget miss when no k is predicted to fit.
- */
-export function planChains(
-  ctx: ServerContext,
-  prep: { chains: number; fixed: boolean; latencyBudget?: LatencyBudget; maxTokens: number },
-  promptTokens: number,
-): ChainPlan {
-  const router = routerOf(ctx);
-  const request: ChainRequest = { fixedChains: prep.fixed ? prep.chains : undefined, latencyBudget: prep.latencyBudget, promptTokens, maxTokens: prep.maxTokens };
-  if (!router) return { chains: prep.chains, decision: { chains: prep.chains, reason: prep.fixed ? "fixed" : "no_budget" }, control: () => new ChainControl(prep.chains) };
-  const decision = router.route(request);
-  if (decision.reason === "no_fit") ctx.metrics.budgetMisses.inc({ budget: "no_fit" });
-  return {
-    chains: decision.chains,
-    decision,
-    control: () => {
-      const control = new ChainControl(decision.chains);
-      control.onInterval = (chains, ms) => router.model.observeTokenInterval(chains, Math.max(1, router.load().running), ms);
-      const policy = router.adaptive(request, decision, router.now());
-      if (policy) control.policy = policy.choose;
-      return control;
-    },
-  };
-}
