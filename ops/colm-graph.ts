@@ -1,14 +1,10 @@
-// Builds the ONNX graph of a CoLM-Air checkpoint: one graph, one copy of every weight, serving
-// every chain count. Chain causality (spec §1): output chain i of a layer reads only chains ≤ i.
-// The root runs the chain-1 model over every layer (it always runs, and makes every layer's keys
-// and values); If(chains ≥ 2) then runs chains 2 … n layer by layer, each reading what the chains
-// before it left at the same layer. A chain from 3 on works on all rows when the call asks for it
-// and on none when it does not, so sub-model k costs chains 1 … k (plus ~0.35 µs per empty node).
-// Each weight block W_i belongs to exactly one node, at most one If deep (onnxruntime prepacks
-// it once), and only the blocks on and below the chain diagonal exist. Chains 2 … n share one
-// attention per layer, so a step reads each layer's cache twice however many chains run. Attention
-// of a fresh prompt (empty cache) runs in one fused causal kernel (GroupQueryAttention); later
-// steps read the cache buffers in place.
+// The CoLM-Air forward pass (spec §3) as one ONNX graph: one copy of every weight serves every
+// chain count k (sub-model k computes chains 1 … k). Read top-down: colmGraph (inputs → chain 1 →
+// chains 2 … n → outputs), forward (embed → blocks → final norm → head, for a stack of chains) and
+// block (attention and SwiGLU, each with its residual). The machinery is beneath them:
+// layer-stack.ts (each step, chain by chain), attention.ts (one attention per run of chains, fused
+// kernel or cache path), chain-gates.ts (which chains a call runs), graph-inputs.ts and
+// colm-weights.ts. ops/README.md explains the layout and why it is so.
 //
 // A call runs B sequences ("rows") of T new tokens each; token (b, t) is flattened to b·T + t.
 // Inputs:  tokens int64 [B, T]; chains int64 scalar (the chain count to run); logits_rows int64 [R] (flattened
@@ -19,162 +15,91 @@
 // Outputs: logits [R, V]; hidden [R, d_k] (final hidden state, pre-norm);
 //          new_key_l / new_value_l [B, kv_heads, T, hd] (rotated keys and values of the new tokens,
 //          head-major like the cache, so appending them is one block copy per row and head).
-import type { Checkpoint, ChainLinear } from "../models/checkpoint.ts";
-import { DataType, GraphBuilder } from "./graph.ts";
-import { LayerStack, type Shared } from "./layer-stack.ts";
-
-const F = DataType.FLOAT;
-
-/** Columns [c0, c1) of a row-major [rows, cols] matrix. */
-function columns(x: Float32Array, rows: number, cols: number, c0: number, c1: number): Float32Array {
-  const out = new Float32Array(rows * (c1 - c0));
-  for (let r = 0; r < rows; r++) out.set(x.subarray(r * cols + c0, r * cols + c1), r * (c1 - c0));
-  return out;
-}
-
-/** Registers every weight once, in the per-chain form the stacks read. */
-function registerWeights(root: GraphBuilder, ckpt: Checkpoint): void {
-  const c = ckpt.config;
-  const w = ckpt.weights;
-  const { dk, fk, kvWidth, vocab_size: V, hidden: D } = c;
-  const gains = (name: string, g: Float32Array): void => {
-    for (let i = 0; i < c.nChains; i++) root.weight(`${name}.c${i + 1}`, [c.chainWidths[i]], g.slice(dk[i], dk[i + 1]));
-  };
-  const linear = (name: string, blocks: ChainLinear, inPrefix: number[], scale = 1): void => {
-    for (let i = 0; i < c.nChains; i++) {
-      const block = scale === 1 ? blocks[i] : blocks[i].map((v) => v * scale);
-      root.weight(`${name}.c${i + 1}`, [inPrefix[i + 1], blocks[i].length / inPrefix[i + 1]], block);
-    }
-  };
-  for (let i = 0; i < c.nChains; i++) {
-    root.weight(`embed.c${i + 1}`, [V, c.chainWidths[i]], columns(w.embed, V, D, dk[i], dk[i + 1]));
-    if (!c.tie_embeddings) root.weight(`head.c${i + 1}`, [V, c.chainWidths[i]], columns(w.head, V, D, dk[i], dk[i + 1]));
-  }
-  w.layers.forEach((L, l) => {
-    const p = `l${l}`;
-    const c1 = c.chainWidths[0];
-    gains(`${p}.attn_norm`, L.attnNorm);
-    // The attention scale 1/sqrt(hd) is folded into the queries (rotary embedding is linear, so
-    // rope(s·q) = s·rope(q)); exact when hd is a power of 4, and it spares every q·Kᵀ a scaling
-    // pass (measured: a scaled q·Kᵀ makes a decode attention block 28 µs instead of 22).
-    linear(`${p}.q`, L.q, dk, 1 / Math.sqrt(c.head_dim));
-    root.weight(`${p}.k`, [c1, kvWidth], L.k);
-    root.weight(`${p}.v`, [c1, kvWidth], L.v);
-    linear(`${p}.o`, L.o, dk);
-    gains(`${p}.ffn_norm`, L.ffnNorm);
-    linear(`${p}.gate`, L.gate, dk);
-    linear(`${p}.up`, L.up, dk);
-    linear(`${p}.down`, L.down, fk);
-  });
-  gains("norm", w.norm);
-  // Rotary tables for every position, computed in float64: [max_position, hd/2].
-  const hd = c.head_dim;
-  const cos = new Float32Array(c.max_position * (hd / 2));
-  const sin = new Float32Array(cos.length);
-  for (let pos = 0; pos < c.max_position; pos++) {
-    for (let j = 0; j < hd / 2; j++) {
-      const angle = pos * Math.pow(c.rope_theta, (-2 * j) / hd);
-      cos[pos * (hd / 2) + j] = Math.cos(angle);
-      sin[pos * (hd / 2) + j] = Math.sin(angle);
-    }
-  }
-  root.weight("rope.cos", [c.max_position, hd / 2], cos);
-  root.weight("rope.sin", [c.max_position, hd / 2], sin);
-}
+// Shapes in the comments below are per chain i: c_i its width, d_i = c_1 + … + c_i, h_i its heads.
+import type { Checkpoint } from "../models/checkpoint.ts";
+import type { ColmConfig } from "../models/config.ts";
+import { registerWeights } from "./colm-weights.ts";
+import { GraphBuilder } from "./graph.ts";
+import { graphInputs, type Shared } from "./graph-inputs.ts";
+import { LayerStack, type ChainActivations, type Stream } from "./layer-stack.ts";
 
 /** The serialized ONNX model (ModelProto) of a checkpoint. */
 export function buildColmGraph(ckpt: Checkpoint): Uint8Array {
   return colmGraph(ckpt).model();
 }
 
-/** The graph of a checkpoint, before serialization (tests inspect who reads each weight). */
+/**
+ * The graph of a checkpoint, before serialization (tests inspect who reads each weight). Chain 1
+ * runs in the root on every call, and makes every layer's keys and values; chains 2 … n run in
+ * If(chains ≥ 2), each reading what the chains before it left at the same layer.
+ */
 export function colmGraph(ckpt: Checkpoint): GraphBuilder {
   const c = ckpt.config;
   const g = new GraphBuilder("colm-air");
-  registerWeights(g, ckpt);
-  const tokens = g.input("tokens", DataType.INT64, ["B", "T"]);
-  const chains = g.input("chains", DataType.INT64, []);
-  const rows = g.input("logits_rows", DataType.INT64, ["R"]);
-  const rowChains = g.op("Unsqueeze", [g.input("logits_chains", DataType.INT64, ["R"]), g.int64([1])]); // [R, 1]
-  const P = g.input("past_length", DataType.INT64, ["B"]);
-  const pastKey: string[] = [];
-  const pastValue: string[] = [];
-  for (let l = 0; l < c.n_layers; l++) {
-    pastKey.push(g.input(`past_key_${l}`, F, ["B", c.kv_heads, "C", c.head_dim]));
-    pastValue.push(g.input(`past_value_${l}`, F, ["B", c.kv_heads, "C", c.head_dim]));
-  }
-
-  // Positions P_b … P_b+T-1 continue each row's cache; masks hide future new tokens and unused slots.
-  const dim = (x: string, axis: number): string => g.op("Gather", [g.op("Shape", [x]), g.int64([axis], true)], { axis: 0 });
-  const asVector = (x: string): string => g.op("Unsqueeze", [x, g.int64([0])]);
-  const B = dim(tokens, 0);
-  const T = dim(tokens, 1);
-  const C = dim(pastKey[0], 2);
-  const Bv = asVector(B); // [1]
-  const Tv = asVector(T);
-  const zero = g.int64([0], true);
-  const one = g.int64([1], true);
-  // A large finite negative rather than -inf: onnxruntime's broadcast Add is ~3× slower on infinities,
-  // and exp(-1e9 - max) is exactly 0 in float32 all the same.
-  const blocked = (hide: string): string => g.op("Mul", [g.op("Cast", [hide], { to: F }), g.float([-1e9], true)]);
-  const newIdx = g.op("Range", [zero, T, one]);
-  const slot = g.op("Unsqueeze", [g.op("Range", [zero, C, one]), g.int64([0])]); // [1, C]
-  const pastCol = g.op("Unsqueeze", [P, g.int64([1])]); // [B, 1]
-  const fresh = g.op("Equal", [g.op("ReduceMax", [P], { keepdims: 0 }), zero]);
-  // One causal mask per query-group size, made once in the root rather than in every attention, and
-  // only read by the cache path: for a fresh prompt it is empty ([0, 0], not [T, T] made for nothing).
-  const maskIdx = g.op("Range", [zero, g.op("Where", [fresh, zero, T]), one]);
-  const maskNew = new Map<number, string>([[1, blocked(g.op("Greater", [g.op("Unsqueeze", [maskIdx, g.int64([0])]), g.op("Unsqueeze", [maskIdx, g.int64([1])])]))]]);
-  for (const h of c.chain_heads) {
-    const group = h / c.kv_heads;
-    if (!maskNew.has(group)) maskNew.set(group, g.op("Tile", [maskNew.get(1)!, g.int64([group, 1])]));
-  }
-  const flat = g.op("Reshape", [tokens, g.int64([-1])]);
-  const shared: Shared = {
-    tokens: flat,
-    rows,
-    rowChains,
-    chains,
-    B: Bv,
-    T: Tv,
-    BT: g.op("Shape", [flat]),
-    R: g.op("Shape", [rows]),
-    positions: g.op("Add", [g.op("Unsqueeze", [newIdx, g.int64([0])]), pastCol]),
-    fresh,
-    seqlensK: g.op("Cast", [g.op("Expand", [g.op("Sub", [T, one]), Bv])], { to: DataType.INT32 }),
-    totalLength: g.op("Cast", [T], { to: DataType.INT32 }),
-    maskNew: (group) => maskNew.get(group)!,
-    maskPast: g.op("Unsqueeze", [blocked(g.op("Not", [g.op("Less", [slot, pastCol])])), g.int64([1, 2])]),
-    splitPastNew: g.op("Concat", [asVector(C), Tv], { axis: 0 }),
-    pastKey,
-    pastValue,
-    kv: [],
-  };
-
-  // Chain 1 in the root: it always runs, and makes every layer's keys and values.
-  const first = new LayerStack(g, c, shared, [1], undefined).build(c.tie_embeddings);
-  shared.kv.forEach((kv, l) => {
-    g.output(`new_key_${l}`, kv.keyHeads);
+  registerWeights(g, ckpt); // per-chain blocks, each once: see colm-weights.ts
+  const s = graphInputs(g, c); // tokens [B, T], … → positions [B, T], masks, …
+  const chain1 = forward(new LayerStack(g, c, s, [1], undefined)); // logits [R, V], hidden [R, c_1]
+  s.kv.forEach((kv, l) => {
+    g.output(`new_key_${l}`, kv.keyHeads); // [B, kv, T, hd]
     g.output(`new_value_${l}`, kv.valueHeads);
   });
   if (c.nChains === 1) {
-    g.output("logits", first.logits);
-    g.output("hidden", first.hidden);
+    g.output("logits", chain1.logits);
+    g.output("hidden", chain1.hidden);
     return g;
   }
-  // Chains 2 … n, layer by layer, in If(chains ≥ 2), one If deep (onnxruntime prepacks a weight
-  // only for nodes at most one subgraph below it). One attention per layer serves all their heads
-  // (per run of chains with equal head counts), so a call at k chains reads each layer's cache
-  // twice, not k times: measured, attention was a quarter of a k=4 decode step.
-  const rest = g.subgraph("chains_2_up");
-  const more = new LayerStack(rest, c, shared, Array.from({ length: c.nChains - 1 }, (_, j) => j + 2), first).build(c.tie_embeddings);
-  rest.branchOutput(more.logits);
-  rest.branchOutput(more.hidden);
-  const skip = g.subgraph("chain_1_only");
-  skip.branchOutput(first.logits);
-  skip.branchOutput(first.hidden);
-  g.ops("If", [g.op("Greater", [chains, one])], ["logits", "hidden"], { then_branch: { graph: rest.proto() }, else_branch: { graph: skip.proto() } });
+  chains2Up(g, c, s, chain1); // logits [R, V], hidden [R, d_k]
   g.output("logits", "logits");
   g.output("hidden", "hidden");
   return g;
+}
+
+/**
+ * The forward pass of a stack of consecutive chains (nanoGPT's GPT.forward): embed → L blocks →
+ * final chain norm → head. Chain 1's stack also makes each layer's keys and values, which every
+ * chain attends to (spec §3, CoLM-Air).
+ */
+function forward(st: LayerStack): ChainActivations {
+  const L = st.c.n_layers;
+  let x: Stream = st.embed(); // x_i = E_i[tokens], x̂_i = ChainNorm₁(x)_i: [B·T, c_i]
+  for (let l = 0; l < L; l++) {
+    if (st.makesKeysValues) st.keysValues(l, x); // K = rope(x̂_1·Wk), V = x̂_1·Wv: [B, T, kv·hd]
+    if (st.makesKeysValues && l === L - 1) x = st.chain1LastBlockWhenRead(l, (b) => block(st, b, l, x)); // skipped by a KV-only prefill
+    else x = block(st, st.g, l, x); // x_i: [B·T, c_i]
+  }
+  return st.head(x); // logits_k = ChainNorm_final(x^L)_{≤k}·H_{≤k}ᵀ: [R, V]
+}
+
+/**
+ * Block l (spec §3): h = x + Attn(ChainNorm₁(x)), out = h + FFN(ChainNorm₂(h)), built in `b`. Each
+ * residual add is fused with the norm that reads its sum, so x arrives with x̂ = ChainNorm₁(x) and
+ * leaves with the next layer's. Chain by chain, as chain i's linears read chains ≤ i.
+ */
+function block(st: LayerStack, b: GraphBuilder, l: number, x: Stream): Stream {
+  const q = st.queries(b, l, x.normed); // q_i = x̂_{≤i}·Wq_i: [B·T, h_i·hd]
+  const heads = st.attention(b, l, q); // causal, rotary, chain 1's K/V: [B·T, h_i·hd]
+  const out: Stream = { x: [], normed: [] };
+  for (const i of st.chains) {
+    const { h, normed } = st.attnResidual(b, l, i, x.x[i], heads[i]); // h_i = x_i + heads_{≤i}·Wo_i, ĥ_i = ChainNorm₂(h)_i: [B·T, c_i]
+    const a = st.swiglu(b, l, i, normed); // a_i = silu(ĥ_{≤i}·Wgate_i) ⊙ (ĥ_{≤i}·Wup_i): [B·T, f_i]
+    const next = st.ffnResidual(b, l, i, h, a); // x_i = h_i + a_{≤i}·Wdown_i: [B·T, c_i]
+    out.x[i] = next.x;
+    if (next.normed) out.normed[i] = next.normed;
+  }
+  return out;
+}
+
+/**
+ * Chains 2 … n, in If(chains ≥ 2) on top of chain 1's activations; a call at one chain takes chain
+ * 1's logits and hidden state. The branch is one If deep, so onnxruntime still prepacks its weights.
+ */
+function chains2Up(g: GraphBuilder, c: ColmConfig, s: Shared, chain1: ChainActivations): void {
+  const rest = g.subgraph("chains_2_up");
+  const more = forward(new LayerStack(rest, c, s, Array.from({ length: c.nChains - 1 }, (_, j) => j + 2), chain1));
+  rest.branchOutput(more.logits);
+  rest.branchOutput(more.hidden);
+  const skip = g.subgraph("chain_1_only");
+  skip.branchOutput(chain1.logits);
+  skip.branchOutput(chain1.hidden);
+  g.ops("If", [g.op("Greater", [s.chains, g.int64([1], true)])], ["logits", "hidden"], { then_branch: { graph: rest.proto() }, else_branch: { graph: skip.proto() } });
 }

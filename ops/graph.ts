@@ -105,8 +105,8 @@ export class GraphBuilder {
 
   /**
    * Per weight, the depth of every node that reads it: onnxruntime prepacks a MatMul weight once
-   * per reading node, and only for nodes at most one subgraph below the weight (measured: two
-   * deep, the weight runs unpacked at half the bandwidth).
+   * per reading node, and only for nodes at most one subgraph below the weight (deeper, it runs
+   * unpacked, much slower; see ops/README.md).
    */
   weightReaders(): ReadonlyMap<string, readonly number[]> {
     return this.root.readers;

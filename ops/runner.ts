@@ -51,10 +51,9 @@ export class ModelRunner {
    * Where onnxruntime writes each call's new keys and values (per layer: keys, values), grown as
    * needed and reused. Without them every call's outputs are copied into fresh JS buffers: for a
    * 1024-token chain-1 prefill of bench-m that is 32 MiB allocated, zeroed and copied per call,
-   * often in freshly mapped pages (measured: ~8000 page faults in one such call in two or three,
-   * which then took 1.5–2× as long). They hold the largest call's keys and values. Small outputs
-   * (decode steps) are left to onnxruntime: binding 2·L preallocated outputs cost a decode step
-   * more than it saved (measured once: +5% at k=1 and k=4). So are the outputs of a call made
+   * often in freshly mapped pages that fault in. They hold the largest call's keys and values.
+   * Small outputs (decode steps) are left to onnxruntime: binding 2·L preallocated outputs costs a
+   * decode step more than it saves (ops/README.md, Memory). So are the outputs of a call made
    * while another call holds the buffers.
    */
   private readonly kvOut: Float32Array[] = [];

@@ -4,14 +4,12 @@
 // Once a session is loaded, trimHeap hands freed pages back to the OS: onnxruntime prepacks each
 // MatMul weight and then frees the unpacked copy, but glibc keeps freed chunks inside its heap
 // resident (its mmap threshold has grown past the weights' sizes by then), so without a trim the
-// process holds both copies of every weight a subgraph reads: 1.47× the weight bytes on bench-m,
-// 1.11× after a trim (npm run bench:engine).
+// process holds both copies of every weight a subgraph reads.
 //
 // From then on, holdFreedMemory keeps what the process frees: a prefill's tensors of tens of MiB
-// were otherwise unmapped or trimmed when freed and faulted back in, zeroed, on the next call —
-// one call in two or three of a 1024-token chain-1 prefill on bench-m took ~8000 page faults and
-// 1.5–2× its usual time (200 → 300–400 ms). The steady state holds the largest call's working
-// set, which the next call of that size needs anyway.
+// would otherwise be unmapped or trimmed when freed and faulted back in, zeroed, on the next call.
+// The steady state holds the largest call's working set, which the next call of that size needs
+// anyway. The figures are in ops/README.md (Memory).
 import { createRequire } from "node:module";
 
 interface Libc {
