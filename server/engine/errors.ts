@@ -6,7 +6,7 @@ export class EngineError extends Error {
   override name = "EngineError";
   constructor(
     message: string,
-    readonly code: "context_length_exceeded" | "invalid_prompt" | "invalid_chains" | "invalid_max_tokens",
+    readonly code: "context_length_exceeded" | "invalid_prompt" | "invalid_chains" | "invalid_max_tokens" | "invalid_prompt_logprobs",
     readonly param?: string,
   ) {
     super(message);
