@@ -8,7 +8,7 @@ import { createApp, type ColmApp } from "../server/api/app.ts";
 import { CostModel, type CostPredictor } from "../server/policy/cost-model.ts";
 import type { Engine } from "../server/engine/types.ts";
 import { ChainControl } from "../server/engine/chain-control.ts";
-import { AdaptiveChains, DEFAULT_HYSTERESIS, route, type HysteresisConfig, type LatencyBudget, type LoadSnapshot } from "../server/policy/latency-router.ts";
+import { AdaptiveChains, DEFAULT_HYSTERESIS, predict, route, type HysteresisConfig, type LatencyBudget, type LoadSnapshot } from "../server/policy/latency-router.ts";
 import { mergeBudgetHeaders } from "../server/api/request.ts";
 import { ColmError, httpStatus } from "../server/api/errors.ts";
 import { loadTestEngine, metricValue, parsePrometheus, parseSse, writeTestCheckpoint, type TestCheckpoint } from "./helpers/server-fixture.ts";
@@ -169,6 +169,20 @@ describe("AdaptiveChains: load-adaptive switching with hysteresis", () => {
   });
 });
 
+describe("predictions follow cost", () => {
+  test("a larger k is never predicted cheaper, even when the measurements say so (k=1 measured slower than k=2)", () => {
+    const noisy: CostPredictor = { nChains: 4, decodeStepMs: (k) => [8.8, 6.65, 9, 12][k - 1], prefillMs: (_T, k) => [5, 4, 6, 7][k - 1] };
+    for (const load of [{ running: 0, queued: 0 }, { running: 3, queued: 2, capacity: 8 }]) {
+      const p = [1, 2, 3, 4].map((k) => predict(noisy, k, 16, 8, load)!);
+      for (let k = 1; k < 4; k++) {
+        assert.ok(p[k - 1].tpotMs <= p[k].tpotMs, `tpot k=${k} ≤ k=${k + 1}`);
+        assert.ok(p[k - 1].ttftMs <= p[k].ttftMs, `ttft k=${k} ≤ k=${k + 1}`);
+      }
+      assert.equal(p[0].tpotMs, 6.65, "k=1 is bounded by the k=2 it is part of");
+    }
+  });
+});
+
 describe("X-Latency-Budget-* headers", () => {
   test("merged under the body's fields; bad values are a 400", () => {
     assert.deepEqual(mergeBudgetHeaders({ "x-latency-budget-tpot-ms": "40", "x-latency-budget-ttft-ms": "500" }, { tpot_ms: 10 }), { tpot_ms: 10, ttft_ms: 500 });
@@ -239,6 +253,11 @@ describe("through the server (tiny random checkpoint, real engine)", () => {
     const samples = parsePrometheus((await request(colm.app).get("/metrics")).text);
     assert.equal(metricValue(samples, "colm_latency_budget_misses_total", { budget: "no_fit" }), before + 1);
     assert.ok(samples.some((s) => s.name === "colm_router_predicted_tpot_seconds" && s.labels.chains === "4"));
+    // The caller is told too, per choice: which parts of its budget it missed.
+    assert.ok(res.body.usage.completion_tokens >= 2);
+    assert.deepEqual(res.body.choices[0].latency_budget_missed, ["tpot"]);
+    const met = await complete({ latency_budget: { tpot_ms: 1e9 } });
+    assert.equal(met.body.choices[0].latency_budget_missed, undefined, "a met budget adds nothing");
   });
 
   test("switching off: a budgeted request is routed but keeps its size, and /v1/router says so", async () => {

@@ -212,6 +212,36 @@ describe("POST /v1/completions", () => {
     assert.equal(elp.text_offset[6], 6);
   });
 
+  test("echo with logprobs scores the prompt: each token's logprob and top-N given the tokens before it (max_tokens 0 scores only)", async () => {
+    // What a greedy generation reported for its own tokens, the echo must report for the same
+    // tokens given back as a prompt (lm-evaluation-harness's loglikelihood and is-greedy check).
+    const gen = await complete({ prompt: [71, 101, 110], max_tokens: 5, temperature: 0, logprobs: 2, chains: 2 });
+    const glp = gen.choices[0].logprobs;
+    const ids = [71, 101, 110, ...glp.tokens.map((t: string) => Buffer.from(t, "latin1")[0])];
+    const scored = await complete({ prompt: ids, max_tokens: 0, logprobs: 2, echo: true, chains: 2 });
+    const slp = scored.choices[0].logprobs;
+    assert.equal(scored.choices[0].finish_reason, "length");
+    assert.equal(scored.usage.completion_tokens, 0);
+    assert.equal(slp.tokens.length, 8);
+    assert.equal(slp.token_logprobs[0], null);
+    assert.equal(slp.top_logprobs[0], null);
+    for (let t = 1; t < 8; t++) {
+      assert.ok(slp.token_logprobs[t] <= 0, `prompt token ${t}`);
+      assert.ok(Object.keys(slp.top_logprobs[t]).length <= 2);
+    }
+    for (let i = 0; i < 5; i++) {
+      assert.ok(Math.abs(slp.token_logprobs[3 + i] - glp.token_logprobs[i]) < 1e-4, `token ${i}`);
+      assert.deepEqual(Object.keys(slp.top_logprobs[3 + i]).sort(), Object.keys(glp.top_logprobs[i]).sort());
+    }
+    // Streamed, the echoed prompt (with its logprobs) comes first; without echo, 0 tokens is refused.
+    const res = await request(colm.app).post("/v1/completions").send({ model: "tiny", prompt: ids, max_tokens: 0, logprobs: 2, echo: true, chains: 2, stream: true });
+    const first = (parseSse(res.text)[0] as any).choices[0];
+    assert.deepEqual(first.logprobs.token_logprobs, slp.token_logprobs);
+    const refused = await request(colm.app).post("/v1/completions").send({ model: "tiny", prompt: "x", max_tokens: 0 });
+    assert.equal(refused.status, 400);
+    assert.equal(refused.body.error.param, "max_tokens");
+  });
+
   test("stop: the text ends before the stop string, finish_reason stop", async () => {
     // Seeded sampling restricted (by logit_bias) to A, B, C: a reproducible text to cut.
     const base = { prompt: "stop test", max_tokens: 30, temperature: 1, seed: 5, logit_bias: { "65": 100, "66": 100, "67": 100 } };

@@ -2,9 +2,9 @@
 // text_completion objects. Everything between is the pipeline's.
 import { randomUUID } from "node:crypto";
 import type { Request, Response } from "express";
-import type { Engine, GeneratedToken } from "../engine/types.ts";
+import type { Engine, GeneratedToken, PromptLogprob } from "../engine/types.ts";
 import type { ServerContext } from "./context.ts";
-import { fromZodError } from "./errors.ts";
+import { fromZodError, invalidField } from "./errors.ts";
 import type { GenerationResult } from "./generation.ts";
 import { choiceExtensions, httpRoute, planRequest, serveHttp, totalUsage, type PlannedRequest, type ResponseFormat } from "./pipeline.ts";
 import { buildRequest, encodeText, mergeBudgetHeaders, tokenPrompt, type GenerationRequest, type PromptInput } from "./request.ts";
@@ -25,27 +25,33 @@ function emptyLogprobs(): LegacyLogprobs {
   return { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
 }
 
-/** The prompt's tokens, for echo with logprobs. */
-function echoLogprobs(engine: Engine, prompt: PromptInput): LegacyLogprobs {
+/** The prompt's tokens, for echo with logprobs: each with its logprob and top-N given the tokens before it (none for the first). */
+function echoLogprobs(engine: Engine, prompt: PromptInput, logprobs: PromptLogprob[] | undefined): LegacyLogprobs {
   const lp = emptyLogprobs();
   let offset = 0;
-  for (const id of prompt.ids) {
-    const t = engine.tokenizer.decode([id]);
-    lp.tokens.push(t);
-    lp.token_logprobs.push(null);
-    lp.top_logprobs.push(null);
+  prompt.ids.forEach((id, t) => {
+    const token = engine.tokenizer.decode([id]);
+    const entry = logprobs?.[t] ?? null;
+    lp.tokens.push(token);
+    lp.token_logprobs.push(entry ? entry.logprob : null);
+    lp.top_logprobs.push(entry ? topMap(entry.topLogprobs) : null);
     lp.text_offset.push(offset);
-    offset += t.length;
-  }
+    offset += token.length;
+  });
   return lp;
+}
+
+/** Alternatives as the legacy {token: logprob} map (the first of equal-text tokens wins). */
+function topMap(alternatives: ReadonlyArray<{ token: string; logprob: number }>): Record<string, number> {
+  const top: Record<string, number> = {};
+  for (const alt of alternatives) if (!(alt.token in top)) top[alt.token] = alt.logprob;
+  return top;
 }
 
 function appendLogprob(engine: Engine, lp: LegacyLogprobs, tok: GeneratedToken, offset: number): void {
   lp.tokens.push(engine.tokenizer.decode([tok.tokenId]));
   lp.token_logprobs.push(tok.logprob ?? null);
-  const top: Record<string, number> = {};
-  for (const alt of tok.topLogprobs ?? []) if (!(alt.token in top)) top[alt.token] = alt.logprob;
-  lp.top_logprobs.push(top);
+  lp.top_logprobs.push(topMap(tok.topLogprobs ?? []));
   lp.text_offset.push(offset);
 }
 
@@ -62,6 +68,7 @@ export function completionRequest(engine: Engine, req: Request, arrivedAt: numbe
   if (!parsed.success) throw fromZodError(parsed.error, req.body);
   const body = parsed.data;
   const budget = mergeBudgetHeaders(req.headers, body.latency_budget);
+  if (body.max_tokens === 0 && body.echo !== true) throw invalidField("max_tokens", "Invalid value for 'max_tokens': must be at least 1 unless 'echo' is true.");
   return buildRequest(engine, body, prompts(engine, body.prompt), {
     promptParam: "prompt",
     maxTokens: body.max_tokens ?? undefined,
@@ -79,15 +86,15 @@ function completionFormat(engine: Engine, planned: PlannedRequest): ResponseForm
   const wantLogprobs = request.logprobs !== undefined;
   const offsets = choices.map(() => 0);
   const echoed = (i: number) => (request.echo ? choices[i].prompt.text : "");
+  const echo = (i: number, lps: PromptLogprob[] | undefined) => {
+    offsets[i] = choices[i].prompt.text.length;
+    return { index: choices[i].index, text: choices[i].prompt.text, logprobs: wantLogprobs ? echoLogprobs(engine, choices[i].prompt, lps) : null, finish_reason: null, chains: planned.chains };
+  };
   return {
     envelope,
-    opening: () =>
-      !request.echo
-        ? []
-        : choices.map((c, i) => {
-            offsets[i] = c.prompt.text.length;
-            return { index: c.index, text: c.prompt.text, logprobs: wantLogprobs ? echoLogprobs(engine, c.prompt) : null, finish_reason: null, chains: planned.chains };
-          }),
+    // An echoed prompt opens the stream, or, with logprobs, comes once the engine has the prompt's.
+    opening: () => (request.echo && !wantLogprobs ? choices.map((_, i) => echo(i, undefined)) : []),
+    prompt: (i, lps) => echo(i, lps),
     token: (i, tok) => {
       let lp: LegacyLogprobs | null = null;
       if (wantLogprobs) appendLogprob(engine, (lp = emptyLogprobs()), tok, offsets[i]);
@@ -105,7 +112,7 @@ function completionFormat(engine: Engine, planned: PlannedRequest): ResponseForm
 }
 
 function choiceLogprobs(engine: Engine, prompt: PromptInput, r: GenerationResult, echo: boolean): LegacyLogprobs {
-  const lp = echo ? echoLogprobs(engine, prompt) : emptyLogprobs();
+  const lp = echo ? echoLogprobs(engine, prompt, r.promptLogprobs) : emptyLogprobs();
   let offset = echo ? prompt.text.length : 0;
   for (const tok of r.tokens) {
     appendLogprob(engine, lp, tok, offset);

@@ -2,7 +2,7 @@
 // generation's ChainControl switch the chain count between tokens, and records its metrics (TTFT,
 // TPOT, end-to-end, token counts, switches, latency-budget misses).
 import type { ChainControl } from "../engine/chain-control.ts";
-import type { Engine, FinishReason, GeneratedToken, GenerationSummary, SamplingOptions } from "../engine/types.ts";
+import type { Engine, FinishReason, GeneratedToken, GenerationSummary, PromptLogprob, SamplingOptions } from "../engine/types.ts";
 import type { LatencyBudget } from "../policy/latency-router.ts";
 import type { Metrics } from "./metrics.ts";
 
@@ -15,7 +15,15 @@ export interface GenerationSpec {
   latencyBudget?: LatencyBudget;
   /** performance.now() when the request arrived (TTFT and end-to-end are measured from it). */
   arrivedAt: number;
+  /** Top-N alternatives of every prompt token's logprob (echo with logprobs); undefined: none. */
+  promptLogprobs?: number;
   signal: AbortSignal;
+}
+
+/** What a generation reports as it runs: its prompt's logprobs (once, first), then each token. */
+export interface GenerationListener {
+  prompt?(logprobs: PromptLogprob[]): void | Promise<void>;
+  token(tok: GeneratedToken): void | Promise<void>;
 }
 
 /** A part of a latency budget that a finished generation overran. */
@@ -34,6 +42,8 @@ export interface GenerationResult {
   finalChains: number;
   /** The parts of the request's latency budget this generation missed (empty: none, or no budget). */
   budgetMissed: BudgetPart[];
+  /** The prompt's logprobs, when the spec asked for them (the first entry is null). */
+  promptLogprobs?: PromptLogprob[];
   summary: GenerationSummary | null;
 }
 
@@ -94,14 +104,14 @@ function observeEnd(metrics: Metrics, spec: GenerationSpec, r: Omit<GenerationRe
 }
 
 /**
- * Run one generation to the end. `onToken` is awaited for every token (a slow consumer slows the
+ * Run one generation to the end. The listener is awaited for every token (a slow consumer slows the
  * generation down rather than buffering). Throws when the engine fails (not when it is aborted:
  * an aborted generation resolves with finishReason "cancelled").
  */
 export async function runGeneration(
   ctx: GenerationContext,
   spec: GenerationSpec,
-  onToken: (tok: GeneratedToken) => void | Promise<void>,
+  listener: GenerationListener,
 ): Promise<GenerationResult> {
   const startChains = spec.control.current;
   const tokens: GeneratedToken[] = [];
@@ -109,15 +119,23 @@ export async function runGeneration(
   const timing: Timing = { endAt: 0 };
   let text = "";
   let summary: GenerationSummary | null = null;
+  let promptLogprobs: PromptLogprob[] | undefined;
+  let promptDelivered = false;
   const iter = ctx.engine().generate(spec.prompt, {
     chooseChains: spec.control.choose,
     sampling: spec.sampling,
     maxTokens: spec.maxTokens,
     stop: spec.stop && spec.stop.length > 0 ? spec.stop : undefined,
     signal: spec.signal,
+    ...(spec.promptLogprobs !== undefined ? { promptLogprobs: spec.promptLogprobs, onPromptLogprobs: (lps: PromptLogprob[]) => (promptLogprobs = lps) } : {}),
   });
   try {
     for (let step = await iter.next(); ; step = await iter.next()) {
+      // The engine reports the prompt's logprobs inside the call that brings the first token (or the end).
+      if (promptLogprobs && !promptDelivered) {
+        promptDelivered = true;
+        await listener.prompt?.(promptLogprobs);
+      }
       if (step.done) {
         summary = step.value;
         text += summary.tailText;
@@ -128,7 +146,7 @@ export async function runGeneration(
       tokens.push(tok);
       chainsPerToken.push(tok.chains);
       text += tok.text;
-      await onToken(tok);
+      await listener.token(tok);
     }
   } catch (err) {
     if (!isAbortError(err, spec.signal)) {
@@ -149,7 +167,7 @@ export async function runGeneration(
     summary,
   };
   const budgetMissed = observeEnd(ctx.metrics, spec, ended, startChains, tokens.length, timing);
-  return { ...ended, tokens, text, budgetMissed };
+  return { ...ended, tokens, text, budgetMissed, ...(promptLogprobs ? { promptLogprobs } : {}) };
 }
 
 /**
@@ -160,7 +178,7 @@ export async function runChoices(
   ctx: GenerationContext,
   specs: ReadonlyArray<Omit<GenerationSpec, "signal">>,
   signal: AbortSignal,
-  onToken: (choice: number, tok: GeneratedToken) => void | Promise<void>,
+  listener: { prompt?(choice: number, logprobs: PromptLogprob[]): void | Promise<void>; token(choice: number, tok: GeneratedToken): void | Promise<void> },
 ): Promise<GenerationResult[]> {
   const group = new AbortController();
   const forward = () => group.abort(signal.reason);
@@ -169,7 +187,7 @@ export async function runChoices(
   try {
     return await Promise.all(
       specs.map((spec, i) =>
-        runGeneration(ctx, { ...spec, signal: group.signal }, (tok) => onToken(i, tok)).catch((err) => {
+        runGeneration(ctx, { ...spec, signal: group.signal }, { prompt: (lps) => listener.prompt?.(i, lps), token: (tok) => listener.token(i, tok) }).catch((err) => {
           group.abort(err);
           throw err;
         }),

@@ -4,7 +4,7 @@
 // endpoints hand serveHttp a ResponseFormat; the WebSocket runs plan → admit → run itself, since
 // a socket carries several generations and its own cancel and switch messages.
 import type { Request, Response } from "express";
-import type { GeneratedToken } from "../engine/types.ts";
+import type { GeneratedToken, PromptLogprob } from "../engine/types.ts";
 import type { ServerContext } from "./context.ts";
 import { errorBody, logIfInternal, sendError, serviceUnavailable, toColmError } from "./errors.ts";
 import { runChoices, type GenerationResult, type GenerationSpec } from "./generation.ts";
@@ -47,6 +47,8 @@ export function planRequest(ctx: ServerContext, request: GenerationRequest): Pla
         control: plan.control(),
         latencyBudget: request.latencyBudget,
         arrivedAt: request.arrivedAt,
+        // Echo with logprobs reports the prompt's tokens too (as vLLM does): computed at the choice's size.
+        ...(request.echo && request.logprobs !== undefined ? { promptLogprobs: request.logprobs } : {}),
       },
     })),
   );
@@ -102,6 +104,8 @@ export interface ResponseFormat {
   readonly envelope: Record<string, unknown>;
   /** Choice entries sent as the stream opens (chat: the role; completions: an echoed prompt). */
   opening(): object[];
+  /** The choice entry streaming the prompt of choice `i` with its logprobs (echo with logprobs), once the engine has them. */
+  prompt?(i: number, logprobs: PromptLogprob[]): object;
   /** The choice entry streaming one token of choice `i`. */
   token(i: number, tok: GeneratedToken): object;
   /** The last choice entry of choice `i`. */
@@ -138,7 +142,10 @@ async function stream(ctx: ServerContext, res: Response, planned: PlannedRequest
   for (const entry of format.opening()) await chunk(entry);
   let results: GenerationResult[];
   try {
-    results = await runChoices(ctx, planned.choices.map((c) => c.spec), signal, (i, tok) => chunk(format.token(i, tok)));
+    results = await runChoices(ctx, planned.choices.map((c) => c.spec), signal, {
+      prompt: format.prompt && ((i, lps) => chunk(format.prompt!(i, lps))),
+      token: (i, tok) => chunk(format.token(i, tok)),
+    });
   } catch (err) {
     const mapped = toColmError(err);
     logIfInternal(ctx.log, "stream", err, mapped);
@@ -157,7 +164,7 @@ export async function serveHttp(ctx: ServerContext, res: Response, planned: Plan
   const gen = await admitHttp(ctx, res, planned);
   try {
     if (planned.request.stream) return await stream(ctx, res, planned, format, gen.signal, gen.clientGone);
-    const results = await runChoices(ctx, planned.choices.map((c) => c.spec), gen.signal, () => undefined);
+    const results = await runChoices(ctx, planned.choices.map((c) => c.spec), gen.signal, { token: () => undefined });
     if (gen.signal.aborted && res.destroyed) return;
     res.json(format.response(results));
   } finally {

@@ -58,6 +58,8 @@ export const completionRequestSchema = z.object({
   prompt: promptSchema,
   logprobs: int().min(0).max(MAX_TOP_LOGPROBS).nullish(),
   echo: z.boolean().nullish(),
+  // 0 scores the prompt without generating (echo with logprobs, as evaluation harnesses ask).
+  max_tokens: int().min(0).nullish(),
 });
 export type CompletionRequest = z.infer<typeof completionRequestSchema>;
 

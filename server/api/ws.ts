@@ -291,7 +291,7 @@ export class StreamServer {
       send({ type: "switched", id: msg.id, chains, at_index: atIndex });
     });
     try {
-      const result = await runGeneration(this.ctx, { ...choice.spec, signal: g.controller.signal }, (tok) => this.deliver(ws, g, msg.id, tok, send));
+      const result = await runGeneration(this.ctx, { ...choice.spec, signal: g.controller.signal }, { token: (tok) => this.deliver(ws, g, msg.id, tok, send) });
       if (g.pendingSwitch !== undefined) send({ type: "switched", id: msg.id, chains: g.pendingSwitch, at_index: null });
       send(doneMessage(engine, msg.id, result));
     } finally {

@@ -12,6 +12,7 @@ import { cachedGraph } from "../../ops/graph-cache.ts";
 import { Scheduler, prefillRow, type StepStats } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
 import { EngineError, checkChains, checkContext, checkPrompt } from "./errors.ts";
+import { MAX_TOP_LOGPROBS } from "../../kernels/sampling.ts";
 
 export { EngineError };
 import type {
@@ -74,6 +75,10 @@ export class ColmEngine implements Engine {
     if (!Number.isInteger(options.maxTokens) || options.maxTokens < 0) {
       throw new EngineError(`max_tokens must be a non-negative integer, got ${options.maxTokens}`, "invalid_value", "max_tokens");
     }
+    const pl = options.promptLogprobs;
+    if (pl !== undefined && (!Number.isInteger(pl) || pl < 0 || pl > MAX_TOP_LOGPROBS)) {
+      throw new EngineError(`prompt_logprobs must be an integer in 0 … ${MAX_TOP_LOGPROBS}, got ${pl}`, "invalid_value", "prompt_logprobs");
+    }
     checkContext(this.info, prompt.length, options.maxTokens);
     if (options.chains !== undefined) checkChains(options.chains, this.info);
   }
@@ -97,7 +102,9 @@ export class ColmEngine implements Engine {
   async *generate(prompt: number[], options: GenerateOptions): AsyncGenerator<GeneratedToken, GenerationSummary, void> {
     this.validate(prompt, options);
     const seq = new Sequence(prompt, options, this.info, this.tokenizer);
-    if (options.maxTokens === 0 || options.signal?.aborted) seq.finish(options.signal?.aborted ? "cancelled" : "length");
+    // maxTokens 0 needs no model call, unless the prompt logprobs are wanted.
+    const nothingToRun = options.maxTokens === 0 && options.promptLogprobs === undefined;
+    if (nothingToRun || options.signal?.aborted) seq.finish(options.signal?.aborted ? "cancelled" : "length");
     else this.scheduler.submit(seq);
     return yield* seq.stream();
   }

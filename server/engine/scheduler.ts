@@ -19,12 +19,24 @@ export type { StepStats };
  */
 const PREFILL_CHUNK = 4096;
 const INTERLEAVED_CHUNK = 256;
+/**
+ * Most bytes of logits one prefill call may return when every prompt position's logits are wanted
+ * (prompt logprobs): a chunk is at most this / (4 · V) tokens (512 for a 32k vocabulary).
+ */
+const PROMPT_LOGITS_BYTES = 64 * 2 ** 20;
+
+/** Receives the raw logits ([rows, V]) of prompt positions from … from+rows-1. */
+export type PromptLogitsSink = (logits: Float32Array, from: number, rows: number) => void;
 
 /**
  * Continues filling row `row` of `cache` with `prompt` (from the row's current length), at most
  * `budget` prompt tokens this call. Returns the logits of the prompt's last token at `chains`
  * chains once the prompt is in, else null. With chain-1 prefill (spec §5.4) tokens 1 … T-1 run
  * through chain 1 only, with no logits; the last token runs at the requested size.
+ *
+ * With `onPromptLogits` (prompt logprobs), every prompt token runs at `chains` with logits for every
+ * row, which go to the sink chunk by chunk; chain1Prefill is then ignored. The keys/values written
+ * are the same (chain 1 makes them, spec §3), so what follows is unchanged.
  */
 export async function prefillRow(
   runner: ModelRunner,
@@ -34,7 +46,9 @@ export async function prefillRow(
   chains: number,
   chain1Prefill = true,
   budget = Infinity,
+  onPromptLogits?: PromptLogitsSink,
 ): Promise<Float32Array | null> {
+  if (onPromptLogits) return prefillAllLogits(runner, cache, row, prompt, chains, budget, onPromptLogits);
   const head = chain1Prefill ? prompt.length - 1 : 0;
   let done = cache.lengths[row];
   while (done < head && budget > 0) {
@@ -49,6 +63,32 @@ export async function prefillRow(
   const out = await runner.stepRows([rest], chains, cache, [rest.length - 1], row);
   cache.append(out.newKeys, out.newValues, rest.length, row, 1);
   return out.logits;
+}
+
+/** prefillRow with logits for every prompt position, all at `chains`. */
+async function prefillAllLogits(
+  runner: ModelRunner,
+  cache: KvCache,
+  row: number,
+  prompt: readonly number[],
+  chains: number,
+  budget: number,
+  sink: PromptLogitsSink,
+): Promise<Float32Array | null> {
+  const V = runner.config.vocab_size;
+  const maxRows = Math.max(1, Math.floor(PROMPT_LOGITS_BYTES / (4 * V)));
+  let done = cache.lengths[row];
+  while (done < prompt.length && budget > 0) {
+    const n = Math.min(prompt.length - done, PREFILL_CHUNK, maxRows, budget);
+    const rows = Array.from({ length: n }, (_, i) => i);
+    const out = await runner.stepRows([prompt.slice(done, done + n)], chains, cache, rows, row);
+    cache.append(out.newKeys, out.newValues, n, row, 1);
+    sink(out.logits, done, n);
+    done += n;
+    budget -= n;
+    if (done === prompt.length) return out.logits.slice((n - 1) * V, n * V);
+  }
+  return null;
 }
 
 export class Scheduler {
@@ -134,15 +174,18 @@ export class Scheduler {
     const before = this.cache.lengths[row];
     const t0 = performance.now();
     try {
-      const chains = seq.chainsFor(0);
+      const chains = seq.prefillChains();
       const budget = this.running.length > 1 ? this.interleavedChunk : Infinity;
-      const logits = await prefillRow(this.runner, this.cache, row, seq.prompt, chains, seq.chain1Prefill, budget);
+      const all = seq.promptLogprobs !== undefined;
+      const sink: PromptLogitsSink | undefined = all ? (logits, from, rows) => seq.addPromptLogits(logits, from, rows) : undefined;
+      const logits = await prefillRow(this.runner, this.cache, row, seq.prompt, chains, seq.chain1Prefill, budget, sink);
       const ms = performance.now() - t0;
       seq.prefillMs += ms;
-      this.report({ kind: "prefill", rows: 1, tokens: this.cache.lengths[row] - before, chains: logits ? chains : 1, ms });
+      this.report({ kind: "prefill", rows: 1, tokens: this.cache.lengths[row] - before, chains: logits || all ? chains : 1, ms });
       if (logits) {
-        seq.logits = logits;
         this.prefilling = null;
+        seq.prefilled(logits);
+        if (seq.done) this.remove(row); // maxTokens 0: only the prompt logprobs were wanted
       }
     } catch (err) {
       this.prefilling = null;

@@ -1,12 +1,12 @@
 // One generation's state inside the scheduler: sampler, stop strings, incremental detokenizer,
 // the chain count per token, and a queue the caller's async iterator reads from.
-import { Sampler } from "../../kernels/sampling.ts";
+import { Sampler, logSumExp, topN } from "../../kernels/sampling.ts";
 import { StopMatcher } from "../../kernels/stop.ts";
 import { IncrementalDecoder, tokenText } from "../../models/tokenizer.ts";
 import { EngineError } from "./errors.ts";
-import type { FinishReason, GenerateOptions, GeneratedToken, GenerationSummary, ModelInfo, Tokenizer } from "./types.ts";
+import type { FinishReason, GenerateOptions, GeneratedToken, GenerationSummary, ModelInfo, PromptLogprob, Tokenizer } from "./types.ts";
 
-type Event = { token: GeneratedToken } | { summary: GenerationSummary } | { error: unknown };
+type Event = { token: GeneratedToken } | { promptLogprobs: PromptLogprob[] } | { summary: GenerationSummary } | { error: unknown };
 
 export class Sequence {
   readonly generated: number[] = [];
@@ -23,6 +23,10 @@ export class Sequence {
   private readonly events: Event[] = [];
   private wake: (() => void) | null = null;
   private lastChains = 0;
+  /** The prompt's chain count when prompt logprobs are on (asked once: every chunk must agree). */
+  private promptChains: number | null = null;
+  /** Prompt logprobs filled chunk by chunk while the prompt goes in (null entries until then). */
+  private readonly promptEntries: PromptLogprob[] | null;
 
   constructor(
     readonly prompt: number[],
@@ -33,6 +37,55 @@ export class Sequence {
     this.sampler = new Sampler(options.sampling ?? {}, info.vocabSize);
     this.stop = new StopMatcher(options.stop ?? []);
     this.decoder = new IncrementalDecoder(tokenizer);
+    this.promptEntries = options.promptLogprobs === undefined ? null : new Array<PromptLogprob>(prompt.length).fill(null);
+  }
+
+  /** Top-N alternatives per prompt token when prompt logprobs are requested, else undefined. */
+  get promptLogprobs(): number | undefined {
+    return this.options.promptLogprobs;
+  }
+
+  /**
+   * The chain count the prompt is prefilled at (that of the first completion token). With prompt
+   * logprobs every chunk runs at it, so it is asked once; otherwise once per chunk, as before.
+   */
+  prefillChains(): number {
+    if (this.promptEntries === null) return this.chainsFor(0);
+    return (this.promptChains ??= this.chainsFor(0));
+  }
+
+  /**
+   * Records the prompt logprobs from the logits ([rows, V], raw) of prompt positions from … from+rows-1:
+   * the logits at position p give prompt token p+1's entry.
+   */
+  addPromptLogits(logits: Float32Array, from: number, rows: number): void {
+    const entries = this.promptEntries;
+    if (!entries) return;
+    const V = this.info.vocabSize;
+    const n = this.options.promptLogprobs ?? 0;
+    for (let i = 0; i < rows; i++) {
+      const t = from + i + 1;
+      if (t >= this.prompt.length) break;
+      const row = logits.subarray(i * V, (i + 1) * V);
+      const lse = logSumExp(row, V);
+      const tokenId = this.prompt[t];
+      entries[t] = {
+        tokenId,
+        logprob: row[tokenId] - lse,
+        topLogprobs: topN(row, V, n).map((id) => ({ tokenId: id, token: tokenText(this.tokenizer, id), logprob: row[id] - lse })),
+      };
+    }
+  }
+
+  /**
+   * The prompt is in; `logits` are its last token's. Hands the prompt logprobs (if requested) to
+   * the consumer ahead of any token; then either keeps the logits for the first token or, when no
+   * token was asked for (maxTokens 0), finishes with "length".
+   */
+  prefilled(logits: Float32Array): void {
+    if (this.promptEntries) this.push({ promptLogprobs: this.promptEntries });
+    if (this.options.maxTokens <= 0) return this.finish("length");
+    this.logits = logits;
   }
 
   get chain1Prefill(): boolean {
@@ -116,6 +169,7 @@ export class Sequence {
         while (!this.events.length) await new Promise<void>((resolve) => (this.wake = resolve));
         const e = this.events.shift()!;
         if ("token" in e) yield e.token;
+        else if ("promptLogprobs" in e) this.options.onPromptLogprobs?.(e.promptLogprobs);
         else if ("summary" in e) return e.summary;
         else throw e.error;
       }

@@ -23,7 +23,31 @@ export interface GenerateOptions {
   /** Prefill the prompt with chain 1 only (spec §5.4). Default true; false runs the whole
    * prompt at the requested size (for comparison). */
   chain1Prefill?: boolean;
+  /**
+   * Prompt logprobs (vLLM's `prompt_logprobs`): the number of top alternatives (0 … 20) to return
+   * with each prompt token's logprob. Undefined: off. When set, the whole prompt runs at the chain
+   * count of the first completion token (chainsFor(0), asked once), with logits for every position,
+   * instead of the chain-1 prefill (chain1Prefill is ignored); the keys/values and so the completion
+   * are the same either way. maxTokens may then be 0: the prompt is prefilled, onPromptLogprobs is
+   * called and the generation finishes with "length" and no tokens.
+   */
+  promptLogprobs?: number;
+  /**
+   * Called exactly once with the prompt logprobs (one entry per prompt token, the first null) once
+   * the prompt is prefilled, before the first token is yielded, in the consumer's context (from the
+   * iterator's next(); an exception it throws ends the generation and propagates to the caller).
+   * Not called when the generation is cancelled or fails before its prompt is in.
+   */
+  onPromptLogprobs?: (logprobs: PromptLogprob[]) => void;
 }
+
+/**
+ * Prompt token t's logprob given tokens 0 … t-1: log_softmax of the raw model logits at position
+ * t-1 (no temperature, penalties or logit_bias, as vLLM reports them) at the prompt's chain count,
+ * at prompt[t]; topLogprobs are the top-N of that same distribution, most likely first (ties: lower
+ * id). The first prompt token has nothing before it: null.
+ */
+export type PromptLogprob = { tokenId: number; logprob: number; topLogprobs: TopLogprob[] } | null;
 
 export interface TopLogprob {
   tokenId: number;
