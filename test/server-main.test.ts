@@ -23,8 +23,10 @@ interface Proc {
   exited: Promise<number | null>;
 }
 
-function start(args: string[], env: Record<string, string>): Promise<Proc> {
-  const child = spawn(process.execPath, ["--import", "tsx", "server/main.ts", ...args], {
+/** The server as `node … server/main.ts ARGS`, or as the README starts it, `npm start -- ARGS`. */
+function start(args: string[], env: Record<string, string>, viaNpm = false): Promise<Proc> {
+  const [command, argv] = viaNpm ? ["npm", ["start", "--", ...args]] : [process.execPath, ["--import", "tsx", "server/main.ts", ...args]];
+  const child = spawn(command, argv, {
     cwd: ROOT,
     env: { ...process.env, PORT: "0", HOST: "127.0.0.1", COLM_DEVICE: "cpu", ...env },
     stdio: ["ignore", "pipe", "pipe"],
@@ -88,6 +90,18 @@ describe("server/main.ts process", () => {
     assert.equal(((await ok.json()) as { data: unknown[] }).data.length, 5);
     p.child.kill("SIGINT");
     assert.equal(await p.exited, 0);
+  });
+
+  test("npm start: SIGTERM to npm stops the server it started", { timeout: 30_000 }, async () => {
+    const p = await start(["--model", ckpt.dir], { COLM_SHUTDOWN_TIMEOUT_MS: "0" }, true);
+    assert.equal((await fetch(`${p.url}/health`)).status, 200);
+    p.child.kill("SIGTERM");
+    await p.exited;
+    const gone = await fetch(`${p.url}/health`).then(
+      () => false,
+      () => true,
+    );
+    assert.ok(gone, "nothing answers on the server's port once npm has exited");
   });
 
   test("a missing model folder exits non-zero with a message", async () => {
