@@ -2,6 +2,9 @@
 // set serves every chain count. It runs `tokens` new tokens at `chains` chains against a KV
 // cache and returns the logits of the requested rows plus the new tokens' keys and values.
 import { availableParallelism } from "node:os";
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
 import * as ort from "onnxruntime-node";
 import type { Checkpoint } from "../models/checkpoint.ts";
 import { ColmError } from "../models/errors.ts";
@@ -37,6 +40,16 @@ export interface StepResult {
    */
   newKeys: Float32Array[];
   newValues: Float32Array[];
+}
+
+/**
+ * Whether onnxruntime-node's CUDA provider library is on disk (it is not bundled: its installer
+ * fetches it). Checked first because a failed attempt to load it makes onnxruntime print a
+ * multi-line error of its own, whatever the session's log level.
+ */
+function cudaProviderInstalled(): boolean {
+  const pkgDir = dirname(dirname(createRequire(import.meta.url).resolve("onnxruntime-node")));
+  return existsSync(join(pkgDir, "bin", "napi-v6", process.platform, process.arch, process.platform === "win32" ? "onnxruntime_providers_cuda.dll" : "libonnxruntime_providers_cuda.so"));
 }
 
 export class RunnerError extends ColmError {
@@ -88,6 +101,10 @@ export class ModelRunner {
       typeof model === "string" ? ort.InferenceSession.create(model, o) : ort.InferenceSession.create(model, o);
     let device: Device = options.device ?? "cpu";
     let session: ort.InferenceSession;
+    if (device === "cuda" && !cudaProviderInstalled()) {
+      log("colm: CUDA execution provider not installed (see the README: ONNXRUNTIME_NODE_INSTALL=cuda12); falling back to CPU");
+      device = "cpu";
+    }
     if (device === "cuda") {
       try {
         // logSeverityLevel 4: onnxruntime's own "cannot load provider" error is replaced by our one line.

@@ -92,6 +92,16 @@ describe("server/main.ts process", () => {
     assert.equal(await p.exited, 0);
   });
 
+  test("COLM_DEVICE=cuda without the CUDA provider: one line says so, the server serves on CPU", async () => {
+    const p = await start(["--model", ckpt.dir], { COLM_DEVICE: "cuda" });
+    assert.match(p.startLine, / on cpu, listening/);
+    const lines = p.stderr().split("\n").filter((l) => /cuda|onnxruntime/i.test(l));
+    assert.equal(lines.length, 1, p.stderr());
+    assert.match(lines[0], /CUDA execution provider not installed.*falling back to CPU/);
+    p.child.kill("SIGTERM");
+    assert.equal(await p.exited, 0);
+  });
+
   test("npm start: SIGTERM to npm stops the server it started", { timeout: 30_000 }, async () => {
     const p = await start(["--model", ckpt.dir], { COLM_SHUTDOWN_TIMEOUT_MS: "0" }, true);
     assert.equal((await fetch(`${p.url}/health`)).status, 200);
