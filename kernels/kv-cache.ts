@@ -120,9 +120,8 @@ export class KvCache {
    * Ensures room for `tokens` tokens in every row. Capacity grows by a quarter (rounded up to whole
    * multiples of GROWTH_SLOTS), not by doubling: every step's attention reads all
    * `capacity` slots (those past a row's length are masked, not skipped), so doubling could have a
-   * step read up to twice what the rows hold (measured at 520 tokens, bench-m: a decode step took
-   * 10% longer at k=1 and 6.5% at k=4 over 1024 slots than over 656). A quarter keeps that under
-   * 1.25× for about four slots copied per token appended.
+   * step read up to twice what the rows hold. A quarter keeps that under 1.25× for about four
+   * slots copied per token appended (figures in kernels/README.md).
    */
   reserve(tokens: number): void {
     if (tokens <= this.cap) return;

@@ -20,6 +20,7 @@ import { loadModel, type ColmEngine } from "../server/engine/engine.ts";
 import { median } from "./engine-figures.ts";
 import { BenchArgs, writeResult } from "./results.ts";
 import { BENCH_M, DENSE_M, benchCheckpoint, describeShape } from "./shapes.ts";
+import * as engineSteps from "./engine-steps.ts";
 
 const args = new BenchArgs();
 const CONTEXT = args.num("context", 1024);
@@ -75,7 +76,7 @@ async function collectGarbage(): Promise<void> {
 /** A few tokens through every chain count of `engine`, so every size has run once (arena, buffers). */
 async function warmEverySize(engine: ColmEngine): Promise<void> {
   const c = engine.runner.config;
-  for (let k = 1; k <= c.nChains; k++) await engine.prefill([1, 2, 3, 4, 5, 6, 7, 8], k, new KvCache(c.n_layers, c.kv_heads, c.head_dim, 8), false);
+  for (let k = 1; k <= c.nChains; k++) await engineSteps.prefill(engine, [1, 2, 3, 4, 5, 6, 7, 8], k, new KvCache(c.n_layers, c.kv_heads, c.head_dim, 8), false);
 }
 
 /** Child-process side: load every config in `group`, warm it, print what is resident as JSON. */
@@ -133,10 +134,10 @@ async function timedMs(fn: () => Promise<unknown>): Promise<number> {
 async function colmSwitchMs(): Promise<Record<string, number>> {
   const engine = await loadModel(benchCheckpoint(BENCH_M));
   const cache = cacheFor(engine, CONTEXT + 2);
-  await engine.prefill(conversation, 1, cache);
+  await engineSteps.prefill(engine, conversation, 1, cache);
   const times = new Map<number, number[]>(CHAIN_COUNTS.map((k) => [k, []]));
   const step = async (k: number): Promise<number> => {
-    const ms = await timedMs(() => engine.decode(NEXT_TOKEN, k, cache));
+    const ms = await timedMs(() => engineSteps.decode(engine, NEXT_TOKEN, k, cache));
     cache.truncate(CONTEXT);
     return ms;
   };
@@ -160,8 +161,8 @@ async function denseSwitch(json: ColmConfigJson): Promise<DenseSwitch> {
   const engine = await loadModel(benchCheckpoint(json));
   const once = async (): Promise<[number, number]> => {
     const cache = cacheFor(engine, CONTEXT + 1);
-    const prefill = await timedMs(() => engine.prefill(conversation, 1, cache, false));
-    const first = await timedMs(() => engine.decode(NEXT_TOKEN, 1, cache));
+    const prefill = await timedMs(() => engineSteps.prefill(engine, conversation, 1, cache, false));
+    const first = await timedMs(() => engineSteps.decode(engine, NEXT_TOKEN, 1, cache));
     return [prefill, first];
   };
   await once(); // untimed: onnxruntime grows its arena for a new prompt length on the first call

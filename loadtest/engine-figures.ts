@@ -4,6 +4,7 @@
 import { readFileSync } from "node:fs";
 import { KvCache } from "../kernels/kv-cache.ts";
 import { loadModel, type ColmEngine } from "../server/engine/engine.ts";
+import * as engineSteps from "./engine-steps.ts";
 
 export interface PrefillFigures {
   /** Whole prompt at full size, logits for the last token only. */
@@ -65,7 +66,7 @@ const cacheFor = (engine: ColmEngine, tokens: number): KvCache => {
 /** A cache for decoding `steps` tokens after `context` tokens that chain 1 prefills. */
 async function decodeContext(engine: ColmEngine, context: number, steps: number): Promise<KvCache> {
   const cache = cacheFor(engine, context + steps + 1);
-  await engine.prefill(tokensOf(engine, context, 2), 1, cache);
+  await engineSteps.prefill(engine, tokensOf(engine, context, 2), 1, cache);
   return cache;
 }
 
@@ -74,7 +75,7 @@ async function decodeRate(engine: ColmEngine, chains: number, cache: KvCache, co
   const V = engine.runner.config.vocab_size;
   let tok = 1;
   const step = async (s: number): Promise<void> => {
-    await engine.decode(tok, chains, cache);
+    await engineSteps.decode(engine, tok, chains, cache);
     tok = (tok * 31 + s) % V;
   };
   // Untimed steps first, for up to WARM_MS: after another session ran, its onnxruntime worker thread
@@ -99,7 +100,7 @@ export async function measureModel(dir: string, o: MeasureOptions): Promise<Mode
   const c = engine.runner.config;
   const n = c.nChains;
   // Warm every size once so all of them are ready before memory is read.
-  for (let k = 1; k <= n; k++) await engine.prefill(tokensOf(engine, 8, k), k, cacheFor(engine, 8), false);
+  for (let k = 1; k <= n; k++) await engineSteps.prefill(engine, tokensOf(engine, 8, k), k, cacheFor(engine, 8), false);
   // Load-time buffers (checkpoint, graph bytes) are garbage now; collect them before reading RSS.
   const gc = (globalThis as { gc?: () => void }).gc;
   if (!gc) throw new Error("run with node --expose-gc (npm run bench:engine does)");
@@ -123,7 +124,7 @@ export async function measureModel(dir: string, o: MeasureOptions): Promise<Mode
     const kv = cacheFor(engine, T);
     const run = (chain1: boolean): Promise<Float32Array> => {
       kv.truncate(0);
-      return engine.prefill(prompt, n, kv, chain1);
+      return engineSteps.prefill(engine, prompt, n, kv, chain1);
     };
     for (let w = 0; w < 2; w++) {
       await run(false);

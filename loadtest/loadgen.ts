@@ -247,7 +247,7 @@ const USAGE = `usage: npm run loadtest -- --url http://127.0.0.1:8080 (--rate R 
   --model NAME           model name (default: asked from GET /v1/models)
   --api-key KEY          bearer token (default: $COLM_API_KEY)
   --seed S               seed for every random choice (default 1)
-  --out PATH             JSON results (default loadtest/results/loadgen-<timestamp>.json)
+  --out PATH             JSON results (default .cache/loadgen/loadgen-<timestamp>.json, untracked)
   --quiet                no progress line`;
 
 export interface CliConfig {
@@ -334,7 +334,8 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
 
 export function defaultOutPath(now = new Date()): string {
   const here = dirname(fileURLToPath(import.meta.url));
-  return resolve(here, "results", `loadgen-${now.toISOString().replace(/[:.]/g, "-")}.json`);
+  // Untracked: a user's load test does not dirty the checkout (committed results are the benchmarks').
+  return resolve(here, "..", ".cache", "loadgen", `loadgen-${now.toISOString().replace(/[:.]/g, "-")}.json`);
 }
 
 export function writeResult(path: string, result: LoadResult): void {

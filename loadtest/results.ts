@@ -29,10 +29,14 @@ export class BenchArgs extends Map<string, string> {
 
 export const machine = (): { nproc: number; cpu: string } => ({ nproc: availableParallelism(), cpu: cpus()[0]?.model ?? "unknown" });
 
-/** Writes loadtest/results/<name>.json: machine, `npm run <script>` command line, then `fields`. */
+/**
+ * Writes <dir>/<name>.json: machine, `npm run <script>` command line, then `fields`. The folder is
+ * loadtest/results (the committed figures) unless COLM_RESULTS_DIR names another, for a trial run.
+ */
 export function writeResult(name: string, script: string, fields: object): void {
   const result = { machine: machine(), command: `npm run ${script} -- ${process.argv.slice(2).join(" ")}`.trim(), ...fields };
-  mkdirSync("loadtest/results", { recursive: true });
-  writeFileSync(`loadtest/results/${name}.json`, JSON.stringify(result, null, 2) + "\n");
-  console.log(`wrote loadtest/results/${name}.json`);
+  const dir = process.env.COLM_RESULTS_DIR || "loadtest/results";
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(`${dir}/${name}.json`, JSON.stringify(result, null, 2) + "\n");
+  console.log(`wrote ${dir}/${name}.json`);
 }

@@ -1,9 +1,10 @@
 // The benchmark shapes of the issues (random weights, cached under .cache/bench/<name>), with the
 // same widths, depths and vocabularies as the llama.cpp anchors in ../shared/performance-anchors.md.
+import { spawnSync } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { parseConfig, type ColmConfigJson } from "../models/config.ts";
-import { writeRandomCheckpoint } from "../kernels/random-checkpoint.ts";
 
 const common = { architecture: "colm-air", head_dim: 64, rope_theta: 10000, norm_eps: 1e-5, tie_embeddings: false, tokenizer: "byte" } as const;
 
@@ -21,7 +22,10 @@ export function benchCheckpoint(config: ColmConfigJson): string {
   const dir = join(".cache", "bench", String(config.name));
   if (!existsSync(join(dir, "model.safetensors"))) {
     console.error(`writing random checkpoint ${dir} …`);
-    writeRandomCheckpoint(dir, config, 1234);
+    // In a child process: a benchmark reads this process's resident memory as the model's.
+    const writer = join(dirname(fileURLToPath(import.meta.url)), "write-checkpoint.ts");
+    const r = spawnSync(process.execPath, ["--import", "tsx", writer, dir, JSON.stringify(config), "1234"], { stdio: "inherit" });
+    if (r.status !== 0) throw new Error(`writing ${dir} failed (exit ${r.status})`);
   } else {
     writeFileSync(join(dir, "config.json"), JSON.stringify(config, null, 2) + "\n"); // same weights, current config
   }

@@ -25,155 +25,72 @@ const TPS_BUCKETS = [100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 10000
 
 export class Metrics {
   readonly registry = new Registry();
-  readonly httpRequests: Counter<"route" | "method" | "status">;
-  readonly ttft: Histogram<"chains">;
-  readonly tpot: Histogram<"chains">;
-  readonly e2e: Histogram<"chains">;
-  readonly promptTokens: Counter<"chains">;
-  readonly generationTokens: Counter<"chains">;
-  readonly generations: Counter<"finish_reason">;
-  readonly chainSwitches: Counter<"from" | "to">;
-  readonly budgetMisses: Counter<"budget">;
-  readonly prefillTps: Histogram;
+  readonly httpRequests = this.counter("colm_http_requests_total", "HTTP requests by route, method and status", ["route", "method", "status"]);
+  readonly ttft = this.histogram("colm_time_to_first_token_seconds", "Time from request arrival to the first generated token, by chain count of that token", ["chains"], LATENCY_BUCKETS);
+  readonly tpot = this.histogram("colm_time_per_output_token_seconds", "Mean time per output token after the first, per generation, by final chain count", ["chains"], TPOT_BUCKETS);
+  readonly e2e = this.histogram("colm_e2e_request_latency_seconds", "End-to-end generation latency (arrival to last token), by final chain count", ["chains"], LATENCY_BUCKETS);
+  readonly promptTokens = this.counter("colm_prompt_tokens_total", "Prompt tokens processed, by the chain count the generation started at", ["chains"]);
+  readonly generationTokens = this.counter("colm_generation_tokens_total", "Generated tokens, by the chain count that produced each token", ["chains"]);
+  readonly generations = this.counter("colm_generations_total", "Finished generations by finish reason (stop, length, cancelled, error)", ["finish_reason"]);
+  readonly chainSwitches = this.counter("colm_chain_switches_total", "Chain-count switches inside a generation (LM switching), by from/to chain count", ["from", "to"]);
+  readonly budgetMisses = this.counter("colm_latency_budget_misses_total", "Generations that missed a part of their latency_budget (ttft, tpot or total)", ["budget"]);
+  readonly prefillTps = this.histogram("colm_prefill_tokens_per_second", "Prompt prefill throughput per generation (prompt tokens / prefill time)", [], TPS_BUCKETS);
 
   constructor(src: MetricsSources) {
-    const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
-    this.httpRequests = new Counter({
-      name: "colm_http_requests_total",
-      help: "HTTP requests by route, method and status",
-      labelNames: ["route", "method", "status"],
-      registers,
-    });
-    this.ttft = new Histogram({
-      name: "colm_time_to_first_token_seconds",
-      help: "Time from request arrival to the first generated token, by chain count of that token",
-      labelNames: ["chains"],
-      buckets: LATENCY_BUCKETS,
-      registers,
-    });
-    this.tpot = new Histogram({
-      name: "colm_time_per_output_token_seconds",
-      help: "Mean time per output token after the first, per generation, by final chain count",
-      labelNames: ["chains"],
-      buckets: TPOT_BUCKETS,
-      registers,
-    });
-    this.e2e = new Histogram({
-      name: "colm_e2e_request_latency_seconds",
-      help: "End-to-end generation latency (arrival to last token), by final chain count",
-      labelNames: ["chains"],
-      buckets: LATENCY_BUCKETS,
-      registers,
-    });
-    this.promptTokens = new Counter({
-      name: "colm_prompt_tokens_total",
-      help: "Prompt tokens processed, by the chain count the generation started at",
-      labelNames: ["chains"],
-      registers,
-    });
-    this.generationTokens = new Counter({
-      name: "colm_generation_tokens_total",
-      help: "Generated tokens, by the chain count that produced each token",
-      labelNames: ["chains"],
-      registers,
-    });
-    this.generations = new Counter({
-      name: "colm_generations_total",
-      help: "Finished generations by finish reason (stop, length, cancelled, error)",
-      labelNames: ["finish_reason"],
-      registers,
-    });
-    this.chainSwitches = new Counter({
-      name: "colm_chain_switches_total",
-      help: "Chain-count switches inside a generation (LM switching), by from/to chain count",
-      labelNames: ["from", "to"],
-      registers,
-    });
-    this.budgetMisses = new Counter({
-      name: "colm_latency_budget_misses_total",
-      help: "Generations that missed a part of their latency_budget (ttft, tpot or total)",
-      labelNames: ["budget"],
-      registers,
-    });
-    this.prefillTps = new Histogram({
-      name: "colm_prefill_tokens_per_second",
-      help: "Prompt prefill throughput per generation (prompt tokens / prefill time)",
-      buckets: TPS_BUCKETS,
-      registers,
-    });
-    new Gauge({
-      name: "colm_requests_running",
-      help: "Generations running now",
-      registers,
-      collect() {
-        this.set(src.running());
-      },
-    });
-    new Gauge({
-      name: "colm_requests_waiting",
-      help: "Requests waiting for a generation slot",
-      registers,
-      collect() {
-        this.set(src.waiting());
-      },
-    });
-    new Gauge({
-      name: "colm_kv_cache_bytes_in_use",
-      help: "KV cache bytes held by live generations (engine.kvBytesInUse())",
-      registers,
-      collect() {
-        this.set(src.kvBytesInUse());
-      },
-    });
-    new Gauge({
-      name: "colm_kv_cache_bytes_capacity",
-      help: "KV cache bytes the admission limit allows (max running × max_position × KV bytes per token)",
-      registers,
-      collect() {
-        this.set(src.kvBytesCapacity());
-      },
-    });
-    new Gauge({
-      name: "colm_ws_connections",
-      help: "Open WebSocket connections on /v1/stream",
-      registers,
-      collect() {
-        this.set(src.wsConnections());
-      },
-    });
-    new Gauge({
-      name: "colm_router_predicted_tpot_seconds",
-      help: "Latency router's predicted time per output token by chain count, at the current batch size (batch=\"current\") and alone (batch=\"1\")",
-      labelNames: ["chains", "batch"],
-      registers,
-      collect() {
-        this.reset();
-        const p = src.routerPredictions?.();
-        for (const t of p?.tpot ?? []) {
-          if (t.currentMs !== null) this.set({ chains: String(t.chains), batch: "current" }, t.currentMs / 1000);
-          if (t.b1Ms !== null) this.set({ chains: String(t.chains), batch: "1" }, t.b1Ms / 1000);
+    this.gauge("colm_requests_running", "Generations running now", src.running);
+    this.gauge("colm_requests_waiting", "Requests waiting for a generation slot", src.waiting);
+    this.gauge("colm_kv_cache_bytes_in_use", "KV cache bytes held by live generations (engine.kvBytesInUse())", src.kvBytesInUse);
+    this.gauge("colm_kv_cache_bytes_capacity", "KV cache bytes the admission limit allows (max running × max_position × KV bytes per token)", src.kvBytesCapacity);
+    this.gauge("colm_ws_connections", "Open WebSocket connections on /v1/stream", src.wsConnections);
+    this.gauge("colm_router_prefill_seconds_per_token", "Latency router's predicted chain-1 prefill time per prompt token", () => (src.routerPredictions?.()?.prefillMsPerToken ?? 0) / 1000);
+    this.labelledGauge(
+      "colm_router_predicted_tpot_seconds",
+      'Latency router\'s predicted time per output token by chain count, at the current batch size (batch="current") and alone (batch="1")',
+      ["chains", "batch"],
+      (set) => {
+        for (const t of src.routerPredictions?.()?.tpot ?? []) {
+          if (t.currentMs !== null) set({ chains: String(t.chains), batch: "current" }, t.currentMs / 1000);
+          if (t.b1Ms !== null) set({ chains: String(t.chains), batch: "1" }, t.b1Ms / 1000);
         }
       },
+    );
+    this.labelledGauge("colm_model_info", "The loaded model (value 1)", ["model", "device", "n_chains"], (set) => {
+      const m = src.modelInfo();
+      if (m) set({ model: m.model, device: m.device, n_chains: String(m.nChains) }, 1);
     });
+  }
+
+  private counter<L extends string>(name: string, help: string, labelNames: L[]): Counter<L> {
+    return new Counter({ name, help, labelNames, registers: [this.registry] });
+  }
+
+  private histogram<L extends string>(name: string, help: string, labelNames: L[], buckets: number[]): Histogram<L> {
+    return new Histogram({ name, help, labelNames, buckets, registers: [this.registry] });
+  }
+
+  /** A gauge read from `value` at every scrape. */
+  private gauge(name: string, help: string, value: () => number): void {
     new Gauge({
-      name: "colm_router_prefill_seconds_per_token",
-      help: "Latency router's predicted chain-1 prefill time per prompt token",
-      registers,
+      name,
+      help,
+      registers: [this.registry],
       collect() {
-        const v = src.routerPredictions?.()?.prefillMsPerToken;
-        this.set(v === null || v === undefined ? 0 : v / 1000);
+        this.set(value());
       },
     });
+  }
+
+  /** A gauge whose labelled values are all set afresh at every scrape (stale label sets vanish). */
+  private labelledGauge<L extends string>(name: string, help: string, labelNames: L[], fill: (set: (labels: Record<L, string>, v: number) => void) => void): void {
     new Gauge({
-      name: "colm_model_info",
-      help: "The loaded model (value 1)",
-      labelNames: ["model", "device", "n_chains"],
-      registers,
+      name,
+      help,
+      labelNames,
+      registers: [this.registry],
       collect() {
         this.reset();
-        const m = src.modelInfo();
-        if (m) this.set({ model: m.model, device: m.device, n_chains: String(m.nChains) }, 1);
+        fill((labels, v) => this.set(labels, v));
       },
     });
   }

@@ -6,7 +6,6 @@ import { basename, join, resolve } from "node:path";
 import { loadCheckpoint, parameterCount } from "../../models/checkpoint.ts";
 import { kvValuesPerToken, readConfig } from "../../models/config.ts";
 import { loadTokenizer } from "../../models/tokenizer.ts";
-import { KvCache } from "../../kernels/kv-cache.ts";
 import { ModelRunner, type Device } from "../../ops/runner.ts";
 import { cachedGraph } from "../../ops/graph-cache.ts";
 import { Scheduler, prefillRow, type StepStats } from "./scheduler.ts";
@@ -81,18 +80,6 @@ export class ColmEngine implements Engine {
     }
     checkContext(this.info, prompt.length, options.maxTokens);
     if (options.chains !== undefined) checkChains(options.chains, this.info);
-  }
-
-  /** Fills a one-row `cache` with the prompt; returns the last token's logits at `chains` chains. */
-  async prefill(prompt: readonly number[], chains: number, cache: KvCache, chain1Prefill = true): Promise<Float32Array> {
-    return (await prefillRow(this.runner, cache, 0, prompt, chains, chain1Prefill))!; // no budget: always completes
-  }
-
-  /** Runs one token at `chains` chains against a one-row cache and appends its keys/values. */
-  async decode(token: number, chains: number, cache: KvCache): Promise<Float32Array> {
-    const out = await this.runner.step([token], chains, cache, [0]);
-    cache.append(out.newKeys, out.newValues, 1);
-    return out.logits;
   }
 
   /**

@@ -208,9 +208,8 @@ export class Scheduler {
   /**
    * One decode step: every running row advances by its last token, at its own chain count. Rows
    * are kept grouped by chain count and each group is one batched call over a contiguous range of
-   * rows. (Measured on bench-s, 16 rows: one call per chain count in use beats one call at the
-   * largest count with per-row logits — 14.5 vs 17.5 ms for 8+8 rows at k=1 and k=4, 10.2 vs
-   * 17.9 ms for 15+1 — because the small rows skip the large chains' weights and attention.)
+   * rows: the small rows then skip the large chains' weights and attention, which beats one call
+   * at the largest count with per-row logits (figures in server/README.md).
    */
   private async decode(): Promise<void> {
     const n = this.running.length - (this.prefilling ? 1 : 0);
