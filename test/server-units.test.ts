@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { Admission } from "../server/policy/admission.ts";
 import { renderChat } from "../server/api/chat-template.ts";
 import type { ModelInfo } from "../server/engine/types.ts";
+import { Sampler } from "../kernels/sampling.ts";
 import { EngineError } from "../server/engine/errors.ts";
 import { AdmissionError } from "../server/policy/admission.ts";
 import { ApiError, errorHeaders, formatPath, httpStatus, toColmError } from "../server/api/errors.ts";
@@ -154,6 +155,16 @@ describe("chat template and errors", () => {
     assert.equal(httpStatus(e), 400);
     assert.equal(e.code, "context_length_exceeded");
     assert.equal(e.param, "max_tokens");
+    // The sampler's refusals are the request's fault too, naming the field as the API spells it.
+    let sampling: unknown;
+    try {
+      new Sampler({ topP: 0 }, 10);
+    } catch (err) {
+      sampling = err;
+    }
+    const mapped = toColmError(sampling);
+    assert.equal(httpStatus(mapped), 400);
+    assert.equal(mapped.param, "top_p");
   });
 
 });
