@@ -30,9 +30,9 @@ after(async () => {
   ckpt.cleanup();
 });
 
-/** COUNT requests of the mix from another process (test/helpers/request-mix.ts), then wait until idle. */
+/** COUNT requests of the mix from another process (loadtest/traffic-mix.ts), then wait until idle. */
 async function drive(count: number): Promise<void> {
-  const client = spawn(process.execPath, ["--import", "tsx", join(HERE, "helpers", "request-mix.ts"), app.url, String(count)], { stdio: ["ignore", "inherit", "inherit"] });
+  const client = spawn(process.execPath, ["--import", "tsx", join(HERE, "..", "loadtest", "traffic-mix.ts"), app.url, String(count)], { stdio: ["ignore", "inherit", "inherit"] });
   const code = await new Promise((resolve) => client.once("exit", resolve));
   assert.equal(code, 0, "the client ended cleanly");
   await waitFor(() => app.colm.admission.running === 0 && app.colm.inflight.size === 0 && app.colm.stream.connections === 0, 10_000, "idle");
