@@ -145,7 +145,7 @@ describe("playground in Chromium", { skip: chromiumSkip ?? false }, () => {
     const done = await ws.waitFor((m) => m.type === "done");
     await ws.close();
     const text = ws.received.filter((m) => m.type === "token").map((m) => m.text).join("") + (done.tail_text ?? "");
-    assert.equal(await outputText(), text);
+    assert.equal(await outputText(), "hello playground" + text, "the prompt, then the completion");
     const sent = frames.sent.find((m) => m.type === "generate");
     assert.equal(sent.model, "tiny:c2");
     assert.equal(sent.max_tokens, 40);
@@ -156,14 +156,18 @@ describe("playground in Chromium", { skip: chromiumSkip ?? false }, () => {
     await settings({ size: "4", maxTokens: 3000, temperature: "0.8" });
     await page.fill("#seed", "5");
     await page.click("#generate");
-    await page.waitForSelector("#output .tok:nth-child(5)");
+    await page.waitForSelector('#output .tok[data-index="5"]');
     await page.click('#switch-bar button[data-chains="1"]');
-    await page.waitForFunction(() => document.getElementById("events")?.textContent?.startsWith("Switched to c1"));
+    await page.waitForFunction(() => document.getElementById("events")?.textContent?.includes("Switched to c1"));
     await page.click("#cancel");
     await finish("cancelled");
     const ack = frames.received.find((m) => m.type === "switched");
     assert.equal(ack.chains, 1);
     assert.ok(Number.isInteger(ack.at_index) && ack.at_index > 0, JSON.stringify(ack));
+    // The switch never reaches back into tokens the page already had when it asked.
+    const events = (await page.textContent("#events")) ?? "";
+    const requestedAfter = Number(/Switched to c1 at token \d+ \(requested after (\d+) tokens\)/.exec(events)?.[1]);
+    assert.ok(requestedAfter >= 5 && ack.at_index >= requestedAfter, events);
     const chains = await tokenChains();
     assert.ok(chains.length > ack.at_index && chains.length < 3000, `${chains.length} tokens, switch at ${ack.at_index}`);
     assert.deepEqual(chains, chains.map((_, i) => (i < ack.at_index ? 4 : 1)));
@@ -179,7 +183,7 @@ describe("playground in Chromium", { skip: chromiumSkip ?? false }, () => {
   test("Escape cancels a generation from the keyboard; Generate works again", async () => {
     await page.fill("#seed", "");
     await page.click("#generate");
-    await page.waitForSelector("#output .tok:nth-child(3)");
+    await page.waitForSelector('#output .tok[data-index="3"]');
     await page.keyboard.press("Escape");
     await finish("cancelled");
     assert.ok((await tokenChains()).length < 3000);
@@ -224,6 +228,26 @@ describe("playground in Chromium", { skip: chromiumSkip ?? false }, () => {
     assert.ok(assistantChains.length > 0 && assistantChains.every((k) => k === 3));
     await page.click("#clear-chat");
     assert.equal(await page.$$eval("#history li", (els) => els.length), 0);
+  });
+
+  test("elastic: the page sends the latency budget and shows the sizes the router chose", async () => {
+    await page.check('input[name="mode"][value="prompt"]');
+    await settings({ size: "elastic", maxTokens: 20, temperature: "0" });
+    assert.equal(await page.isVisible("#budget-tpot"), true);
+    await page.fill("#budget-tpot", "1000");
+    await page.fill("#budget-total", "60000");
+    await page.click("#generate");
+    await finish("length");
+    const sent = frames.sent.filter((m) => m.type === "generate").at(-1);
+    assert.equal(sent.model, "tiny");
+    assert.deepEqual(sent.latency_budget, { tpot_ms: 1000, total_ms: 60000 });
+    const done = frames.received.filter((m) => m.type === "done" && m.id === sent.id)[0];
+    const shown = await tokenChains();
+    assert.equal(shown.length, 20);
+    assert.deepEqual(shown, done.chains_per_token ?? shown.map(() => done.chains), "each token's colour is the size the server reports for it");
+    assert.match((await page.textContent("#events")) ?? "", new RegExp(`last size ${done.model}`));
+    await settings({ size: "2" });
+    assert.equal(await page.isHidden("#budget-tpot"), true);
   });
 
   test("the server panel shows the router's predictions per size and the live metrics", async () => {

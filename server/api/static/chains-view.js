@@ -11,9 +11,17 @@ export function chainColor(k, n) {
   return RAMP[Math.round(t * (RAMP.length - 1))];
 }
 
-/** Colour an element (a token, a swatch) as chain count k: CSS reads `--chain`. */
+/** Black or white, whichever reads better on `hex`. */
+function inkOn(hex) {
+  const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16) / 255);
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.5 ? "#000" : "#fff";
+}
+
+/** Colour an element (a token, a swatch, a button) as chain count k: CSS reads `--chain` and `--chain-ink`. */
 export function paintChains(el, k, n) {
-  el.style.setProperty("--chain", chainColor(k, n));
+  const color = chainColor(k, n);
+  el.style.setProperty("--chain", color);
+  el.style.setProperty("--chain-ink", inkOn(color));
   el.dataset.chains = String(k);
 }
 
@@ -58,8 +66,10 @@ function svg(tag, attrs) {
  * @param {number[]} switches token indices where an acknowledged switch took effect
  */
 export function drawChart(el, chains, switches, n) {
-  const W = 600;
+  // Drawn at the element's own width, so labels keep their shape on a phone and a wide screen alike.
+  const W = Math.max(Math.round(el.clientWidth), 200);
   const H = 120;
+  el.setAttribute("viewBox", `0 0 ${W} ${H}`);
   const pad = { l: 28, r: 6, t: 8, b: 16 };
   const total = Math.max(chains.length, 1);
   const x = (i) => pad.l + (i / total) * (W - pad.l - pad.r);

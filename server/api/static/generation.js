@@ -36,7 +36,9 @@ export function readSettings(model) {
 }
 
 export class Generation {
-  constructor(id, outputEl, nChains, { chat, userText }) {
+  /** @param {{chat: boolean, userText: string|null, promptText: string|null}} what prompt mode shows
+   *  its prompt (muted) before the tokens; chat mode shows the conversation elsewhere */
+  constructor(id, outputEl, nChains, { chat, userText, promptText }) {
     this.id = id;
     this.outputEl = outputEl;
     this.n = nChains;
@@ -60,6 +62,12 @@ export class Generation {
     this.awaitingSwitch = null;
     this.cancelRequested = false;
     outputEl.replaceChildren();
+    if (promptText) {
+      const echo = document.createElement("span");
+      echo.className = "prompt-echo";
+      echo.textContent = promptText;
+      outputEl.append(echo);
+    }
     outputEl.dataset.generation = id;
     delete outputEl.dataset.finish;
   }

@@ -48,6 +48,7 @@ function showError(error) {
   close.addEventListener("click", clearError);
   box.replaceChildren(...parts, " ", close);
   box.hidden = false;
+  box.scrollIntoView({ block: "nearest" });
 }
 
 function clearError() {
@@ -147,11 +148,16 @@ function chatMessages() {
 async function generate() {
   if (page.current || !page.model) return;
   clearError();
+  $("events").replaceChildren();
   const settings = readSettings(page.model);
   const id = `g${page.nextId++}`;
   const chat = mode() === "chat";
   const input = chat ? { messages: chatMessages() } : { prompt: $("prompt").value };
-  const gen = new Generation(id, $("output"), page.sizes.length, { chat, userText: chat ? $("user-message").value : null });
+  const gen = new Generation(id, $("output"), page.sizes.length, {
+    chat,
+    userText: chat ? $("user-message").value : null,
+    promptText: chat ? null : $("prompt").value,
+  });
   page.current = gen;
   setRunning(true);
   renderStats(gen);
@@ -169,7 +175,8 @@ function requestSwitch(chains) {
   if (!gen) return;
   if (stream.sendNow({ type: "switch", id: gen.id, chains })) {
     gen.awaitingSwitch = chains;
-    note(`Switch to c${chains} requested…`);
+    gen.switchRequestedAfter = gen.tokens.length;
+    note(`Switch to c${chains} requested after ${gen.tokens.length} tokens…`);
   }
 }
 
@@ -189,8 +196,11 @@ function setRunning(running) {
   document.body.classList.toggle("generating", running);
 }
 
+/** Add a line to this generation's event log (switches, cancel, the end). */
 function note(text) {
-  $("events").textContent = text;
+  const li = document.createElement("li");
+  li.textContent = text;
+  $("events").append(li);
 }
 
 // ---- server messages ----
@@ -230,7 +240,7 @@ function onSwitched(gen, msg) {
     return;
   }
   gen.markSwitch(msg.at_index, msg.chains);
-  note(`Switched to c${msg.chains} at token ${msg.at_index}.`);
+  note(`Switched to c${msg.chains} at token ${msg.at_index} (requested after ${gen.switchRequestedAfter ?? "?"} tokens).`);
   scheduleRender(gen);
 }
 
