@@ -9,6 +9,7 @@ import { after, before, describe, test } from "node:test";
 import type { Browser, Page, WebSocket as PageSocket } from "playwright-core";
 import { chromiumMissing, launchChromium } from "../loadtest/browser.ts";
 import { loadTestEngine, scrape, metricValue, serveTestModel, startApp, writeTestCheckpoint, WsClient, type RunningApp, type TestCheckpoint } from "./helpers/server-fixture.ts";
+import { createApp, listeningUrl } from "../server/api/app.ts";
 import type { Engine } from "../server/engine/types.ts";
 
 const STATIC_DIR = join(import.meta.dirname, "..", "server", "api", "static");
@@ -62,7 +63,13 @@ class SocketLog {
   readonly sent: any[] = [];
   readonly received: any[] = [];
   readonly urls: string[] = [];
+  /** Authorization header of each HTTP request the page made to /v1/*. */
+  readonly apiAuth: Array<{ path: string; authorization: string | undefined }> = [];
   constructor(page: Page) {
+    page.on("request", (r) => {
+      const path = new URL(r.url()).pathname;
+      if (path.startsWith("/v1/")) this.apiAuth.push({ path, authorization: r.headers()["authorization"] });
+    });
     page.on("websocket", (ws: PageSocket) => {
       this.urls.push(ws.url());
       ws.on("framesent", (f) => this.sent.push(JSON.parse(String(f.payload))));
@@ -275,11 +282,30 @@ describe("playground in Chromium", { skip: chromiumSkip ?? false }, () => {
     await finish("length");
     assert.equal((await tokenChains()).length, 6);
     assert.ok(frames.urls.some((u) => u.endsWith(`/v1/stream?api_key=${KEY}`)), frames.urls.join());
+    await page.waitForFunction(() => document.getElementById("srv-updated")?.textContent?.startsWith("updated"));
+    const bearerPaths = frames.apiAuth.filter((r) => r.authorization === `Bearer ${KEY}`).map((r) => r.path);
+    assert.ok(bearerPaths.includes("/v1/models") && bearerPaths.includes("/v1/router"), JSON.stringify(frames.apiAuth));
     assert.equal(await page.evaluate(() => localStorage.length), 0);
     await page.reload();
     await ready();
     assert.equal(await page.isHidden("#key-panel"), true);
     await page.close();
+  });
+
+  test("while the model loads the page says so and retries; it is ready once the engine is", async () => {
+    const loading = createApp(null, { log: () => undefined, router: { calibrate: false } });
+    const server = await loading.listen(0, "127.0.0.1");
+    try {
+      await openPage(listeningUrl(server));
+      await page.waitForFunction(() => document.getElementById("model-line")?.textContent?.includes("loading"));
+      assert.equal(await page.isDisabled("#generate"), true);
+      loading.setEngine(engine);
+      await ready();
+      assert.match((await page.textContent("#model-line")) ?? "", /^tiny · 4 sizes/);
+      await page.close();
+    } finally {
+      await loading.close();
+    }
   });
 
   test("readable at phone width: one column, nothing wider than the screen", async () => {
