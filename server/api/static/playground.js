@@ -5,9 +5,12 @@ import { ApiError, apiKey, errorObject, getJson, setApiKey } from "./api.js";
 import { drawChart, paintChains, renderLegend } from "./chains-view.js";
 import { startServerPanel } from "./server-panel.js";
 import { StreamClient } from "./stream.js";
+import { Conversation } from "./chat.js";
 import { Generation, readSettings } from "./generation.js";
 
 const $ = (id) => document.getElementById(id);
+
+const conversation = new Conversation($("history"));
 
 const page = {
   /** The elastic model's id and its sizes (from /v1/models). */
@@ -16,8 +19,6 @@ const page = {
   /** The generation streaming now (null when idle) and the last one (its output stays shown). */
   current: null,
   nextId: 1,
-  /** Chat mode: finished turns, {role, content, tokens?: [{text, chains}]}. */
-  history: [],
   panelStarted: false,
 };
 
@@ -136,15 +137,6 @@ function mode() {
   return document.querySelector('input[name="mode"]:checked').value;
 }
 
-function chatMessages() {
-  const msgs = [];
-  const system = $("system").value.trim();
-  if (system) msgs.push({ role: "system", content: system });
-  for (const turn of page.history) msgs.push({ role: turn.role, content: turn.content });
-  msgs.push({ role: "user", content: $("user-message").value });
-  return msgs;
-}
-
 async function generate() {
   if (page.current || !page.model) return;
   clearError();
@@ -152,7 +144,7 @@ async function generate() {
   const settings = readSettings(page.model);
   const id = `g${page.nextId++}`;
   const chat = mode() === "chat";
-  const input = chat ? { messages: chatMessages() } : { prompt: $("prompt").value };
+  const input = chat ? { messages: conversation.messages($("system").value.trim(), $("user-message").value) } : { prompt: $("prompt").value };
   const gen = new Generation(id, $("output"), page.sizes.length, {
     chat,
     userText: chat ? $("user-message").value : null,
@@ -223,8 +215,8 @@ function onServerMessage(msg) {
       finishGeneration(gen, msg);
       return;
     case "error":
-      // A refused switch leaves the generation running; any other error ends it.
-      if (gen.awaitingSwitch !== null) {
+      // A refused switch (an error about `chains`) leaves the generation running; any other error ends it.
+      if (gen.awaitingSwitch !== null && msg.error?.param === "chains") {
         gen.awaitingSwitch = null;
         showError(msg.error);
         return;
@@ -252,10 +244,8 @@ function finishGeneration(gen, msg) {
   const missed = msg.latency_budget_missed?.length ? ` · budget missed: ${msg.latency_budget_missed.join(", ")}` : "";
   note(`Done: ${msg.finish_reason} · ${msg.usage.prompt_tokens} prompt + ${msg.usage.completion_tokens} completion tokens · last size ${msg.model}${missed}`);
   if (gen.chat) {
-    page.history.push({ role: "user", content: gen.userText });
-    page.history.push({ role: "assistant", content: gen.text, tokens: gen.tokens, tail: gen.tail });
+    conversation.add(gen.userText, gen, page.sizes.length);
     $("user-message").value = "";
-    renderHistory();
     gen.clearOutput();
   }
 }
@@ -300,33 +290,6 @@ function renderStats(gen) {
   $("stat-finish").textContent = gen.finishReason ?? (gen.failed ? "error" : "streaming…");
 }
 
-function renderHistory() {
-  const n = page.sizes.length;
-  $("history").replaceChildren(
-    ...page.history.map((turn) => {
-      const li = document.createElement("li");
-      li.className = `turn ${turn.role}`;
-      const who = document.createElement("span");
-      who.className = "who";
-      who.textContent = turn.role === "user" ? "You" : "Model";
-      const body = document.createElement("span");
-      body.className = "body";
-      if (turn.tokens) {
-        for (const t of turn.tokens) {
-          const span = document.createElement("span");
-          span.className = "tok";
-          span.textContent = t.text;
-          paintChains(span, t.chains, n);
-          body.append(span);
-        }
-        if (turn.tail) body.append(turn.tail);
-      } else body.textContent = turn.content;
-      li.append(who, body);
-      return li;
-    }),
-  );
-}
-
 // ---- wiring ----
 
 function switchMode() {
@@ -344,10 +307,7 @@ function wire() {
   $("cancel").addEventListener("click", cancel);
   $("size").addEventListener("change", updateBudgetVisibility);
   for (const r of document.querySelectorAll('input[name="mode"]')) r.addEventListener("change", switchMode);
-  $("clear-chat").addEventListener("click", () => {
-    page.history = [];
-    renderHistory();
-  });
+  $("clear-chat").addEventListener("click", () => conversation.clear());
   $("key-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     setApiKey($("api-key").value.trim());
