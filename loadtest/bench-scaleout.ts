@@ -198,7 +198,8 @@ try {
 
   // Bring the victim back with a drain deadline shorter than its streams.
   replicas[N - 1] = await startReplica(victim.name, { ...replicaOptions, drainMs: SHORT_DRAIN_MS });
-  const cut = await stopMidRun(replicas, replicas[N - 1], model, sustained / 2, LONG_MAX_TOKENS, SHORT_DRAIN_MS);
+  // Streams ~4× longer than the calibration's: a quarter of the rate keeps the survivor's load alike.
+  const cut = await stopMidRun(replicas, replicas[N - 1], model, sustained / 8, LONG_MAX_TOKENS, SHORT_DRAIN_MS);
   console.log(`SIGTERM ${victim.name} (drain ${SHORT_DRAIN_MS} ms, ${LONG_MAX_TOKENS}-token streams): ${JSON.stringify({ streams: cut.streams, non_streamed: cut.non_streamed, exit: cut.victim_exit })}`);
 
   writeResult("scaleout", "bench:scaleout", {
