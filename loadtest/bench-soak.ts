@@ -44,13 +44,13 @@ const freePort = () =>
     });
   });
 
-/** The server's own gauges, from one /metrics scrape. */
+/** The server's own gauges, from one /metrics scrape: each name's samples summed over its labels. */
 async function gauges(url: string): Promise<Record<string, number>> {
   const text = await (await fetch(`${url}/metrics`)).text();
   const out: Record<string, number> = {};
   for (const line of text.split("\n")) {
     const m = /^([a-z_]+)(?:\{[^}]*\})? ([-0-9.e+]+)$/.exec(line);
-    if (m && !(m[1] in out)) out[m[1]] = Number(m[2]);
+    if (m) out[m[1]] = (out[m[1]] ?? 0) + Number(m[2]);
   }
   return out;
 }
@@ -78,7 +78,7 @@ function sampleOf(minute: number, g: Record<string, number>, window: MixRecord[]
     rss_mb: g.process_resident_memory_bytes / 2 ** 20,
     heap_used_mb: g.nodejs_heap_size_used_bytes / 2 ** 20,
     kv_bytes_in_use: g.colm_kv_cache_bytes_in_use,
-    active_handles: g.nodejs_active_handles_total,
+    active_handles: g.nodejs_active_handles, // by type, summed (promtool rejects a gauge named _total)
     running: g.colm_requests_running,
     requests: window.length,
     ttft_p50_ms: p(ttft, 0.5),
