@@ -119,7 +119,8 @@ export class PrefixCache {
     this.queried += tokens.length;
     if (!blocks.length) return blocks;
     const reused = Math.min(blocks.length * this.blockTokens, maxTokens);
-    kv.reserve(blocks.length * this.blockTokens);
+    // Room for the whole prompt at once: the rest of it must not grow (and copy) the cache again.
+    kv.reserve(Math.max(blocks.length * this.blockTokens, tokens.length));
     for (const b of blocks) kv.appendBlock(b.data, this.blockTokens, row);
     kv.truncate(reused, row);
     this.hits += reused;
