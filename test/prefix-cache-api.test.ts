@@ -8,7 +8,8 @@ import { Admission } from "../server/policy/admission.ts";
 import { CostModel } from "../server/policy/cost-model.ts";
 import { route } from "../server/policy/latency-router.ts";
 import type { Engine } from "../server/engine/types.ts";
-import { serveTestModel, WsClient, metricValue, parseSse, scrape, type RunningApp } from "./helpers/server-fixture.ts";
+import { createApp } from "../server/api/app.ts";
+import { loadTestEngine, serveTestModel, writeTestCheckpoint, WsClient, metricValue, parseSse, scrape, type RunningApp } from "./helpers/server-fixture.ts";
 
 let engine: Engine;
 let running: RunningApp;
@@ -108,6 +109,34 @@ describe("admission and routing with a prefix cache", () => {
     releaseA();
     (await waiting)();
     releaseB();
+  });
+
+  test("on a real engine: the cache holds only what reservations leave, and a request that fits the budget is admitted at once by evicting it", async () => {
+    const ckpt = await writeTestCheckpoint("tiny", 23);
+    const real = await loadTestEngine(ckpt.dir);
+    try {
+      const perToken = real.info.kvBytesPerToken;
+      const budget = 200 * perToken;
+      const colm = createApp(real, { kvBudgetBytes: budget, log: () => undefined });
+      const cache = real.prefixCache!;
+      const ids = (n: number, from: number) => Array.from({ length: n }, (_, i) => 32 + ((from + i * 7) % 90));
+      const first = await request(colm.app).post("/v1/completions").send({ model: "tiny", prompt: ids(100, 1), max_tokens: 4, temperature: 0 });
+      assert.equal(first.status, 200);
+      assert.equal(cache.bytes, 96 * perToken, "6 blocks: all that the 104 reserved tokens left of 200");
+      let worst = 0;
+      const watch = setInterval(() => (worst = Math.max(worst, cache.bytes + colm.admission.kvReservedBytes)), 1);
+      const big = request(colm.app).post("/v1/completions").send({ model: "tiny", prompt: ids(150, 2), max_tokens: 40, temperature: 0 });
+      const res = await big;
+      clearInterval(watch);
+      assert.equal(res.status, 200, "190 tokens fit the 200-token budget once the cache gave its room back");
+      assert.ok(worst <= budget, `cache + reservations peaked at ${worst} of ${budget}`);
+      assert.ok(cache.stats().evictedBlocks >= 6);
+      assert.equal(colm.admission.waiting, 0);
+      await colm.close();
+    } finally {
+      await real.close();
+      ckpt.cleanup();
+    }
   });
 
   test("the router gives a cache-hitting request a larger model when its TTFT budget allows", () => {
