@@ -3,6 +3,7 @@
 import { timingSafeEqual } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { fileURLToPath } from "node:url";
 import express, { type Express, type NextFunction, type Request, type Response } from "express";
 import type { Engine } from "../engine/types.ts";
 import { Admission } from "../policy/admission.ts";
@@ -77,7 +78,18 @@ export interface ColmApp {
   close(): Promise<void>;
 }
 
+/** The browser playground: index.html at `/`, its scripts and styles under PLAYGROUND_PATH. */
+const PLAYGROUND_DIR = fileURLToPath(new URL("./static/", import.meta.url));
+const PLAYGROUND_PATH = "/playground";
+const PLAYGROUND_HEADERS = {
+  "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+  "X-Content-Type-Options": "nosniff",
+  "Referrer-Policy": "no-referrer",
+  "Cache-Control": "no-cache",
+};
+
 const KNOWN_ROUTES: Record<string, string> = {
+  "/": "GET",
   "/health": "GET",
   "/metrics": "GET",
   "/v1/models": "GET",
@@ -91,6 +103,7 @@ const KNOWN_ROUTES: Record<string, string> = {
 function routeLabel(path: string): string {
   if (path in KNOWN_ROUTES) return path;
   if (path.startsWith("/v1/models/")) return "/v1/models/:id";
+  if (path.startsWith(`${PLAYGROUND_PATH}/`)) return `${PLAYGROUND_PATH}/:file`;
   return "unmatched";
 }
 
@@ -143,8 +156,25 @@ function makeMetrics(state: AppState, admission: Admission, stream: () => Stream
   });
 }
 
-/** Routes: health and metrics, then /v1/* behind draining, auth and loading checks. */
+/**
+ * The playground page and its files. They are public (no key: the page asks for one and sends it
+ * on its own API calls) and talk to the server only through the public API. The CSP lets the page
+ * load nothing but its own files and connect nowhere but back to this server.
+ */
+function mountPlayground(app: Express): void {
+  const headers = (res: http.ServerResponse) => {
+    for (const [name, value] of Object.entries(PLAYGROUND_HEADERS)) res.setHeader(name, value);
+  };
+  app.get("/", (_req, res, next) => {
+    headers(res);
+    res.sendFile("index.html", { root: PLAYGROUND_DIR }, (err) => err && next(err));
+  });
+  app.use(PLAYGROUND_PATH, express.static(PLAYGROUND_DIR, { index: false, redirect: false, dotfiles: "ignore", setHeaders: headers }));
+}
+
+/** Routes: the playground, health and metrics, then /v1/* behind draining, auth and loading checks. */
 function mountRoutes(app: Express, ctx: ServerContext, state: AppState, apiKey: string | undefined, bodyLimit: string | number, created: number): void {
+  mountPlayground(app);
   app.get("/health", (_req, res) => {
     if (state.draining) return void res.status(503).json({ status: "draining" });
     if (!state.engine) return void res.status(503).json({ status: "loading" });
@@ -190,10 +220,12 @@ function mountRoutes(app: Express, ctx: ServerContext, state: AppState, apiKey: 
 function countRequests(metrics: Metrics) {
   return (req: Request, res: Response, next: NextFunction) => {
     let counted = false;
+    // Read now: a mounted middleware (the playground's static files) strips its prefix from req.path.
+    const route = routeLabel(req.path);
     const count = () => {
       if (counted) return;
       counted = true;
-      metrics.httpRequests.inc({ route: routeLabel(req.path), method: req.method, status: String(res.statusCode) });
+      metrics.httpRequests.inc({ route, method: req.method, status: String(res.statusCode) });
     };
     res.on("finish", count);
     res.on("close", count);

@@ -1,5 +1,8 @@
 // Prometheus metrics. One registry per app instance (never the global default registry), so
-// several apps can live in one process (tests).
+// several apps can live in one process (tests). The whole exposition passes `promtool check
+// metrics` (test/promtool.test.ts). The Gateway API Inference Extension's endpoint picker reads
+// three gauges from it (deploy/README.md): colm_requests_waiting (queued), colm_requests_running
+// and colm_kv_cache_usage_ratio.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { PrefixCacheStats } from "../engine/types.ts";
 
@@ -24,7 +27,21 @@ export interface RouterPredictions {
 
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 const TPOT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28];
+/**
+ * prom-client's default metrics include three gauges named like counters (`nodejs_active_handles_total`,
+ * `…_requests_total`, `…_resources_total`), which promtool rejects ("non-counter metrics should not
+ * have _total suffix"). Each is the sum of the by-type gauge of the same name without `_total`, which
+ * stays, so nothing is lost by dropping them.
+ */
+const MISNAMED_DEFAULT_GAUGES = ["nodejs_active_handles_total", "nodejs_active_requests_total", "nodejs_active_resources_total"];
+
 const TPS_BUCKETS = [100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000];
+
+/** In-use over capacity, clamped to [0, 1]; 0 when there is no capacity (no model yet). */
+export function kvUsageRatio(inUse: number, capacity: number): number {
+  if (!(capacity > 0)) return 0;
+  return Math.min(1, Math.max(0, inUse / capacity));
+}
 
 export class Metrics {
   readonly registry = new Registry();
@@ -41,10 +58,16 @@ export class Metrics {
 
   constructor(src: MetricsSources) {
     collectDefaultMetrics({ register: this.registry });
+    for (const name of MISNAMED_DEFAULT_GAUGES) this.registry.removeSingleMetric(name);
     this.gauge("colm_requests_running", "Generations running now", src.running);
     this.gauge("colm_requests_waiting", "Requests waiting for a generation slot", src.waiting);
     this.gauge("colm_kv_cache_bytes_in_use", "KV cache bytes held by live generations (engine.kvBytesInUse())", src.kvBytesInUse);
     this.gauge("colm_kv_cache_bytes_capacity", "KV cache bytes the admission limit allows (max running × max_position × KV bytes per token)", src.kvBytesCapacity);
+    this.gauge(
+      "colm_kv_cache_usage_ratio",
+      "Fraction (0..1) of the KV cache capacity held by live generations: colm_kv_cache_bytes_in_use / colm_kv_cache_bytes_capacity (0 while no model is loaded)",
+      () => kvUsageRatio(src.kvBytesInUse(), src.kvBytesCapacity()),
+    );
     this.gauge("colm_ws_connections", "Open WebSocket connections on /v1/stream", src.wsConnections);
     const cache = () => src.prefixCache?.() ?? null;
     this.gauge("colm_prefix_cache_bytes", "Bytes of keys/values the prefix cache holds (chain 1's, shared by every chain count)", () => cache()?.bytes ?? 0);
