@@ -144,6 +144,39 @@ export class KvCache {
     this.values = this.values.map(grow);
   }
 
+  /** Floats of `tokens` tokens in every layer, keys and values (the size of a copyOut block). */
+  blockFloats(tokens: number): number {
+    return 2 * this.layers * this.kvHeads * tokens * this.headDim;
+  }
+
+  /**
+   * Copies tokens from … from+count-1 of `row` into `out` as one block: per layer, keys then
+   * values, each [kv_heads, count, hd] (the layout append takes for one row, see appendBlock).
+   */
+  copyOut(row: number, from: number, count: number, out: Float32Array = new Float32Array(this.blockFloats(count))): Float32Array {
+    if (from < 0 || from + count > this.lengths[row]) throw new RangeError(`KvCache.copyOut: tokens ${from} … ${from + count - 1} outside row ${row}'s ${this.lengths[row]}`);
+    const { kvHeads, headDim: hd, cap } = this;
+    const half = kvHeads * count * hd;
+    for (let l = 0; l < this.layers; l++) {
+      for (let h = 0; h < kvHeads; h++) {
+        const at = ((row * kvHeads + h) * cap + from) * hd;
+        const to = 2 * l * half + h * count * hd;
+        out.set(this.keys[l].subarray(at, at + count * hd), to);
+        out.set(this.values[l].subarray(at, at + count * hd), to + half);
+      }
+    }
+    return out;
+  }
+
+  /** Appends a block laid out as copyOut writes it (`tokens` tokens) to the end of `row`. */
+  appendBlock(block: Float32Array, tokens: number, row: number): void {
+    const half = this.kvHeads * tokens * this.headDim;
+    const layer = (l: number, which: number) => block.subarray((2 * l + which) * half, (2 * l + which + 1) * half);
+    const keys = Array.from({ length: this.layers }, (_, l) => layer(l, 0));
+    const values = Array.from({ length: this.layers }, (_, l) => layer(l, 1));
+    this.append(keys, values, tokens, row, 1);
+  }
+
   /** Token-major copy of a row's keys or values in layer l: [length, kv_heads · hd] (tests, tools). */
   read(l: number, which: "keys" | "values", row = 0): Float32Array {
     const src = (which === "keys" ? this.keys : this.values)[l];

@@ -17,6 +17,8 @@ export interface RequestSpec {
   chains?: number;
   budget?: LatencyBudget;
   temperature?: number;
+  /** false: opt out of the server's prefix cache. */
+  cache?: boolean;
 }
 
 export interface LoadClient {
@@ -34,6 +36,7 @@ export function requestBody(spec: RequestSpec): Record<string, unknown> {
     ...(spec.chains !== undefined ? { chains: spec.chains } : {}),
     ...(spec.budget !== undefined ? { latency_budget: spec.budget } : {}),
     ...(spec.temperature !== undefined ? { temperature: spec.temperature } : {}),
+    ...(spec.cache === false ? { cache: false } : {}),
   };
 }
 

@@ -49,6 +49,13 @@ export interface LoadOptions {
   /** Token ids for the "ids" form are drawn from [idLow, idHigh). */
   idLow: number;
   idHigh: number;
+  /**
+   * Every prompt starts with the same this many tokens (a shared system prompt, drawn once from
+   * the seed), then its own --prompt-tokens. Default 0.
+   */
+  sharedPrefixTokens?: number;
+  /** false: every request opts out of the prefix cache (`cache: false`). */
+  cache?: boolean;
   maxTokens: IntDist;
   mix: MixClass[];
   seed: number;
@@ -98,16 +105,24 @@ export function makeSpec(id: number, o: LoadOptions, model: string, rng: Rng): R
   const cls = pickClass(o.mix, rng);
   const n = sampleInt(o.promptTokens, rng);
   const maxTokens = sampleInt(o.maxTokens, rng);
-  let prompt: string | number[];
-  if (o.promptCorpus !== undefined) prompt = sliceText(o.promptCorpus, n, rng);
-  else if (o.promptForm === "ids") prompt = syntheticIds(n, rng, o.idLow, o.idHigh);
-  else prompt = syntheticText(n, rng);
+  const draw = (count: number, from: Rng): string | number[] => {
+    if (o.promptCorpus !== undefined) return sliceText(o.promptCorpus, count, from);
+    return o.promptForm === "ids" ? syntheticIds(count, from, o.idLow, o.idHigh) : syntheticText(count, from);
+  };
+  let prompt = draw(n, rng);
+  const shared = o.sharedPrefixTokens ?? 0;
+  if (shared > 0) {
+    // The same prefix for every request: drawn from its own generator, seeded by --seed alone.
+    const prefix = draw(shared, new SeededRng(o.seed * 7919 + 17));
+    prompt = typeof prefix === "string" ? prefix + (prompt as string) : [...prefix, ...(prompt as number[])];
+  }
   return {
     id,
     cls: cls.label,
     model: cls.modelChains !== undefined ? `${model}:c${cls.modelChains}` : model,
     prompt,
-    promptTokens: n,
+    promptTokens: shared + n,
+    ...(o.cache === false ? { cache: false } : {}),
     maxTokens,
     ...(cls.chains !== undefined ? { chains: cls.chains } : {}),
     ...(cls.budget !== undefined ? { budget: cls.budget } : {}),
@@ -238,6 +253,8 @@ const USAGE = `usage: npm run loadtest -- --url http://127.0.0.1:8080 (--rate R 
   --prompt-form text|ids synthetic prompts as ASCII text (default; N chars = N tokens for the byte
                          tokenizer) or as token ids (for other tokenizers)
   --vocab-size V         ids form: draw ids from [0, V) (default 256; ASCII 32..126 when V=256)
+  --shared-prefix-tokens N  every prompt starts with the same N tokens (a shared system prompt)
+  --no-cache             send cache: false (the server's prefix cache is neither read nor written)
   --max-tokens D         output length (max_tokens): N or MIN:MAX (default 64)
   --mix SPEC             request classes with weights, e.g.
                          "budget:tpot_ms=50:0.5,chains=1:0.25,chains=4:0.25"
@@ -280,6 +297,8 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
       "prompt-tokens": { type: "string" },
       "prompt-file": { type: "string" },
       "prompt-form": { type: "string" },
+      "shared-prefix-tokens": { type: "string" },
+      "no-cache": { type: "boolean" },
       "vocab-size": { type: "string" },
       "max-tokens": { type: "string" },
       mix: { type: "string" },
@@ -323,6 +342,8 @@ export function parseCli(argv: string[], env: NodeJS.ProcessEnv = process.env): 
     idLow: vocab === 256 ? 32 : 0,
     idHigh: vocab === 256 ? 127 : vocab,
     maxTokens: parseIntDist(values["max-tokens"] ?? "64", "max-tokens"),
+    sharedPrefixTokens: num(values["shared-prefix-tokens"], "shared-prefix-tokens", (x) => Number.isInteger(x) && x >= 0, "an integer >= 0") ?? 0,
+    ...(values["no-cache"] === true ? { cache: false } : {}),
     mix: parseMix(values.mix ?? "default"),
     seed: num(values.seed, "seed", (x) => Number.isInteger(x), "an integer") ?? 1,
     ...(values.temperature !== undefined ? { temperature: num(values.temperature, "temperature", (x) => x >= 0, "a number >= 0")! } : {}),

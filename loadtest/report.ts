@@ -23,6 +23,7 @@ export const RESULT_FILES = {
   serve: { file: "serve.json", script: "bench:serve" },
   sweep: { file: "sweep.json", script: "bench:sweep" },
   model: { file: "colm-kjv.json", script: "bench:model" },
+  prefix: { file: "prefix.json", script: "bench:prefix" },
 } as const;
 
 export type ResultName = keyof typeof RESULT_FILES;
@@ -352,6 +353,39 @@ function batchingSection(r: unknown, charts: Record<string, string>): string[] {
   return s.lines;
 }
 
+function prefixSection(r: unknown, charts: Record<string, string>): string[] {
+  const s = new Section(charts, r, "prefix");
+  const ks = keys(r, "by_chains");
+  const byK = (k: string, field: string) => num(r, "by_chains", k, field);
+  s.lines.push(
+    `Shape: ${str(r, "shape") ?? "–"}. Turn 1: a ${num(r, "turn1_prompt_tokens") ?? "?"}-token prompt and ${num(r, "turn1_answer_tokens") ?? "?"} generated tokens; turn 2 adds ${num(r, "turn2_new_tokens") ?? "?"} tokens. Medians of ${num(r, "repeats") ?? "?"} runs, cache off and on alternating on one engine.`,
+    "",
+    ...table(
+      ["", ...ks.map((k) => k.replace("k", "k="))],
+      [
+        ["turn-2 TTFT, cache off (ms)", ...ks.map((k) => fmt(byK(k, "turn2_ttft_ms_cache_off")))],
+        ["turn-2 TTFT, cache on (ms)", ...ks.map((k) => fmt(byK(k, "turn2_ttft_ms_cache_on")))],
+        ["off ÷ on", ...ks.map((k) => times(byK(k, "turn2_ttft_off_over_on")))],
+        ["turn-2 prompt tokens (cached)", ...ks.map((k) => `${fmt(byK(k, "turn2_prompt_tokens"))} (${fmt(byK(k, "turn2_cached_tokens"))})`)],
+      ],
+    ),
+    "",
+    `Bytes per cached token: ${fmt(num(r, "bytes_per_cached_token"))} (chain 1's keys/values, every size shares them) against ${fmt(num(r, "dense_bytes_per_token"))} for a dense model of the same width (${times(num(r, "dense_over_cached_bytes_per_token"))}). Hit rate over the run: ${pct(num(r, "hit_rate"))}.`,
+    "",
+  );
+  const load = at(r, "shared_system_prompt_load");
+  if (load !== undefined) {
+    const row = (which: string) => [which.replace("_", " "), fmt(num(load, which, "goodput_req_s"), 2), pct(num(load, which, "slo_met")), fmt(num(load, which, "ttft_p50_ms")), fmt(num(load, which, "ttft_p99_ms"))];
+    s.lines.push(
+      `Shared system prompt (${str(load, "shape") ?? "–"}): every request starts with the same ${num(load, "system_prompt_tokens") ?? "?"} tokens, ${fmt(num(load, "rate_req_s"), 2)} req/s Poisson arrivals, TTFT SLO ${fmt(num(load, "ttft_slo_ms"))} ms.`,
+      "",
+      ...table(["", "goodput (req/s)", "within SLO", "TTFT p50 (ms)", "TTFT p99 (ms)"], [row("cache_off"), row("cache_on")]),
+      "",
+    );
+  }
+  return s.lines;
+}
+
 function serveSection(r: unknown, charts: Record<string, string>): string[] {
   const s = new Section(charts, r, "serve");
   const row = (label: string, f: (who: string) => string) => [label, f("adaptive"), f("fixed_k4")];
@@ -450,7 +484,7 @@ function modelSection(r: unknown, charts: Record<string, string>): string[] {
 
 /** The headline: one line per claim, from whichever results exist. */
 function headline(results: ResultSet): string[] {
-  const { engine, limits, alternatives, batching, sweep, model } = results;
+  const { engine, limits, alternatives, batching, sweep, model, prefix } = results;
   const rows: string[][] = [];
   const src = (name: ResultName) => `\`${commandOf(results[name], name)}\``;
   if (engine) {
@@ -464,6 +498,7 @@ function headline(results: ResultSet): string[] {
     const ratios = keys(alternatives, "switch_cost_ratio").map((k) => num(alternatives, "switch_cost_ratio", k)).filter((v): v is number => v !== undefined);
     if (ratios.length) rows.push([`switching size with a ${num(alternatives, "context_tokens") ?? "?"}-token context`, `next token, ${fmt(num(alternatives, "switch_by_target", "4", "colm_switch_ms"))} ms at k=4`, `dense re-prefill costs ${fmt(Math.min(...ratios))}–${fmt(Math.max(...ratios))}× that`, src("alternatives")]);
   }
+  if (prefix) rows.push(["prefix cache: turn-2 TTFT after a 2000-token turn, off ÷ on", keys(prefix, "by_chains").map((k) => `${k.replace("k", "k=")} ${times(num(prefix, "by_chains", k, "turn2_ttft_off_over_on"))}`).join(", "), `${fmt(num(prefix, "bytes_per_cached_token"))} B per cached token, dense ${fmt(num(prefix, "dense_bytes_per_token"))}`, src("prefix")]);
   if (batching) rows.push(["continuous batching (bench-s, 16 concurrent)", times(num(batching, "throughput_ratio_c16")), "generated tok/s vs one at a time", src("batching")]);
   if (sweep) {
     const last = (policy: string) => list(sweep, "points", policy).at(-1);
@@ -485,6 +520,7 @@ const SECTIONS: Array<[ResultName, string, (r: unknown, charts: Record<string, s
   ["limits", "Machine limits: MFU and roofline", limitsSection],
   ["alternatives", "What users would run instead: four dense models", alternativesSection],
   ["batching", "Continuous batching", batchingSection],
+  ["prefix", "Prefix cache: multi-turn chat and a shared system prompt", prefixSection],
   ["serve", "Latency budgets under overload", serveSection],
   ["sweep", "Serving sweep: light load to 2× saturation", sweepSection],
   ["model", "The bundled model", modelSection],

@@ -4,7 +4,7 @@
 //
 // Environment: COLM_MODEL (model folder, default models/colm-kjv), PORT (8080), HOST (127.0.0.1),
 // COLM_DEVICE (cpu | cuda), COLM_API_KEY, COLM_MAX_RUNNING (8), COLM_MAX_WAITING (32), COLM_KV_BYTES,
-// COLM_BODY_LIMIT ("1mb"), COLM_SHUTDOWN_TIMEOUT_MS (10000), COLM_WS_PING_MS (30000),
+// COLM_PREFIX_CACHE_BYTES (half the KV budget; 0: no prefix cache), COLM_BODY_LIMIT ("1mb"), COLM_SHUTDOWN_TIMEOUT_MS (10000), COLM_WS_PING_MS (30000),
 // COLM_WS_MAX_BUFFERED_BYTES (1048576).
 import { freemem } from "node:os";
 import path from "node:path";
@@ -55,13 +55,17 @@ async function main(): Promise<void> {
   if (deviceEnv !== undefined && deviceEnv !== "" && deviceEnv !== "cpu" && deviceEnv !== "cuda") fail(`COLM_DEVICE must be cpu or cuda, got '${deviceEnv}'`);
   const device = deviceEnv === "cpu" || deviceEnv === "cuda" ? deviceEnv : undefined;
   const shutdownMs = intEnv("COLM_SHUTDOWN_TIMEOUT_MS", 10_000);
+  // KV budget: COLM_KV_BYTES, else half the memory free at start-up.
+  const kvBudgetBytes = intEnv("COLM_KV_BYTES", Math.floor(freemem() / 2), 1);
+  // The prefix cache shares that budget (admission evicts from it before a request would wait), so
+  // it may take a large share; half leaves room for running generations without constant eviction.
+  const prefixCacheBytes = intEnv("COLM_PREFIX_CACHE_BYTES", Math.floor(kvBudgetBytes / 2), 0);
 
   const colm = createApp(null, {
     apiKey: process.env.COLM_API_KEY || undefined,
     maxRunning: intEnv("COLM_MAX_RUNNING", 8, 1),
     maxWaiting: intEnv("COLM_MAX_WAITING", 32, 0),
-    // KV budget: COLM_KV_BYTES, else half the memory free at start-up.
-    kvBudgetBytes: intEnv("COLM_KV_BYTES", Math.floor(freemem() / 2), 1),
+    kvBudgetBytes,
     bodyLimit: process.env.COLM_BODY_LIMIT || "1mb",
     ws: {
       pingIntervalMs: intEnv("COLM_WS_PING_MS", 30_000, 1),
@@ -94,7 +98,7 @@ async function main(): Promise<void> {
 
   let engine;
   try {
-    engine = await loadModel(modelDir, { device, log: (m) => console.error(`colm-serve: ${m}`) });
+    engine = await loadModel(modelDir, { device, prefixCacheBytes, log: (m) => console.error(`colm-serve: ${m}`) });
   } catch (err) {
     console.error(`colm-serve: cannot load model from ${modelDir}: ${(err as Error).message}`);
     await colm.close();

@@ -15,6 +15,7 @@ import {
   syntheticText,
 } from "../loadtest/arrivals.ts";
 import { checkLoopbackUrl, makeSpec, parseCli, runLoad, type LoadOptions, type LoadResult } from "../loadtest/loadgen.ts";
+import { requestBody } from "../loadtest/clients.ts";
 import { BenchArgs } from "../loadtest/results.ts";
 import { describe as describeDist, formatSummary, meetsBudget, percentile, summarize, type RequestRecord } from "../loadtest/stats.ts";
 import { loadTestEngine, startApp, writeTestCheckpoint, type RunningApp, type TestCheckpoint } from "./helpers/server-fixture.ts";
@@ -211,6 +212,23 @@ describe("CLI", () => {
       if (s.cls.startsWith("budget")) assert.deepEqual(s.budget, { tpot_ms: 50 });
     }
     assert.equal(new Set(a.map((s) => s.cls)).size, 3);
+  });
+
+  test("--shared-prefix-tokens: every prompt starts with the same prefix, then its own tokens; --no-cache sends cache: false", () => {
+    for (const form of ["text", "ids"]) {
+      const cfg = parseCli(["--url", "http://127.0.0.1:1", "--concurrency", "2", "--prompt-tokens", "5:9", "--shared-prefix-tokens", "50", "--prompt-form", form, "--no-cache"], {});
+      if (cfg === "help") throw new Error("unexpected help");
+      const rng = new SeededRng(cfg.options.seed);
+      const specs = Array.from({ length: 6 }, (_, i) => makeSpec(i, cfg.options, "m", rng));
+      const prefix = specs[0].prompt.slice(0, 50);
+      for (const s of specs) {
+        assert.deepEqual(s.prompt.slice(0, 50), prefix);
+        assert.equal(s.prompt.length, s.promptTokens);
+        assert.ok(s.promptTokens >= 55 && s.promptTokens <= 59);
+        assert.equal(requestBody(s).cache, false);
+      }
+      assert.ok(new Set(specs.map((s) => JSON.stringify(s.prompt.slice(50)))).size > 1, "the rest differs");
+    }
   });
 });
 

@@ -51,7 +51,7 @@ describe("scheduler", () => {
   test("a long prompt joining running sequences is prefilled in chunks between their decode steps", async () => {
     const chunked = await loadModel(makeCheckpoint(TINY_EQUAL, 13), { threads: 1, maxBatch: 4, prefillChunk: 8 });
     try {
-      const long = { prompt: Array.from({ length: 60 }, (_, j) => (j * 7 + 3) % 97), options: { maxTokens: 5, chains: 3, sampling: { temperature: 0 } } as GenerateOptions };
+      const long = { prompt: Array.from({ length: 60 }, (_, j) => (j * 7 + 3) % 97), options: { maxTokens: 5, chains: 3, sampling: { temperature: 0 }, cache: false } as GenerateOptions }; // no prefix cache: the solo run would serve the joined one
       const solo = await tokensOf(chunked, long.prompt, long.options);
       const events: string[] = [];
       const short = requests.slice(0, 2).map((r) => ({ ...r, options: { ...r.options, maxTokens: 20 } }));

@@ -103,7 +103,7 @@ describe("POST /v1/completions", () => {
     assert.equal(c.logprobs, null);
     assert.equal(c.chains, 4);
     assert.equal(c.chains_per_token, undefined);
-    assert.deepEqual(body.usage, { prompt_tokens: bytes("In the beginning"), completion_tokens: 5, total_tokens: bytes("In the beginning") + 5 });
+    assert.deepEqual(body.usage, { prompt_tokens: bytes("In the beginning"), completion_tokens: 5, total_tokens: bytes("In the beginning") + 5, prompt_tokens_details: { cached_tokens: 0 } });
   });
 
   test("model ':c<k>' and the chains field fix the size", async () => {
@@ -279,7 +279,7 @@ describe("POST /v1/completions streaming (SSE)", () => {
     const chunks = events.slice(0, -1) as any[];
     const usageChunk = chunks[chunks.length - 1];
     assert.deepEqual(usageChunk.choices, []);
-    assert.deepEqual(usageChunk.usage, { prompt_tokens: 5, completion_tokens: 8, total_tokens: 13 });
+    assert.deepEqual(usageChunk.usage, { prompt_tokens: 5, completion_tokens: 8, total_tokens: 13, prompt_tokens_details: { cached_tokens: 0 } }); // shorter than a block: nothing to cache
     const textChunks = chunks.slice(0, -1);
     for (const c of textChunks) {
       assert.equal(c.object, "text_completion");

@@ -15,6 +15,7 @@ import { InFlight, type ServerContext } from "./context.ts";
 import { errorMiddleware, invalidApiKey, methodNotAllowed, modelNotFound, routeNotFound, sendError, serviceUnavailable, upgradeRequired } from "./errors.ts";
 import { Metrics } from "./metrics.ts";
 import { modelEntries } from "./models.ts";
+import { prefixCacheView } from "./prefix-cache-view.ts";
 import { StreamServer, WS_PATH } from "./ws.ts";
 
 export interface AppOptions {
@@ -93,6 +94,7 @@ const KNOWN_ROUTES: Record<string, string> = {
   "/metrics": "GET",
   "/v1/models": "GET",
   "/v1/router": "GET",
+  "/v1/cache": "GET",
   "/v1/completions": "POST",
   "/v1/chat/completions": "POST",
   [WS_PATH]: "GET",
@@ -120,8 +122,13 @@ interface AppState {
   draining: boolean;
 }
 
-/** A router learning from `engine`'s steps; load = the engine's batch and queue plus admission's queue. */
-function makeRouter(engine: Engine, admission: Admission, options: RouterOptions = {}): LatencyRouter {
+/**
+ * Connects an engine to the app: its prefix cache may hold only what admission's KV budget leaves
+ * unreserved, and a router learns from its steps (load = the engine's batch and queue plus
+ * admission's queue).
+ */
+function connectEngine(engine: Engine, admission: Admission, options: RouterOptions = {}): LatencyRouter {
+  engine.prefixCache?.limitBy(() => admission.kvHeadroomBytes);
   const model = options.costModel ?? new CostModel({ nChains: engine.info.nChains, alpha: options.alpha });
   engine.onStep((step) => model.observe(step));
   // Capacity: the admission limit on running generations (each holds one row of the batch).
@@ -139,6 +146,7 @@ function makeMetrics(state: AppState, admission: Admission, stream: () => Stream
       return info ? Math.min(admission.kvBudgetBytes, admission.maxRunning * info.maxPosition * info.kvBytesPerToken) : 0;
     },
     wsConnections: () => stream()?.connections ?? 0,
+    prefixCache: () => state.engine?.prefixCache?.stats() ?? null,
     modelInfo: () => (state.engine ? { model: state.engine.info.name, device: state.engine.info.device, nChains: state.engine.info.nChains } : null),
     routerPredictions: () => {
       if (!state.router) return null;
@@ -193,6 +201,8 @@ function mountRoutes(app: Express, ctx: ServerContext, state: AppState, apiKey: 
   });
   // What the latency router believes: per-k predicted time per output token, prefill cost, load.
   app.get("/v1/router", (_req, res) => void res.json(ctx.router().view()));
+  // The prefix cache: blocks, bytes, hit rate.
+  app.get("/v1/cache", (_req, res) => void res.json(prefixCacheView(ctx.engine())));
   // Every body is parsed as JSON whatever its Content-Type (curl -d sends form encoding).
   const json = express.json({ limit: bodyLimit, strict: true, type: () => true });
   app.post("/v1/completions", json, completionsRoute(ctx));
@@ -230,8 +240,9 @@ export function createApp(initialEngine: Engine | null, options: AppOptions = {}
     maxWaiting: options.maxWaiting ?? 32,
     retryAfterSeconds: options.retryAfterSeconds ?? 1,
     kvBudgetBytes: options.kvBudgetBytes,
+    cache: () => state.engine?.prefixCache,
   });
-  const state: AppState = { engine: initialEngine, router: initialEngine && makeRouter(initialEngine, admission, options.router), draining: false };
+  const state: AppState = { engine: initialEngine, router: initialEngine && connectEngine(initialEngine, admission, options.router), draining: false };
   let stream: StreamServer | undefined;
   const ctx: ServerContext = {
     engine: () => state.engine ?? (() => { throw serviceUnavailable("loading"); })(),
@@ -276,7 +287,7 @@ export function createApp(initialEngine: Engine | null, options: AppOptions = {}
   return lifecycle(app, ctx, state, stream, {
     calibrate: () => (state.engine && state.router ? calibrate(state.engine, state.router) : Promise.resolve()),
     setEngine: (e) => {
-      state.router = makeRouter(e, admission, options.router);
+      state.router = connectEngine(e, admission, options.router);
       state.engine = e;
       // In the background: /health is ok at once; requests arriving meanwhile share batches with
       // the warm-up (batching never changes results) and teach the cost model too.

@@ -17,6 +17,9 @@ export interface GenerationSpec {
   arrivedAt: number;
   /** Top-N alternatives of every prompt token's logprob (echo with logprobs); undefined: none. */
   promptLogprobs?: number;
+  /** Prefix cache on (default) or off, and the salt blocks are shared under. */
+  cache?: boolean;
+  cacheSalt?: string;
   signal: AbortSignal;
 }
 
@@ -36,6 +39,8 @@ export interface GenerationResult {
   finishReason: FinishReason;
   promptTokens: number;
   completionTokens: number;
+  /** Prompt tokens served by the prefix cache. */
+  cachedTokens: number;
   /** Chain count of each generated token. */
   chainsPerToken: number[];
   /** Chain count of the last token (or the starting count if none was generated). */
@@ -127,6 +132,8 @@ export async function runGeneration(
     maxTokens: spec.maxTokens,
     stop: spec.stop && spec.stop.length > 0 ? spec.stop : undefined,
     signal: spec.signal,
+    cache: spec.cache,
+    ...(spec.cacheSalt !== undefined ? { cacheSalt: spec.cacheSalt } : {}),
     ...(spec.promptLogprobs !== undefined ? { promptLogprobs: spec.promptLogprobs, onPromptLogprobs: (lps: PromptLogprob[]) => (promptLogprobs = lps) } : {}),
   });
   try {
@@ -162,6 +169,7 @@ export async function runGeneration(
     finishReason: summary?.finishReason ?? ("cancelled" as const),
     promptTokens: summary?.promptTokens ?? spec.prompt.length,
     completionTokens: summary?.completionTokens ?? tokens.length,
+    cachedTokens: summary?.cachedTokens ?? 0,
     chainsPerToken,
     finalChains: chainsPerToken[chainsPerToken.length - 1] ?? startChains,
     summary,

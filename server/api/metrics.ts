@@ -4,6 +4,7 @@
 // three gauges from it (deploy/README.md): colm_requests_waiting (queued), colm_requests_running
 // and colm_kv_cache_usage_ratio.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import type { PrefixCacheStats } from "../engine/types.ts";
 
 export interface MetricsSources {
   running: () => number;
@@ -12,6 +13,8 @@ export interface MetricsSources {
   kvBytesCapacity: () => number;
   wsConnections: () => number;
   modelInfo: () => { model: string; device: string; nChains: number } | null;
+  /** The engine's prefix cache (null: none, or no engine yet). */
+  prefixCache?: () => PrefixCacheStats | null;
   /** What the latency router's cost model predicts (absent: no router gauges are filled). */
   routerPredictions?: () => RouterPredictions | null;
 }
@@ -66,6 +69,12 @@ export class Metrics {
       () => kvUsageRatio(src.kvBytesInUse(), src.kvBytesCapacity()),
     );
     this.gauge("colm_ws_connections", "Open WebSocket connections on /v1/stream", src.wsConnections);
+    const cache = () => src.prefixCache?.() ?? null;
+    this.gauge("colm_prefix_cache_bytes", "Bytes of keys/values the prefix cache holds (chain 1's, shared by every chain count)", () => cache()?.bytes ?? 0);
+    this.gauge("colm_prefix_cache_blocks", "Blocks the prefix cache holds", () => cache()?.blocks ?? 0);
+    this.engineCounter("colm_prefix_cache_query_tokens_total", "Prompt tokens of generations that looked the prefix cache up", () => cache()?.queryTokens);
+    this.engineCounter("colm_prefix_cache_hit_tokens_total", "Prompt tokens served from the prefix cache (copied, not prefilled)", () => cache()?.hitTokens);
+    this.engineCounter("colm_prefix_cache_evictions_total", "Prefix-cache blocks evicted (least recently used, or for admission)", () => cache()?.evictedBlocks);
     this.gauge("colm_router_prefill_seconds_per_token", "Latency router's predicted chain-1 prefill time per prompt token", () => (src.routerPredictions?.()?.prefillMsPerToken ?? 0) / 1000);
     this.labelledGauge(
       "colm_router_predicted_tpot_seconds",
@@ -90,6 +99,24 @@ export class Metrics {
 
   private histogram<L extends string>(name: string, help: string, labelNames: L[], buckets: number[]): Histogram<L> {
     return new Histogram({ name, help, labelNames, buckets, registers: [this.registry] });
+  }
+
+  /**
+   * A counter that follows a running total kept elsewhere (the engine's): each scrape adds what
+   * the total grew by since the last one.
+   */
+  private engineCounter(name: string, help: string, total: () => number | undefined): void {
+    let seen = 0;
+    new Counter({
+      name,
+      help,
+      registers: [this.registry],
+      collect() {
+        const now = total() ?? seen;
+        if (now > seen) this.inc(now - seen);
+        seen = now;
+      },
+    });
   }
 
   /** A gauge read from `value` at every scrape. */

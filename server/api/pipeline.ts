@@ -31,8 +31,12 @@ export interface PlannedRequest {
 /** Route the request and lay out its choices (each with its own chain control and seed). */
 export function planRequest(ctx: ServerContext, request: GenerationRequest): PlannedRequest {
   const engine = ctx.engine();
-  const promptTokens = Math.max(...request.prompts.map((p) => p.ids.length));
-  const plan = ctx.router().plan({ fixedChains: request.fixedChains, latencyBudget: request.latencyBudget, promptTokens, maxTokens: request.maxTokens });
+  const longest = request.prompts.reduce((a, p) => (p.ids.length > a.ids.length ? p : a));
+  const promptTokens = longest.ids.length;
+  // The router predicts time to first token from the prompt tokens the prefix cache does not hold.
+  const readsCache = request.cache && !(request.echo && request.logprobs !== undefined);
+  const cachedTokens = readsCache ? (engine.prefixCache?.cachedTokens(longest.ids, request.cacheSalt) ?? 0) : 0;
+  const plan = ctx.router().plan({ fixedChains: request.fixedChains, latencyBudget: request.latencyBudget, promptTokens, cachedTokens, maxTokens: request.maxTokens });
   if (plan.decision.reason === "no_fit") ctx.metrics.budgetMisses.inc({ budget: "no_fit" });
   const { sampling } = request;
   const choices = request.prompts.flatMap((prompt, i) =>
@@ -47,6 +51,8 @@ export function planRequest(ctx: ServerContext, request: GenerationRequest): Pla
         control: plan.control(),
         latencyBudget: request.latencyBudget,
         arrivedAt: request.arrivedAt,
+        cache: request.cache,
+        ...(request.cacheSalt !== undefined ? { cacheSalt: request.cacheSalt } : {}),
         // Echo with logprobs reports the prompt's tokens too (as vLLM does): computed at the choice's size.
         ...(request.echo && request.logprobs !== undefined ? { promptLogprobs: request.logprobs } : {}),
       },
@@ -93,9 +99,12 @@ export function choiceExtensions(r: GenerationResult): { chains: number; chains_
   };
 }
 
+/** Usage of a request: each prompt counted once, its cached tokens as the fewest any of its choices took from the cache. */
 export function totalUsage(planned: PlannedRequest, results: GenerationResult[]) {
-  const promptTokens = planned.request.prompts.reduce((a, p) => a + p.ids.length, 0);
-  return usage(promptTokens, results.reduce((a, r) => a + r.completionTokens, 0));
+  const { prompts, n } = planned.request;
+  const promptTokens = prompts.reduce((a, p) => a + p.ids.length, 0);
+  const cached = prompts.reduce((a, _, i) => a + Math.min(...results.slice(i * n, (i + 1) * n).map((r) => r.cachedTokens)), 0);
+  return usage(promptTokens, results.reduce((a, r) => a + r.completionTokens, 0), cached);
 }
 
 /** How an HTTP endpoint writes a planned request's results: its formats, nothing else. */

@@ -24,6 +24,8 @@ export interface SamplingFields {
   latency_budget?: LatencyBudget | null;
   stream?: boolean | null;
   stream_options?: { include_usage?: boolean | null } | null;
+  cache_salt?: string | null;
+  cache?: boolean | null;
 }
 
 /** One prompt: its token ids and the text it came from (for echo). */
@@ -48,6 +50,9 @@ export interface GenerationRequest {
   echo: boolean;
   stream: boolean;
   includeUsage: boolean;
+  /** Whether the prefix cache serves (and keeps) this request's prompts, and the salt it is shared under. */
+  cache: boolean;
+  cacheSalt?: string;
   /** performance.now() at arrival (TTFT and end-to-end are measured from it). */
   arrivedAt: number;
 }
@@ -182,10 +187,18 @@ export function buildRequest(engine: Engine, body: SamplingFields, prompts: Prom
     echo: shape.echo ?? false,
     stream: body.stream === true,
     includeUsage: body.stream_options?.include_usage === true,
+    cache: body.cache !== false,
+    ...(body.cache_salt ? { cacheSalt: body.cache_salt } : {}),
     arrivedAt,
   };
 }
 
-export function usage(promptTokens: number, completionTokens: number) {
-  return { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens };
+/** OpenAI's usage object; cached_tokens: prompt tokens served by the prefix cache. */
+export function usage(promptTokens: number, completionTokens: number, cachedTokens: number) {
+  return {
+    prompt_tokens: promptTokens,
+    completion_tokens: completionTokens,
+    total_tokens: promptTokens + completionTokens,
+    prompt_tokens_details: { cached_tokens: cachedTokens },
+  };
 }

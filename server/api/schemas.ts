@@ -42,6 +42,10 @@ const samplingFields = {
   // Extensions
   chains: int().min(1).nullish(),
   latency_budget: latencyBudgetSchema.nullish(),
+  // Prefix caching (vLLM's cache_salt): blocks are shared only between requests with the same salt;
+  // `cache: false` neither reads nor writes the prefix cache.
+  cache_salt: z.string().min(1, "cache_salt must not be empty").max(256).nullish(),
+  cache: z.boolean().nullish(),
 };
 
 const tokenIds = z.array(int().min(0)).min(1, "a token-id prompt must not be empty");

@@ -109,7 +109,7 @@ function doneMessage(engine: Engine, id: Id, r: GenerationResult) {
     type: "done",
     id,
     finish_reason: r.finishReason,
-    usage: usage(r.promptTokens, r.completionTokens),
+    usage: usage(r.promptTokens, r.completionTokens, r.cachedTokens),
     model: modelId(engine.info, r.finalChains),
     chains: chains.chains,
     ...(r.summary?.tailText ? { tail_text: r.summary.tailText } : {}),
@@ -283,7 +283,7 @@ export class StreamServer {
     } catch (err) {
       live.delete(msg.id);
       if (!g.controller.signal.aborted) throw err;
-      send({ type: "done", id: msg.id, finish_reason: "cancelled", usage: usage(choice.prompt.ids.length, 0), model: modelId(engine.info, g.control.current), chains: g.control.current });
+      send({ type: "done", id: msg.id, finish_reason: "cancelled", usage: usage(choice.prompt.ids.length, 0, 0), model: modelId(engine.info, g.control.current), chains: g.control.current });
       return;
     }
     g.control.onApplied((chains, atIndex) => {

@@ -10,6 +10,7 @@ import { ModelRunner, type Device } from "../../ops/runner.ts";
 import { cachedGraph } from "../../ops/graph-cache.ts";
 import { Scheduler, prefillRow, type StepStats } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
+import { DEFAULT_BLOCK_TOKENS, PrefixCache } from "./prefix-cache.ts";
 import { EngineError, checkChains, checkContext, checkPrompt } from "./errors.ts";
 import { MAX_TOP_LOGPROBS } from "../../kernels/sampling.ts";
 
@@ -38,10 +39,19 @@ export interface LoadModelOptions {
   /** Where cached graphs live (default .cache/graphs, or COLM_GRAPH_CACHE). */
   graphCacheDir?: string;
   log?: (message: string) => void;
+  /** Most bytes the prefix cache holds (0: no prefix cache). Default DEFAULT_PREFIX_CACHE_BYTES. */
+  prefixCacheBytes?: number;
+  /** Tokens per prefix-cache block (default 16). */
+  prefixBlockTokens?: number;
 }
+
+/** The prefix cache's size when the caller names none (the server passes a share of its KV budget). */
+export const DEFAULT_PREFIX_CACHE_BYTES = 256 * 2 ** 20;
 
 export class ColmEngine implements Engine {
   private readonly scheduler: Scheduler;
+  /** The prefix cache (undefined: caching off). */
+  readonly prefixCache?: PrefixCache;
 
   constructor(
     readonly runner: ModelRunner,
@@ -50,8 +60,10 @@ export class ColmEngine implements Engine {
     /** Sequences decoded together in one batched step (rows of the shared KV cache). */
     maxBatch = 16,
     prefillChunk?: number,
+    prefix: { bytes: number; blockTokens?: number } = { bytes: DEFAULT_PREFIX_CACHE_BYTES },
   ) {
-    this.scheduler = new Scheduler(runner, maxBatch, prefillChunk);
+    if (prefix.bytes > 0) this.prefixCache = new PrefixCache(prefix.bytes, info.kvBytesPerToken, prefix.blockTokens ?? DEFAULT_BLOCK_TOKENS);
+    this.scheduler = new Scheduler(runner, maxBatch, prefillChunk, this.prefixCache ?? null);
   }
 
   kvBytesInUse(): number {
@@ -79,6 +91,9 @@ export class ColmEngine implements Engine {
       throw new EngineError(`prompt_logprobs must be an integer in 0 … ${MAX_TOP_LOGPROBS}, got ${pl}`, "invalid_value", "prompt_logprobs");
     }
     checkContext(this.info, prompt.length, options.maxTokens);
+    if (options.cacheSalt !== undefined && typeof options.cacheSalt !== "string") {
+      throw new EngineError("cache_salt must be a string", "invalid_value", "cache_salt");
+    }
     if (options.chains !== undefined) checkChains(options.chains, this.info);
   }
 
@@ -128,5 +143,6 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
     device: runner.device,
     kvBytesPerToken: 4 * kvValuesPerToken(config),
   };
-  return new ColmEngine(runner, info, tokenizer, options.maxBatch, options.prefillChunk);
+  const prefix = { bytes: options.prefixCacheBytes ?? DEFAULT_PREFIX_CACHE_BYTES, blockTokens: options.prefixBlockTokens };
+  return new ColmEngine(runner, info, tokenizer, options.maxBatch, options.prefillChunk, prefix);
 }

@@ -3,9 +3,12 @@
 // prompt prefilled by chain 1, spec §5.4), each step advances every running sequence by one
 // token — each row at its own chain count — and finished or cancelled
 // sequences leave at once (the last row moves into the hole, so rows in use stay a prefix).
-// Rows are grouped by chain count; each group is one batched call.
+// Rows are grouped by chain count; each group is one batched call. With a prefix cache, a new
+// sequence's row starts with the longest cached block prefix of its prompt (copied, not
+// prefilled), and each sequence's full blocks are stored once its prompt is in and when it leaves.
 import { KvCache } from "../../kernels/kv-cache.ts";
 import type { ModelRunner } from "../../ops/runner.ts";
+import type { PrefixBlock, PrefixCache } from "./prefix-cache.ts";
 import type { Sequence } from "./sequence.ts";
 import type { StepStats } from "./types.ts";
 
@@ -100,11 +103,16 @@ export class Scheduler {
   private prefilling: Sequence | null = null;
   private readonly waiting: Sequence[] = [];
   private loop: Promise<void> | null = null;
+  /** Prefix-cache blocks each running sequence holds (matched or stored by it). */
+  private readonly held = new Map<Sequence, PrefixBlock[]>();
+  /** Sequences whose prompt went in this iteration: their blocks are stored after the decode step. */
+  private readonly toStore: Sequence[] = [];
 
   constructor(
     private readonly runner: ModelRunner,
     readonly maxRows: number,
     private readonly interleavedChunk = INTERLEAVED_CHUNK,
+    private readonly prefix: PrefixCache | null = null,
   ) {
     const c = runner.config;
     this.cache = new KvCache(c.n_layers, c.kv_heads, c.head_dim, 64, maxRows);
@@ -145,11 +153,13 @@ export class Scheduler {
         await this.admit();
         this.emit();
         await this.decode();
+        this.storePrompts();
       } catch (err) {
         // A bug must not leave callers waiting forever or take the process down: fail them all.
         for (const seq of [...this.running, ...this.waiting]) seq.fail(err);
         this.prefilling = null;
-        while (this.running.length) this.remove(this.running.length - 1);
+        this.toStore.length = 0;
+        while (this.running.length) this.remove(this.running.length - 1, false);
         this.waiting.length = 0;
       }
       await new Promise((resolve) => setImmediate(resolve)); // let I/O (new requests, writes) run
@@ -163,6 +173,7 @@ export class Scheduler {
       if (!this.waiting.length || this.running.length >= this.maxRows) return;
       this.prefilling = this.waiting.shift()!;
       this.running.push(this.prefilling);
+      this.reuseCached(this.prefilling, this.running.length - 1);
     }
     const seq = this.prefilling;
     const row = this.running.length - 1;
@@ -184,13 +195,42 @@ export class Scheduler {
       this.report({ kind: "prefill", rows: 1, tokens: this.cache.lengths[row] - before, chains: logits || all ? chains : 1, ms });
       if (logits) {
         this.prefilling = null;
+        this.toStore.push(seq);
         seq.prefilled(logits);
         if (seq.done) this.remove(row); // maxTokens 0: only the prompt logprobs were wanted
       }
     } catch (err) {
       this.prefilling = null;
-      this.remove(row);
+      this.remove(row, false);
       seq.fail(err);
+    }
+  }
+
+  /** Starts a new sequence's empty row with the longest cached prefix of its prompt (all but its last token). */
+  private reuseCached(seq: Sequence, row: number): void {
+    if (!this.prefix || !seq.writesCache) return;
+    if (!seq.readsCache) return void this.held.set(seq, []);
+    const t0 = performance.now();
+    const blocks = this.prefix.reuse(seq.prompt, seq.cacheSalt, seq.prompt.length - 1, this.cache, row);
+    this.held.set(seq, blocks);
+    seq.cachedTokens = this.cache.lengths[row];
+    if (seq.cachedTokens > 0) this.report({ kind: "prefix_copy", rows: 1, tokens: seq.cachedTokens, chains: 1, ms: performance.now() - t0 });
+  }
+
+  /** Caches the full blocks of `seq`'s row (its prompt, then what it generated) and holds them. */
+  private storeBlocks(seq: Sequence, row: number): void {
+    const held = this.held.get(seq);
+    if (!this.prefix || !held) return;
+    const chain = this.prefix.store(seq.tokens, this.cache.lengths[row], seq.cacheSalt, this.cache, row);
+    this.prefix.release(held);
+    this.held.set(seq, chain);
+  }
+
+  /** Stores the prompts that went in this iteration (after the decode step, off their first token's path). */
+  private storePrompts(): void {
+    for (const seq of this.toStore.splice(0)) {
+      const row = this.running.indexOf(seq);
+      if (row >= 0 && !seq.cancelled) this.storeBlocks(seq, row);
     }
   }
 
@@ -235,7 +275,7 @@ export class Scheduler {
     } catch (err) {
       for (let r = n - 1; r >= 0; r--) {
         const seq = this.running[r];
-        this.remove(r);
+        this.remove(r, false);
         seq.fail(err);
       }
     }
@@ -253,8 +293,16 @@ export class Scheduler {
     }
   }
 
-  /** Frees row r: its sequence leaves and a later row moves into its place (the prompt going in stays last). */
-  private remove(r: number): void {
+  /**
+   * Frees row r: its sequence leaves (its full blocks cached first when `keep`: a finished or
+   * cancelled sequence's keys/values are good, a failed one's are not trusted) and a later row
+   * moves into its place (the prompt going in stays last).
+   */
+  private remove(r: number, keep = true): void {
+    const seq = this.running[r];
+    if (keep) this.storeBlocks(seq, r);
+    this.prefix?.release(this.held.get(seq) ?? []);
+    this.held.delete(seq);
     this.cache.truncate(0, r);
     const last = this.running.length - 1;
     const fill = this.prefilling && r !== last ? last - 1 : last; // the last decoding row

@@ -14,6 +14,8 @@ export class Sequence {
   logits: Float32Array | null = null;
   prefillMs = 0;
   decodeMs = 0;
+  /** Prompt tokens whose keys/values came from the prefix cache. */
+  cachedTokens = 0;
   done = false;
   private stoppedByString = false;
   private consumerGone = false;
@@ -92,6 +94,28 @@ export class Sequence {
     return this.options.chain1Prefill ?? true;
   }
 
+  /** Whether this generation's blocks go into the prefix cache. */
+  get writesCache(): boolean {
+    return this.options.cache !== false;
+  }
+
+  /**
+   * Whether its prompt may come from the prefix cache: not with prompt logprobs, which need every
+   * prompt position at the chosen size, nor when the whole prompt is to run at that size.
+   */
+  get readsCache(): boolean {
+    return this.writesCache && this.promptEntries === null && this.chain1Prefill;
+  }
+
+  get cacheSalt(): string | undefined {
+    return this.options.cacheSalt;
+  }
+
+  /** Every token whose keys/values the sequence's row can hold: the prompt, then the generated ones. */
+  get tokens(): number[] {
+    return [...this.prompt, ...this.generated];
+  }
+
   get cancelled(): boolean {
     return this.consumerGone || (this.options.signal?.aborted ?? false);
   }
@@ -138,6 +162,7 @@ export class Sequence {
         finishReason: this.cancelled ? "cancelled" : reason,
         promptTokens: this.prompt.length,
         completionTokens: this.generated.length,
+        cachedTokens: this.cachedTokens,
         tailText,
         prefillMs: this.prefillMs,
         decodeMs: this.decodeMs,

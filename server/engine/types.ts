@@ -4,7 +4,9 @@ import type { SamplingOptions } from "../../kernels/sampling.ts";
 import type { ModelInfo } from "../../models/model-info.ts";
 import type { Tokenizer } from "../../models/tokenizer.ts";
 
-export type { ModelInfo, SamplingOptions, Tokenizer };
+import type { PrefixCacheStats } from "./prefix-cache.ts";
+
+export type { ModelInfo, PrefixCacheStats, SamplingOptions, Tokenizer };
 
 export interface GenerateOptions {
   /** Fixed chain count 1 … n. Ignored when chooseChains is given. Default: n. */
@@ -39,6 +41,15 @@ export interface GenerateOptions {
    * Not called when the generation is cancelled or fails before its prompt is in.
    */
   onPromptLogprobs?: (logprobs: PromptLogprob[]) => void;
+  /**
+   * Automatic prefix caching (default true): the prompt's longest cached block prefix is copied
+   * instead of prefilled, and this generation's full blocks are cached for later ones. false: the
+   * cache is neither read nor written. Requests with prompt logprobs (every prompt position must
+   * run at the chosen size) or chain1Prefill false never read it, but still write it.
+   */
+  cache?: boolean;
+  /** Blocks are shared only between generations with the same salt (vLLM's cache_salt). */
+  cacheSalt?: string;
 }
 
 /**
@@ -76,6 +87,8 @@ export interface GenerationSummary {
   finishReason: FinishReason;
   promptTokens: number;
   completionTokens: number;
+  /** Prompt tokens whose keys/values came from the prefix cache (not prefilled). */
+  cachedTokens: number;
   /** Text still held back at the end (flushed); callers append it to the output. */
   tailText: string;
   /** Wall time of the prompt prefill and of all decode steps, in milliseconds. */
@@ -85,7 +98,8 @@ export interface GenerationSummary {
 
 /** What one model call cost: the scheduler reports every step. */
 export interface StepStats {
-  kind: "prefill" | "decode";
+  /** prefix_copy: cached keys/values copied into a new sequence's row (tokens = tokens copied). */
+  kind: "prefill" | "decode" | "prefix_copy";
   /** Sequences in the call (decode) or 1 (prefill). */
   rows: number;
   /** New tokens processed (prompt tokens for a prefill, one per row for a decode step). */
@@ -93,6 +107,19 @@ export interface StepStats {
   /** Chain count the call ran (the largest of its rows). */
   chains: number;
   ms: number;
+}
+
+/** What the layers above see of the engine's prefix cache (server/engine/prefix-cache.ts). */
+export interface PrefixCacheControl {
+  /** Prompt tokens a generation with this prompt and salt would take from the cache now. */
+  cachedTokens(prompt: readonly number[], salt?: string): number;
+  /** Bytes held now. */
+  readonly bytes: number;
+  /** Frees at least `bytes` if it can (least recently used first); returns the bytes freed. */
+  evict(bytes: number): number;
+  /** Bounds the bytes the cache may hold (besides its own limit), e.g. by the KV budget left. */
+  limitBy(headroom: () => number): void;
+  stats(): PrefixCacheStats;
 }
 
 export interface EngineLoad {
@@ -109,6 +136,8 @@ export interface Engine {
   kvBytesInUse(): number;
   /** Sequences in the running batch and waiting for a row. */
   readonly load: EngineLoad;
+  /** The prefix cache (absent: none). */
+  readonly prefixCache?: PrefixCacheControl;
   /** Called after every model call with what it cost (the cost model learns from it). */
   onStep(listener: (step: StepStats) => void): void;
   /** Release the onnxruntime session. */

@@ -3,7 +3,9 @@
 // tokens × the KV bytes per token of spec §5.6), and at most `maxWaiting` requests waiting (FIFO:
 // first come, first served, so no request starves behind smaller later ones). A request that
 // finds the queue full is refused at once (429 with Retry-After); one that could never fit the
-// KV budget is a 400.
+// KV budget is a 400. The prefix cache's bytes count against the same budget (it is KV memory
+// too), but it never makes a request wait: what a request needs beyond the budget is evicted from
+// the cache first, so the cache only ever holds what reservations leave free.
 import { ColmError } from "../../models/errors.ts";
 
 /** A request admission refuses: it could never fit the KV budget (400), or the queue is full (429). */
@@ -37,6 +39,15 @@ export interface AdmissionOptions {
   kvBudgetBytes?: number;
   /** Seconds suggested to a refused client (Retry-After). */
   retryAfterSeconds?: number;
+  /** The prefix cache whose bytes share the KV budget (a function: the engine arrives later). */
+  cache?: () => ReclaimableCache | undefined;
+}
+
+/** KV memory held for reuse that admission may take back at any time. */
+export interface ReclaimableCache {
+  readonly bytes: number;
+  /** Frees at least `bytes` if it can; returns the bytes freed. */
+  evict(bytes: number): number;
 }
 
 interface Waiter {
@@ -52,6 +63,7 @@ export class Admission {
   readonly maxWaiting: number;
   readonly kvBudgetBytes: number;
   private readonly retryAfter: number;
+  private readonly cache: () => ReclaimableCache | undefined;
   private used = 0;
   private kvReserved = 0;
   private readonly queue: Waiter[] = [];
@@ -62,6 +74,12 @@ export class Admission {
     this.maxWaiting = opts.maxWaiting;
     this.retryAfter = opts.retryAfterSeconds ?? 1;
     this.kvBudgetBytes = opts.kvBudgetBytes ?? Infinity;
+    this.cache = opts.cache ?? (() => undefined);
+  }
+
+  /** KV budget bytes no admitted request has reserved: the most the prefix cache may hold now. */
+  get kvHeadroomBytes(): number {
+    return this.kvBudgetBytes - this.kvReserved;
   }
 
   /** KV cache bytes reserved by the admitted generations. */
@@ -69,8 +87,13 @@ export class Admission {
     return this.kvReserved;
   }
 
+  /** Whether a request fits: slots, and KV budget once the prefix cache has given back what it must. */
   private fits(weight: number, kvBytes: number): boolean {
-    return this.used + weight <= this.maxRunning && this.kvReserved + kvBytes <= this.kvBudgetBytes;
+    if (this.used + weight > this.maxRunning || this.kvReserved + kvBytes > this.kvBudgetBytes) return false;
+    const cache = this.cache();
+    const over = this.kvReserved + kvBytes + (cache?.bytes ?? 0) - this.kvBudgetBytes;
+    if (cache && over > 0) cache.evict(over);
+    return true;
   }
 
   /** Generation slots in use. */

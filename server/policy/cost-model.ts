@@ -3,13 +3,15 @@ import type { StepStats } from "../engine/types.ts";
 //
 //   decode step at chain count k with B rows:   step_k(B) = a_k + b_k · B      (ms)
 //   prefill of a T-token prompt served at k:     prefill(T, k) = p · (T − 1) + step_k(1)
+//   … of which c tokens are in the prefix cache:  prefill(T, k, c) = p · (T − c − 1) + q · c + step_k(1)
 //
 // The decode line is fitted per k by exponentially weighted least squares: every decode step adds
 // (B, ms) to EWMA moments of 1, B, B², ms, B·ms, from which a_k and b_k are solved — recent steps
 // count most, old ones fade (so the model follows a machine that gets busier or quieter). While
 // all recent steps ran at one batch size the slope cannot be fitted; the last slope is kept and
 // only the intercept moves. `p` is the chain-1 prefill cost per prompt token (spec §5.4: the
-// prompt runs through chain 1, only its last token at k), an EWMA of (ms − step_k(1)) / (T − 1).
+// prompt runs through chain 1, only its last token at k), an EWMA of (ms − step_k(1)) / (T − 1);
+// `q` the cost per token of copying a cached prefix into a row, an EWMA over prefix copies.
 // A decode step reports the largest chain count among its rows, so its cost is credited to that
 // k: the model describes "a batch of B rows at k", which is what a router needs for an upper bound.
 // What a generation sees per token is more than its step: between two steps the loop prefills
@@ -29,8 +31,8 @@ export interface CostPredictor {
   /** Predicted ms of one decode step at k with `batch` rows (= time per output token of each row);
    * undefined while nothing is known about k. */
   decodeStepMs(chains: number, batch: number): number | undefined;
-  /** Predicted ms to prefill a `promptTokens` prompt and produce its first token at k. */
-  prefillMs(promptTokens: number, chains: number): number | undefined;
+  /** Predicted ms to prefill a `promptTokens` prompt, `cachedTokens` of it from the prefix cache, and produce its first token at k. */
+  prefillMs(promptTokens: number, chains: number, cachedTokens?: number): number | undefined;
 }
 
 export interface CostModelOptions {
@@ -67,6 +69,9 @@ export class CostModel implements CostPredictor {
   /** Chain-1 prefill ms per prompt token (after the first); undefined until a prefill is seen. */
   private prefillPerToken: number | undefined;
   private prefills = 0;
+  /** ms per token of copying a cached prefix into a row (0 until one is seen). */
+  private copyPerToken = 0;
+  private copies = 0;
   private overhead = 0;
   private intervals = 0;
 
@@ -82,7 +87,13 @@ export class CostModel implements CostPredictor {
   observe(s: StepObservation): void {
     if (!(s.ms >= 0) || !Number.isFinite(s.ms) || s.chains < 1 || s.chains > this.nChains) return;
     if (s.kind === "decode") this.observeDecode(s.chains, Math.max(1, s.rows), s.ms);
-    else this.observePrefill(s.tokens, s.chains, s.ms);
+    else if (s.kind === "prefill") this.observePrefill(s.tokens, s.chains, s.ms);
+    else if (s.tokens > 0) this.observeCopy(s.tokens, s.ms);
+  }
+
+  private observeCopy(tokens: number, ms: number): void {
+    const perToken = ms / tokens;
+    this.copyPerToken = this.copies++ === 0 ? perToken : (1 - this.alpha) * this.copyPerToken + this.alpha * perToken;
   }
 
   private observeDecode(k: number, B: number, ms: number): void {
@@ -134,10 +145,16 @@ export class CostModel implements CostPredictor {
     return m.a + m.b * Math.max(1, batch);
   }
 
-  prefillMs(promptTokens: number, chains: number): number | undefined {
+  prefillMs(promptTokens: number, chains: number, cachedTokens = 0): number | undefined {
     const last = this.decodeStepMs(chains, 1);
     if (last === undefined) return undefined;
-    return (this.prefillPerToken ?? 0) * Math.max(0, promptTokens - 1) + last;
+    const cached = Math.min(Math.max(0, cachedTokens), Math.max(0, promptTokens - 1));
+    return (this.prefillPerToken ?? 0) * Math.max(0, promptTokens - cached - 1) + this.copyPerToken * cached + last;
+  }
+
+  /** ms per token of copying a cached prefix into a row (0 before the first copy). */
+  get prefixCopyMsPerToken(): number {
+    return this.copyPerToken;
   }
 
   /** Chain-1 prefill ms per prompt token; undefined before the first multi-token prefill. */
@@ -163,7 +180,7 @@ export class CostModel implements CostPredictor {
 /** The slice of the engine a warm-up needs (ColmEngine has it; the Engine interface need not). */
 export interface WarmupEngine {
   readonly info: { nChains: number; vocabSize: number; maxPosition: number };
-  generate(prompt: number[], options: { chains: number; maxTokens: number; sampling: { temperature: number }; stopOnEos: boolean }): AsyncGenerator<unknown, unknown, void>;
+  generate(prompt: number[], options: { chains: number; maxTokens: number; sampling: { temperature: number }; stopOnEos: boolean; cache: boolean }): AsyncGenerator<unknown, unknown, void>;
 }
 
 export interface WarmupOptions {
@@ -188,7 +205,8 @@ export async function warmUp(engine: WarmupEngine, opts: WarmupOptions = {}): Pr
   const batch = opts.batch ?? 8;
   const prompt = (i: number) => Array.from({ length: promptTokens }, (_, j) => (i * 31 + j * 7 + 1) % vocabSize);
   const run = async (i: number, k: number) => {
-    for await (const _ of engine.generate(prompt(i), { chains: k, maxTokens: decodeTokens, sampling: { temperature: 0 }, stopOnEos: false }));
+    // No prefix cache: each k's warm-up must prefill its prompt (and leave nothing cached).
+    for await (const _ of engine.generate(prompt(i), { chains: k, maxTokens: decodeTokens, sampling: { temperature: 0 }, stopOnEos: false, cache: false }));
   };
   for (let k = 1; k <= nChains; k++) {
     await run(0, k);

@@ -35,6 +35,8 @@ export interface ChainRequest {
   latencyBudget?: LatencyBudget;
   /** Prompt length in tokens and requested completion length. */
   promptTokens: number;
+  /** Prompt tokens the prefix cache holds (copied, not prefilled); default 0. */
+  cachedTokens?: number;
   maxTokens: number;
 }
 
@@ -91,15 +93,15 @@ export function stepBound(p: CostPredictor, k: number, batch: number): number | 
   return step === undefined ? undefined : step + (p.tokenOverheadMs ?? 0);
 }
 
-function prefillBound(p: CostPredictor, promptTokens: number, k: number): number | undefined {
-  return monotoneBound(p, k, (j) => p.prefillMs(promptTokens, j));
+function prefillBound(p: CostPredictor, promptTokens: number, k: number, cachedTokens = 0): number | undefined {
+  return monotoneBound(p, k, (j) => p.prefillMs(promptTokens, j, cachedTokens));
 }
 
-/** Predicted TTFT / TPOT / total for a new request served at k under `load`. */
-export function predict(p: CostPredictor, k: number, promptTokens: number, maxTokens: number, load: LoadSnapshot): Prediction | undefined {
+/** Predicted TTFT / TPOT / total for a new request served at k under `load` (`cachedTokens` of its prompt in the prefix cache). */
+export function predict(p: CostPredictor, k: number, promptTokens: number, maxTokens: number, load: LoadSnapshot, cachedTokens = 0): Prediction | undefined {
   const batch = Math.min(load.running + load.queued + 1, load.capacity ?? Infinity);
   const tpot = stepBound(p, k, batch);
-  const prefill = prefillBound(p, promptTokens, k);
+  const prefill = prefillBound(p, promptTokens, k, cachedTokens);
   if (tpot === undefined || prefill === undefined) return undefined;
   // Each sequence ahead is admitted one per scheduler step: its chain-1 prefill, then a step.
   const ahead = (prefillBound(p, promptTokens, 1) ?? prefill) + stepBound(p, 1, batch)!;
@@ -126,14 +128,14 @@ export function route(request: ChainRequest, p: CostPredictor, load: LoadSnapsho
   if (!hasBudget(request.latencyBudget)) return { chains: n, reason: "no_budget" };
   let anyKnown = false;
   for (let k = n; k >= 1; k--) {
-    const pred = predict(p, k, request.promptTokens, request.maxTokens, load);
+    const pred = predict(p, k, request.promptTokens, request.maxTokens, load, request.cachedTokens);
     if (!pred) continue;
     anyKnown = true;
     if (meets(pred, request.latencyBudget)) return { chains: k, reason: "budget", predicted: pred };
   }
   // Nothing measured yet (no warm-up, no traffic): no basis to shrink the model.
   if (!anyKnown) return { chains: n, reason: "no_costs" };
-  return { chains: 1, reason: "no_fit", predicted: predict(p, 1, request.promptTokens, request.maxTokens, load) };
+  return { chains: 1, reason: "no_fit", predicted: predict(p, 1, request.promptTokens, request.maxTokens, load, request.cachedTokens) };
 }
 
 export interface AdaptiveDeps {
@@ -210,6 +212,8 @@ export interface RouterView {
   calibrated: boolean;
   load: LoadSnapshot & { batch: number };
   prefill_ms_per_token: number | null;
+  /** Copying a cached prefix into a row, per token (time to first token counts the uncached tokens at prefill_ms_per_token). */
+  prefix_copy_ms_per_token: number;
   /** Added to every decode step to predict time per output token. */
   token_overhead_ms: number;
   chains: Array<{ chains: number; tpot_ms: number | null; tpot_ms_b1: number | null; step_fixed_ms: number | null; step_per_row_ms: number | null; observations: number }>;
@@ -311,6 +315,7 @@ export class LatencyRouter {
       calibrated: this.calibrated,
       load: { running: load.running, queued: load.queued, batch },
       prefill_ms_per_token: this.model.prefillMsPerToken ?? null,
+      prefix_copy_ms_per_token: this.model.prefixCopyMsPerToken,
       token_overhead_ms: this.model.tokenOverheadMs,
       chains,
       hysteresis: { up_margin: this.hysteresis.upMargin, min_tokens_between_switches: this.hysteresis.minTokensBetweenSwitches },
