@@ -126,7 +126,7 @@ function makeMetrics(state: AppState, admission: Admission, stream: () => Stream
       return info ? Math.min(admission.kvBudgetBytes, admission.maxRunning * info.maxPosition * info.kvBytesPerToken) : 0;
     },
     wsConnections: () => stream()?.connections ?? 0,
-    modelInfo: () => (state.engine ? { model: state.engine.info.name, device: state.engine.info.device, nChains: state.engine.info.nChains } : null),
+    modelInfo: () => (state.engine ? { model: state.engine.info.name, device: state.engine.info.device, nChains: state.engine.info.nChains, precision: state.engine.info.precision } : null),
     routerPredictions: () => {
       if (!state.router) return null;
       const v = state.router.view();

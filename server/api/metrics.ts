@@ -8,7 +8,7 @@ export interface MetricsSources {
   kvBytesInUse: () => number;
   kvBytesCapacity: () => number;
   wsConnections: () => number;
-  modelInfo: () => { model: string; device: string; nChains: number } | null;
+  modelInfo: () => { model: string; device: string; nChains: number; precision: string } | null;
   /** What the latency router's cost model predicts (absent: no router gauges are filled). */
   routerPredictions?: () => RouterPredictions | null;
 }
@@ -55,9 +55,9 @@ export class Metrics {
         }
       },
     );
-    this.labelledGauge("colm_model_info", "The loaded model (value 1)", ["model", "device", "n_chains"], (set) => {
+    this.labelledGauge("colm_model_info", "The loaded model (value 1)", ["model", "device", "n_chains", "precision"], (set) => {
       const m = src.modelInfo();
-      if (m) set({ model: m.model, device: m.device, n_chains: String(m.nChains) }, 1);
+      if (m) set({ model: m.model, device: m.device, n_chains: String(m.nChains), precision: m.precision }, 1);
     });
   }
 
