@@ -43,7 +43,7 @@ export function quantizeMatrix(x: Float32Array, rows: number, cols: number, bits
       const to = r * cols + Math.min(cols, (b + 1) * blockSize);
       let extreme = 0;
       for (let i = from; i < to; i++) if (Math.abs(x[i]) > Math.abs(extreme)) extreme = x[i];
-      const scale = Math.fround(bits === 4 ? extreme / -8 : Math.abs(extreme) / 127);
+      const scale = Math.fround(bits === 4 ? extreme / -8 : Math.abs(extreme) / 127) || 0; // a zero block: +0, not -0
       const inv = scale === 0 ? 0 : 1 / scale;
       scales[r * nb + b] = scale;
       const at = (r * nb + b) * bb;
