@@ -55,6 +55,21 @@ export function checkQuantization(bits: number, blockSize: number, c?: ColmConfi
   if (bad !== undefined) throw new QuantizationError(`block size ${blockSize} does not divide chain width ${bad}`);
 }
 
+/**
+ * The config a checkpoint runs with at `quant` (default: its own precision): a float32 one quantized
+ * at load gets a "quantization" entry with the default block size. A quantized checkpoint runs at
+ * its stored precision only (requantizing would add the two precisions' errors).
+ */
+export function configAtPrecision(dir: string, stored: ColmConfig, quant: Precision | undefined): { config: ColmConfig; precision: Precision } {
+  const own = checkpointPrecision(stored);
+  const precision = quant ?? own;
+  if (own !== "f32" && precision !== own) throw new QuantizationError(`${dir} is stored at ${own} and runs at ${own} only; quantize its float32 checkpoint to run at ${precision}`);
+  const bits = bitsOf(precision);
+  if (!bits || stored.quantization) return { config: stored, precision };
+  checkQuantization(bits, DEFAULT_BLOCK_SIZE, stored);
+  return { config: { ...stored, quantization: { bits, block_size: DEFAULT_BLOCK_SIZE } }, precision };
+}
+
 /** Decodes a matrix to float32 [rows, cols]: scale · (q − zero). */
 export function dequantizeMatrix(m: QuantizedMatrix): Float32Array {
   const nb = blocksPerRow(m.cols, m.blockSize);

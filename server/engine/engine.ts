@@ -4,10 +4,9 @@
 // runs at the requested size. The engine knows the model runner beneath it and nothing above.
 import { basename, join, resolve } from "node:path";
 import { loadCheckpoint, parameterCount, weightBytesOf } from "../../models/checkpoint.ts";
-import { ModelLoadError } from "../../models/errors.ts";
-import { bitsOf, checkpointPrecision, checkQuantization, DEFAULT_BLOCK_SIZE, type Precision } from "../../models/quantized.ts";
+import { bitsOf, checkpointPrecision, configAtPrecision, type Precision } from "../../models/quantized.ts";
 import { quantizeCheckpoint } from "../../kernels/quantize.ts";
-import { kvValuesPerToken, readConfig, type ColmConfig } from "../../models/config.ts";
+import { kvValuesPerToken, readConfig } from "../../models/config.ts";
 import { loadTokenizer } from "../../models/tokenizer.ts";
 import { ModelRunner, type Device } from "../../ops/runner.ts";
 import { cachedGraph } from "../../ops/graph-cache.ts";
@@ -112,20 +111,9 @@ export class ColmEngine implements Engine {
 /** Checkpoints with more weight bytes than this get their graph built out of process and cached. */
 const OUT_OF_PROCESS_BYTES = 64 * 2 ** 20;
 
-/** The config a model runs with at the asked precision (a quantized one's says its bits and block size). */
-function runConfig(dir: string, stored: ColmConfig, quant: Precision | undefined): { config: ColmConfig; precision: Precision } {
-  const own = checkpointPrecision(stored);
-  const precision = quant ?? own;
-  if (own !== "f32" && precision !== own) throw new ModelLoadError(`${dir} is stored at ${own} and runs at ${own} only; quantize its float32 checkpoint to run at ${precision}`);
-  const bits = bitsOf(precision);
-  if (!bits || stored.quantization) return { config: stored, precision };
-  checkQuantization(bits, DEFAULT_BLOCK_SIZE, stored);
-  return { config: { ...stored, quantization: { bits, block_size: DEFAULT_BLOCK_SIZE } }, precision };
-}
-
 export async function loadModel(dir: string, options: LoadModelOptions = {}): Promise<ColmEngine> {
   const stored = readConfig(join(dir, "config.json"));
-  const { config, precision } = runConfig(dir, stored, options.quant);
+  const { config, precision } = configAtPrecision(dir, stored, options.quant);
   const runnerOptions = { device: options.device, threads: options.threads, log: options.log };
   const tokenizer = loadTokenizer(dir, config.tokenizer, { bos: config.bos_token_id, eos: config.eos_token_id });
   let runner: ModelRunner;
