@@ -41,7 +41,7 @@ async function quality(): Promise<Record<string, unknown>> {
 }
 const quality_ = quant === "f32" && !args.has("windows") ? {} : await quality();
 const result = { model: name, precision: quant, decode_context_tokens: context, ...figures, ...quality_ };
-writeResult(quant === "f32" ? name : `${name}-${quant}`, `bench:model${quant === "f32" ? "" : ` --quant ${quant}`}`, result);
+writeResult(quant === "f32" ? name : `${name}-${quant}`, "bench:model", result);
 const d = figures.decode_tokens_per_s;
 console.log(`${name} at ${quant}: decode tok/s (batch 1, ${context} tokens of context): ${Object.entries(d).map(([k, v]) => `k=${k} ${v.toFixed(0)}`).join(", ")}`);
 const p = figures.prefill[String(prompt)];

@@ -77,5 +77,5 @@ export async function benchQuantized(precision: "q8" | "q4", o: QuantBenchOption
       `resident memory / weight bytes: ${q.rss_over_weight_bytes.toFixed(2)} (${(q.weight_bytes / 2 ** 20).toFixed(0)} MiB of quantized weights, every size ready)`,
     ].join("\n"),
   );
-  writeResult(`engine-${precision}`, `bench:engine --quant ${precision}`, result);
+  writeResult(`engine-${precision}`, "bench:engine", result);
 }

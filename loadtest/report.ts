@@ -472,6 +472,8 @@ function quantSection(results: ResultSet): string[] {
   }
   if (rows.length) {
     lines.push(`bench-m quantized (\`npm run bench:engine -- --quant q8|q4\`); machine: ${machineOf(results.engine_q8 ?? results.engine_q4)}. k=4 ÷ f32 is a median of alternating rounds in the same run; llama.cpp is Q8_0 / Q4_0 on dense M.`, "");
+    const note = str(results.engine_q8, "note") ?? str(results.engine_q4, "note");
+    if (note) lines.push(`_${note}_`, "");
     lines.push(...table(["precision", "weights", "decode tok/s k=1 / 2 / 3 / 4", "k=4 ÷ f32 k=4", "k=4 vs llama.cpp", "TTFT 2048 tokens", "chain-1 prefill speedup", "RSS / weights"], rows), "");
   }
   const quality: string[][] = [];
