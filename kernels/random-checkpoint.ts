@@ -31,14 +31,14 @@ function chainMasked(rng: Rng, outPrefix: number[], inPrefix: number[], scale: n
   return w;
 }
 
-export function randomTensors(config: ColmConfig, seed: number): TensorToWrite[] {
+export function randomTensors(config: ColmConfig, seed: number): (TensorToWrite & { data: Float32Array })[] {
   const rng = new SeededRng(seed);
   const { dk, fk, hidden: D, vocab_size: V, kvWidth } = config;
   const c1 = config.chainWidths[0];
   const F = fk[config.nChains];
   const gain = (): Float32Array => gaussian(rng, D, 0.1).map((x) => 1 + x);
   const residualScale = 1 / Math.sqrt(2 * config.n_layers);
-  const t: TensorToWrite[] = [{ name: "embed.weight", shape: [V, D], data: gaussian(rng, V * D, 0.5) }];
+  const t: (TensorToWrite & { data: Float32Array })[] = [{ name: "embed.weight", shape: [V, D], data: gaussian(rng, V * D, 0.5) }];
   for (let l = 0; l < config.n_layers; l++) {
     const p = `layers.${l}.`;
     t.push(

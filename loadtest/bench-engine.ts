@@ -1,10 +1,13 @@
 // npm run bench:engine — engine benchmark on bench-m (spec-conformant random checkpoints):
 // chain-1 prefill speedup, decode tokens/s per chain count, resident memory per weight byte,
 // and the same figures for a dense model of the same full width. Writes loadtest/results/engine.json.
+// --quant q8|q4: the same for bench-m quantized, against float32 and llama.cpp at that precision
+// (loadtest/bench-quant.ts; writes engine-q8.json / engine-q4.json).
 import type { ColmConfigJson } from "../models/config.ts";
 import { BENCH_M, DENSE_M, benchCheckpoint, describeShape } from "./shapes.ts";
 import { measureModel, pairedDecode, type ModelFigures, type PairedDecode } from "./engine-figures.ts";
 import { BenchArgs, machine, writeResult } from "./results.ts";
+import { benchQuantized } from "./bench-quant.ts";
 
 const args = new BenchArgs();
 const PROMPT = args.num("prompt", 1024);
@@ -12,6 +15,12 @@ const PROMPTS = [...new Set([512, PROMPT, 2048])].sort((a, b) => a - b);
 const CONTEXT = args.num("context", 512);
 const DECODE_STEPS = args.num("steps", 24);
 const REPEATS = args.num("repeats", 7);
+const QUANT = args.get("quant") ?? "f32";
+if (QUANT !== "f32" && QUANT !== "q8" && QUANT !== "q4") throw new Error(`--quant must be f32, q8 or q4, got ${JSON.stringify(QUANT)}`);
+if (QUANT !== "f32") {
+  await benchQuantized(QUANT, { prompt: PROMPT, prompts: PROMPTS, context: CONTEXT, steps: DECODE_STEPS, repeats: REPEATS, rounds: args.num("rounds", 12) });
+  process.exit(0);
+}
 
 const measure = (config: ColmConfigJson): Promise<ModelFigures> =>
   measureModel(benchCheckpoint(config), { prompts: PROMPTS, context: CONTEXT, decodeSteps: DECODE_STEPS, repeats: REPEATS });

@@ -4,6 +4,7 @@
 import { readFileSync } from "node:fs";
 import { KvCache } from "../kernels/kv-cache.ts";
 import { loadModel, type ColmEngine } from "../server/engine/engine.ts";
+import type { Precision } from "../models/quantized.ts";
 import * as engineSteps from "./engine-steps.ts";
 
 export interface PrefillFigures {
@@ -35,6 +36,8 @@ export interface MeasureOptions {
   context: number;
   decodeSteps: number;
   repeats: number;
+  /** The precision to load the model at (default: the checkpoint's own). */
+  quant?: Precision;
 }
 
 /** The value at fraction q (0 … 1) of the sorted values (q = 0.5: the median). */
@@ -95,7 +98,7 @@ const WARM_MS = 60;
 export async function measureModel(dir: string, o: MeasureOptions): Promise<ModelFigures> {
   const rss0 = rssBytes();
   const t0 = performance.now();
-  const engine = await loadModel(dir);
+  const engine = await loadModel(dir, { quant: o.quant });
   const load_ms = performance.now() - t0;
   const c = engine.runner.config;
   const n = c.nChains;

@@ -24,6 +24,10 @@ export const RESULT_FILES = {
   sweep: { file: "sweep.json", script: "bench:sweep" },
   model: { file: "colm-kjv.json", script: "bench:model" },
   prefix: { file: "prefix.json", script: "bench:prefix" },
+  engine_q8: { file: "engine-q8.json", script: "bench:engine -- --quant q8" },
+  engine_q4: { file: "engine-q4.json", script: "bench:engine -- --quant q4" },
+  model_q8: { file: "colm-kjv-q8.json", script: "bench:model -- --quant q8" },
+  model_q4: { file: "colm-kjv-q4.json", script: "bench:model -- --quant q4" },
 } as const;
 
 export type ResultName = keyof typeof RESULT_FILES;
@@ -482,6 +486,43 @@ function modelSection(r: unknown, charts: Record<string, string>): string[] {
   return s.lines;
 }
 
+/** Quantized weights: per precision, bench-m's figures and the bundled model's validation loss against f32, each from one run. */
+function quantSection(results: ResultSet): string[] {
+  const lines: string[] = [];
+  const rows: string[][] = [];
+  for (const p of ["q8", "q4"] as const) {
+    const e = results[`engine_${p}`];
+    if (!e) continue;
+    rows.push([
+      p,
+      mib(num(e, "weight_bytes")),
+      KS.map((k) => fmt(num(e, "decode_tokens_per_s", k))).join(" / "),
+      `${times(num(e, "decode_k4_over_f32"))} (${fmt(num(e, "decode_k4_vs_f32_paired", "quantized_tokens_per_s"))} vs ${fmt(num(e, "decode_k4_vs_f32_paired", "f32_tokens_per_s"))})`,
+      `${times(num(e, "vs_llama_cpp_m", "decode_k4_over_llama_cpp"))} of ${fmt(num(e, "vs_llama_cpp_m", "anchors", "decode_tok_s"))}`,
+      `${fmt(num(e, "vs_llama_cpp_m", "ttft_2048_ms"))} ms (${times(num(e, "vs_llama_cpp_m", "ttft_2048_speedup_vs_llama_cpp_prefill"))} shorter)`,
+      times(num(e, "prefill_speedup")),
+      fmt(num(e, "rss_over_weight_bytes"), 2),
+    ]);
+  }
+  if (rows.length) {
+    lines.push(`bench-m quantized (\`npm run bench:engine -- --quant q8|q4\`); machine: ${machineOf(results.engine_q8 ?? results.engine_q4)}. k=4 ÷ f32 is a median of alternating rounds in the same run; llama.cpp is Q8_0 / Q4_0 on dense M.`, "");
+    const note = str(results.engine_q8, "note") ?? str(results.engine_q4, "note");
+    if (note) lines.push(`_${note}_`, "");
+    lines.push(...table(["precision", "weights", "decode tok/s k=1 / 2 / 3 / 4", "k=4 ÷ f32 k=4", "k=4 vs llama.cpp", "TTFT 2048 tokens", "chain-1 prefill speedup", "RSS / weights"], rows), "");
+  }
+  const quality: string[][] = [];
+  for (const p of ["q8", "q4"] as const) {
+    const m = results[`model_${p}`];
+    const ratio = list(m, "val_loss_over_f32") as number[];
+    if (m && ratio.length) quality.push([p, ...ratio.map((x) => `${((x - 1) * 100).toFixed(2)}%`), String(at(m, "val_loss_strictly_improving_with_k"))]);
+  }
+  if (quality.length) {
+    lines.push("The bundled model's validation loss (nats/byte, whole held-out split) against f32, per k (`npm run bench:model -- --quant q8|q4`):", "");
+    lines.push(...table(["precision", ...KS.map((k) => `k=${k}`), "strictly improving with k"], quality), "");
+  }
+  return lines.length ? lines : ["_Not run: `loadtest/results/engine-q8.json` / `engine-q4.json` are missing (`npm run bench:engine -- --quant q8|q4`)._", ""];
+}
+
 /** The headline: one line per claim, from whichever results exist. */
 function headline(results: ResultSet): string[] {
   const { engine, limits, alternatives, batching, sweep, model, prefix } = results;
@@ -511,6 +552,10 @@ function headline(results: ResultSet): string[] {
     ]);
   }
   if (model) rows.push(["bundled colm-kjv decode tok/s k=1…4", KS.map((k) => fmt(num(model, "decode_tokens_per_s", k))).join(" / "), "batch 1", src("model")]);
+  for (const p of ["q8", "q4"] as const) {
+    const e = results[`engine_${p}`];
+    if (e) rows.push([`${p} k=4 decode (bench-m)`, `${fmt(num(e, "decode_tokens_per_s", "4"))} tok/s; ${times(num(e, "decode_k4_over_f32"))} our f32 k=4`, `llama.cpp ${p === "q8" ? "Q8_0" : "Q4_0"} M ${fmt(num(e, "vs_llama_cpp_m", "anchors", "decode_tok_s"))}`, src(`engine_${p}`)]);
+  }
   if (!rows.length) return ["_No results yet: run `npm run bench`._", ""];
   return [...table(["", "CoLM-Air (colm-serve)", "compared with", "from"], rows), ""];
 }
@@ -545,6 +590,7 @@ export function buildReport(results: ResultSet): Report {
     const r = results[name];
     lines.push(...(r === undefined ? notRun(name) : section(r, charts)));
   }
+  lines.push("## Quantized weights (q8, q4)", "", ...quantSection(results));
   return { markdown: lines.join("\n").replace(/\n{3,}/g, "\n\n"), charts };
 }
 

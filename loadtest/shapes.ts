@@ -32,6 +32,23 @@ export function benchCheckpoint(config: ColmConfigJson): string {
   return dir;
 }
 
+/**
+ * The folder of `config`'s random checkpoint quantized to `precision` (.cache/bench/<name>-q4),
+ * written on first use by `npm run quantize` in a child process (as benchCheckpoint, so the
+ * measuring process never held the weights).
+ */
+export function quantizedBenchCheckpoint(config: ColmConfigJson, precision: "q8" | "q4"): string {
+  const source = benchCheckpoint(config);
+  const dir = `${source}-${precision}`;
+  if (!existsSync(join(dir, "model.safetensors"))) {
+    console.error(`writing quantized checkpoint ${dir} …`);
+    const cli = join(dirname(fileURLToPath(import.meta.url)), "quantize.ts");
+    const r = spawnSync(process.execPath, ["--import", "tsx", cli, source, "--bits", precision.slice(1), "--out", dir], { stdio: "inherit" });
+    if (r.status !== 0) throw new Error(`writing ${dir} failed (exit ${r.status})`);
+  }
+  return dir;
+}
+
 /** "bench-s: V 8192, D 512 (4 chains of 128), 8 layers, head_dim 64, kv_heads 2, FFN 4×352". */
 export function describeShape(json: ColmConfigJson): string {
   const c = parseConfig(json);

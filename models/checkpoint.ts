@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { readConfig, type ColmConfig } from "./config.ts";
 import { SafetensorsFile } from "./safetensors.ts";
 import { ModelLoadError } from "./errors.ts";
+import { quantizedWeightBytes, readQuantized, type QuantizedWeights } from "./quantized.ts";
 
 export class CheckpointError extends ModelLoadError {
   override name = "CheckpointError";
@@ -40,8 +41,13 @@ export interface Checkpoint {
   dir: string;
   config: ColmConfig;
   weights: ColmWeights;
-  /** Bytes of float32 weights actually used (masked blocks excluded, tied head counted once). */
+  /**
+   * Bytes of the weights the graph holds: float32 (masked blocks excluded, tied head counted
+   * once), or the quantized matrices and float32 norm gains (see weightBytesOf).
+   */
   weightBytes: number;
+  /** A quantized model's weights as stored (models/quantized.ts); `weights` then holds their dequantized values. */
+  quantized?: QuantizedWeights;
 }
 
 export interface LoadOptions {
@@ -128,6 +134,17 @@ export function parameterCount(c: ColmConfig, chains = c.nChains): number {
   return c.n_layers * perLayer + dk[chains] + vocab;
 }
 
+/**
+ * Bytes of weights a model's graph holds at its checkpoint's precision, or quantized to `bits`. A
+ * quantized tied embedding is held twice: as the embedding's gather table and as the head's
+ * matrix (onnxruntime's two kernels want different shapes).
+ */
+export function weightBytesOf(c: ColmConfig, bits = c.quantization?.bits, blockSize = c.quantization?.block_size ?? 32): number {
+  if (!bits) return 4 * parameterCount(c);
+  const tiedHead = c.tie_embeddings ? quantizedWeightBytes({ ...c, n_layers: 0 }, bits, blockSize) - 4 * c.hidden : 0;
+  return quantizedWeightBytes(c, bits, blockSize) + tiedHead;
+}
+
 export function loadCheckpoint(dir: string, options: LoadOptions = {}): Checkpoint {
   const configPath = join(dir, "config.json");
   if (!existsSync(configPath)) throw new CheckpointError(`${dir}: no config.json`);
@@ -136,6 +153,7 @@ export function loadCheckpoint(dir: string, options: LoadOptions = {}): Checkpoi
   if (!existsSync(stPath)) throw new CheckpointError(`${dir}: no model.safetensors`);
   const file = SafetensorsFile.open(stPath);
   try {
+    if (config.quantization) return { dir, config, ...readQuantized(file, config), weightBytes: weightBytesOf(config) };
     const expected = expectedTensors(config);
     const missing = [...expected.keys()].filter((n) => !file.entries.has(n));
     if (missing.length) {

@@ -24,6 +24,13 @@ export const ColmConfigSchema = z
     eos_token_id: z.number().int().nonnegative().nullable().default(null),
     /** "byte": the built-in byte-level tokenizer; absent: tokenizer.json beside the config. */
     tokenizer: z.literal("byte").optional(),
+    /** Present in a quantized checkpoint (models/QUANTIZATION.md): its bits per weight and block size. */
+    quantization: z
+      .object({
+        bits: z.union([z.literal(4), z.literal(8)]),
+        block_size: positiveInt.refine((v) => v >= 16 && (v & (v - 1)) === 0, "must be a power of two ≥ 16"),
+      })
+      .optional(),
   })
   .superRefine((c, ctx) => {
     if (c.ffn_chain_dims.length !== c.chain_heads.length) {

@@ -1,4 +1,5 @@
 // What a loaded model is, as every layer above the engine sees it.
+import type { Precision } from "./quantized.ts";
 
 export interface ModelInfo {
   /** Model name (the folder name unless the config says otherwise), e.g. "colm-kjv". */
@@ -14,6 +15,8 @@ export interface ModelInfo {
   maxPosition: number;
   bosTokenId: number | null;
   eosTokenId: number | null;
+  /** The precision its weights run at: float32, or block-quantized to 8 or 4 bits (models/QUANTIZATION.md). */
+  precision: Precision;
   /** Execution provider actually in use. */
   device: "cpu" | "cuda";
   /** KV cache bytes per token (spec §5.6: 2 · L · kv_heads · hd · 4). */

@@ -5,8 +5,8 @@
 import { openSync, readSync, fstatSync, closeSync, writeFileSync } from "node:fs";
 import { ModelLoadError } from "./errors.ts";
 
-export type SafetensorsDtype = "F32" | "F16" | "BF16";
-const BYTES: Record<SafetensorsDtype, number> = { F32: 4, F16: 2, BF16: 2 };
+export type SafetensorsDtype = "F32" | "F16" | "BF16" | "U8";
+const BYTES: Record<SafetensorsDtype, number> = { F32: 4, F16: 2, BF16: 2, U8: 1 };
 
 export class SafetensorsError extends ModelLoadError {
   override name = "SafetensorsError";
@@ -67,8 +67,8 @@ export class SafetensorsFile {
           continue;
         }
         const e = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-        if (e.dtype !== "F32" && e.dtype !== "F16" && e.dtype !== "BF16") {
-          fail(`tensor ${name}: dtype ${JSON.stringify(e.dtype)} is not supported (F32, F16, BF16)`);
+        if (typeof e.dtype !== "string" || !(e.dtype in BYTES)) {
+          fail(`tensor ${name}: dtype ${JSON.stringify(e.dtype)} is not supported (F32, F16, BF16, U8)`);
         }
         const dtype = e.dtype as SafetensorsDtype;
         if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isInteger(d) && d >= 0)) fail(`tensor ${name}: bad shape`);
@@ -92,11 +92,10 @@ export class SafetensorsFile {
 
   /** The tensor as float32 (converted from F16/BF16). */
   read(name: string): Float32Array {
-    const e = this.entries.get(name);
-    if (!e) throw new SafetensorsError(`${this.path}: no tensor ${name}`);
-    const n = e.end - e.begin;
-    const buf = Buffer.alloc(n);
-    readSync(this.fd, buf, 0, n, this.dataStart + e.begin);
+    const e = this.entry(name);
+    if (e.dtype === "U8") throw new SafetensorsError(`${this.path}: tensor ${name} is U8 (quantized), not a float tensor`);
+    const buf = this.bytes(e);
+    const n = buf.length;
     if (e.dtype === "F32") return new Float32Array(buf.buffer, buf.byteOffset, n / 4).slice();
     const halves = new Uint16Array(buf.buffer, buf.byteOffset, n / 2);
     const out = new Float32Array(n / 2);
@@ -107,6 +106,25 @@ export class SafetensorsFile {
       for (let i = 0; i < halves.length; i++) out[i] = halfToFloat(halves[i]);
     }
     return out;
+  }
+
+  /** A U8 tensor's bytes (quantized weights). */
+  readBytes(name: string): Uint8Array {
+    const e = this.entry(name);
+    if (e.dtype !== "U8") throw new SafetensorsError(`${this.path}: tensor ${name} is ${e.dtype}, not U8`);
+    return new Uint8Array(this.bytes(e));
+  }
+
+  private entry(name: string): TensorEntry {
+    const e = this.entries.get(name);
+    if (!e) throw new SafetensorsError(`${this.path}: no tensor ${name}`);
+    return e;
+  }
+
+  private bytes(e: TensorEntry): Buffer {
+    const buf = Buffer.alloc(e.end - e.begin);
+    readSync(this.fd, buf, 0, buf.length, this.dataStart + e.begin);
+    return buf;
   }
 
   close(): void {
@@ -126,17 +144,18 @@ function halfToFloat(h: number): number {
 export interface TensorToWrite {
   name: string;
   shape: number[];
-  data: Float32Array;
+  /** Float32 values (F32) or bytes (U8, quantized weights). */
+  data: Float32Array | Uint8Array;
 }
 
-/** Writes float32 tensors as a safetensors file. */
+/** Writes float32 (F32) and byte (U8) tensors as a safetensors file. */
 export function writeSafetensors(path: string, tensors: TensorToWrite[], metadata: Record<string, string> = {}): void {
   const header: Record<string, unknown> = { __metadata__: metadata };
   let offset = 0;
   for (const t of tensors) {
     const count = t.shape.reduce((a, b) => a * b, 1);
     if (count !== t.data.length) throw new SafetensorsError(`tensor ${t.name}: shape ${t.shape} does not match ${t.data.length} values`);
-    header[t.name] = { dtype: "F32", shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
+    header[t.name] = { dtype: t.data instanceof Uint8Array ? "U8" : "F32", shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
     offset += t.data.byteLength;
   }
   let json = JSON.stringify(header);

@@ -51,8 +51,8 @@ export class StackAttention {
     const { g, c, s } = this;
     const kvh = c.kv_heads;
     const bt = this.gates.once("bt", () => g.op("Concat", [s.B, s.T, g.int64([-1])], { axis: 0 })); // [B·T, n] → [B, T, n]
-    const keys = g.op("RotaryEmbedding", [g.op("Reshape", [g.op("MatMul", [xn1, `l${l}.k`]), bt]), s.positions, "rope.cos", "rope.sin"], { interleaved: 0, num_heads: kvh }, MS);
-    const values = g.op("Reshape", [g.op("MatMul", [xn1, `l${l}.v`]), bt]);
+    const keys = g.op("RotaryEmbedding", [g.op("Reshape", [g.matmul(xn1, `l${l}.k`), bt]), s.positions, "rope.cos", "rope.sin"], { interleaved: 0, num_heads: kvh }, MS);
+    const values = g.op("Reshape", [g.matmul(xn1, `l${l}.v`), bt]);
     // Made under their output names: a renaming Identity would copy every prompt's keys and values.
     const byKv = (x: string, name: string): string => g.ops("Transpose", [g.op("Reshape", [x, g.int64([0, 0, kvh, c.head_dim])])], [name], { perm: [0, 2, 1, 3] })[0];
     return { keys, values, keyHeads: byKv(keys, `new_key_${l}`), valueHeads: byKv(values, `new_value_${l}`) };

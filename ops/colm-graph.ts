@@ -19,13 +19,13 @@
 import type { Checkpoint } from "../models/checkpoint.ts";
 import type { ColmConfig } from "../models/config.ts";
 import { registerWeights } from "./colm-weights.ts";
-import { GraphBuilder } from "./graph.ts";
+import { GraphBuilder, type AccuracyLevel } from "./graph.ts";
 import { graphInputs, type Shared } from "./graph-inputs.ts";
 import { LayerStack, type ChainActivations, type Stream } from "./layer-stack.ts";
 
 /** The serialized ONNX model (ModelProto) of a checkpoint. */
-export function buildColmGraph(ckpt: Checkpoint): Uint8Array {
-  return colmGraph(ckpt).model();
+export function buildColmGraph(ckpt: Checkpoint, accuracyLevel?: AccuracyLevel): Uint8Array {
+  return colmGraph(ckpt, accuracyLevel).model();
 }
 
 /**
@@ -33,9 +33,9 @@ export function buildColmGraph(ckpt: Checkpoint): Uint8Array {
  * runs in the root on every call, and makes every layer's keys and values; chains 2 … n run in
  * If(chains ≥ 2), each reading what the chains before it left at the same layer.
  */
-export function colmGraph(ckpt: Checkpoint): GraphBuilder {
+export function colmGraph(ckpt: Checkpoint, accuracyLevel?: AccuracyLevel): GraphBuilder {
   const c = ckpt.config;
-  const g = new GraphBuilder("colm-air");
+  const g = new GraphBuilder("colm-air", undefined, accuracyLevel);
   registerWeights(g, ckpt); // per-chain blocks, each once: see colm-weights.ts
   const s = graphInputs(g, c); // tokens [B, T], … → positions [B, T], masks, …
   const chain1 = forward(new LayerStack(g, c, s, [1], undefined)); // logits [R, V], hidden [R, c_1]

@@ -6,7 +6,11 @@
 //   l{l}.attn_norm.c{i} [c_i]    l{l}.q.c{i} [d_i, h_i·hd]   l{l}.k, l{l}.v [c_1, kv·hd]
 //   l{l}.o.c{i} [d_i, c_i]       l{l}.ffn_norm.c{i} [c_i]    l{l}.gate.c{i}, l{l}.up.c{i} [d_i, f_i]
 //   l{l}.down.c{i} [f_1+…+f_i, c_i]                          rope.cos, rope.sin [max_position, hd/2]
-import type { Checkpoint, ChainLinear } from "../models/checkpoint.ts";
+// A quantized checkpoint's matrices are registered under the same names (with `.scales` beside
+// them), as stored: out × in, blocked along in (models/quantized.ts); its head always has its own
+// head.c{i}, as MatMulNBits and GatherBlockQuantized want the bytes in different shapes.
+import type { Checkpoint, ChainLinear, ColmWeights } from "../models/checkpoint.ts";
+import { quantizedLayout, type QuantizedWeights } from "../models/quantized.ts";
 import type { ColmConfig } from "../models/config.ts";
 import type { GraphBuilder } from "./graph.ts";
 
@@ -21,10 +25,30 @@ function columns(x: Float32Array, rows: number, cols: number, c0: number, c1: nu
 export function registerWeights(root: GraphBuilder, ckpt: Checkpoint): void {
   const c = ckpt.config;
   const w = ckpt.weights;
-  const { dk, fk, kvWidth, vocab_size: V, hidden: D } = c;
+  const { dk } = c;
   const gains = (name: string, g: Float32Array): void => {
     for (let i = 0; i < c.nChains; i++) root.weight(`${name}.c${i + 1}`, [c.chainWidths[i]], g.slice(dk[i], dk[i + 1]));
   };
+  if (ckpt.quantized) registerQuantized(root, c, ckpt.quantized);
+  else registerFloat(root, c, w);
+  w.layers.forEach((L, l) => {
+    gains(`l${l}.attn_norm`, L.attnNorm);
+    gains(`l${l}.ffn_norm`, L.ffnNorm);
+  });
+  gains("norm", w.norm);
+  const { cos, sin } = ropeTables(c);
+  root.weight("rope.cos", [c.max_position, c.head_dim / 2], cos);
+  root.weight("rope.sin", [c.max_position, c.head_dim / 2], sin);
+}
+
+/**
+ * The attention scale 1/sqrt(hd) is folded into the queries (rotary embedding is linear, so
+ * rope(s·q) = s·rope(q)); exact when hd is a power of 4, and it spares every q·Kᵀ a scaling pass.
+ */
+const queryScale = (c: ColmConfig): number => 1 / Math.sqrt(c.head_dim);
+
+function registerFloat(root: GraphBuilder, c: ColmConfig, w: ColmWeights): void {
+  const { dk, fk, kvWidth, vocab_size: V, hidden: D } = c;
   const linear = (name: string, blocks: ChainLinear, inPrefix: number[], scale = 1): void => {
     for (let i = 0; i < c.nChains; i++) {
       const block = scale === 1 ? blocks[i] : blocks[i].map((v) => v * scale);
@@ -38,22 +62,29 @@ export function registerWeights(root: GraphBuilder, ckpt: Checkpoint): void {
   w.layers.forEach((L, l) => {
     const p = `l${l}`;
     const c1 = c.chainWidths[0];
-    gains(`${p}.attn_norm`, L.attnNorm);
-    // The attention scale 1/sqrt(hd) is folded into the queries (rotary embedding is linear, so
-    // rope(s·q) = s·rope(q)); exact when hd is a power of 4, and it spares every q·Kᵀ a scaling pass.
-    linear(`${p}.q`, L.q, dk, 1 / Math.sqrt(c.head_dim));
+    linear(`${p}.q`, L.q, dk, queryScale(c));
     root.weight(`${p}.k`, [c1, kvWidth], L.k);
     root.weight(`${p}.v`, [c1, kvWidth], L.v);
     linear(`${p}.o`, L.o, dk);
-    gains(`${p}.ffn_norm`, L.ffnNorm);
     linear(`${p}.gate`, L.gate, dk);
     linear(`${p}.up`, L.up, dk);
     linear(`${p}.down`, L.down, fk);
   });
-  gains("norm", w.norm);
-  const { cos, sin } = ropeTables(c);
-  root.weight("rope.cos", [c.max_position, c.head_dim / 2], cos);
-  root.weight("rope.sin", [c.max_position, c.head_dim / 2], sin);
+}
+
+/** Every quantized matrix once; a tied embedding's bytes also as the head (the two kernels want two shapes). */
+function registerQuantized(root: GraphBuilder, c: ColmConfig, q: QuantizedWeights): void {
+  for (const s of quantizedLayout(c)) {
+    const m = q.matrices.get(s.name)!;
+    const i = s.chain;
+    if (s.tensor === "embed") {
+      root.quantizedWeight(`embed.c${i}`, m, "gather");
+      if (c.tie_embeddings) root.quantizedWeight(`head.c${i}`, m, "matmul");
+    } else if (s.tensor === "head") root.quantizedWeight(`head.c${i}`, m, "matmul");
+    else if (s.tensor === "k" || s.tensor === "v") root.quantizedWeight(`l${s.layer}.${s.tensor}`, m, "matmul");
+    else if (s.tensor === "q") root.quantizedWeight(`l${s.layer}.q.c${i}`, { ...m, scales: m.scales.map((x) => x * queryScale(c)) }, "matmul");
+    else root.quantizedWeight(`l${s.layer}.${s.tensor}.c${i}`, m, "matmul");
+  }
 }
 
 /** Rotary tables for every position, computed in float64: [max_position, hd/2] each. */

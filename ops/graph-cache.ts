@@ -7,18 +7,24 @@ import { execFile } from "node:child_process";
 import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, utimesSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import type { Precision } from "../models/quantized.ts";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 /** The sources whose output the cached file is: a change to any of them is a new key. */
-const BUILDER_SOURCES = ["colm-graph.ts", "colm-weights.ts", "graph-inputs.ts", "layer-stack.ts", "attention.ts", "chain-gates.ts", "graph.ts", "onnx-proto.ts", "../models/checkpoint.ts", "../models/config.ts"].map((f) => join(HERE, f));
+const BUILDER_SOURCES = ["colm-graph.ts", "colm-weights.ts", "graph-inputs.ts", "layer-stack.ts", "attention.ts", "chain-gates.ts", "graph.ts", "onnx-proto.ts", "../models/checkpoint.ts", "../models/config.ts", "../models/quantized.ts", "../kernels/quantize.ts"].map((f) => join(HERE, f));
 
 async function hashFile(hash: ReturnType<typeof createHash>, path: string): Promise<void> {
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
 }
 
-/** The cache key of a checkpoint folder's graph. */
-export async function graphKey(checkpointDir: string): Promise<string> {
+/**
+ * The cache key of a checkpoint folder's graph at a precision: a float32 checkpoint quantized at
+ * load time is cached quantized, so a restart does not quantize it again. "stored" is the
+ * checkpoint's own precision.
+ */
+export async function graphKey(checkpointDir: string, precision: Precision | "stored" = "stored"): Promise<string> {
   const hash = createHash("sha256");
+  if (precision !== "stored") hash.update(`precision:${precision}`);
   for (const src of BUILDER_SOURCES) hash.update(readFileSync(src));
   hash.update(readFileSync(join(checkpointDir, "config.json")));
   await hashFile(hash, join(checkpointDir, "model.safetensors"));
@@ -53,9 +59,12 @@ export function pruneGraphCache(cacheDir: string, keep: string, budget = cacheBu
   return deleted;
 }
 
-/** Path of the checkpoint's built graph, building it in a child process when it is not cached. */
-export async function cachedGraph(checkpointDir: string, cacheDir = defaultGraphCacheDir(), log: (m: string) => void = () => {}): Promise<string> {
-  const file = join(cacheDir, `${await graphKey(checkpointDir)}.onnx`);
+/**
+ * Path of the checkpoint's built graph at `precision` (a float32 checkpoint is quantized by the
+ * child process), building it in a child process when it is not cached.
+ */
+export async function cachedGraph(checkpointDir: string, cacheDir = defaultGraphCacheDir(), log: (m: string) => void = () => {}, precision: Precision | "stored" = "stored"): Promise<string> {
+  const file = join(cacheDir, `${await graphKey(checkpointDir, precision)}.onnx`);
   if (existsSync(file)) {
     utimesSync(file, new Date(), statSync(file).mtime); // marks it used; mtime stays the build time (to the ms)
     return file;
@@ -63,7 +72,7 @@ export async function cachedGraph(checkpointDir: string, cacheDir = defaultGraph
   mkdirSync(cacheDir, { recursive: true });
   const script = join(HERE, "build-graph.ts");
   await new Promise<void>((resolve, reject) => {
-    execFile(process.execPath, ["--import", import.meta.resolve("tsx"), script, checkpointDir, file], { maxBuffer: 1 << 24 }, (err, _stdout, stderr) => {
+    execFile(process.execPath, ["--import", import.meta.resolve("tsx"), script, checkpointDir, file, ...(precision === "stored" ? [] : ["--quant", precision])], { maxBuffer: 1 << 24 }, (err, _stdout, stderr) => {
       for (const line of stderr.split("\n")) if (line.startsWith("warning: ")) log(line.slice(9));
       if (err) reject(new Error(`building the graph of ${checkpointDir} failed: ${stderr.trim() || err.message}`));
       else resolve();

@@ -10,6 +10,7 @@ import {
   type AttrValue,
   type Dim,
 } from "./onnx-proto.ts";
+import { blockBytes, blocksPerRow, type QuantizedMatrix } from "../models/quantized.ts";
 
 export { DataType } from "./onnx-proto.ts";
 
@@ -19,7 +20,18 @@ interface Root {
   constants: Map<string, string>;
   /** Per weight, the subgraph depth (0 = root) of every node that reads it. */
   readers: Map<string, number[]>;
+  /** The quantized weights (read by MatMulNBits or GatherBlockQuantized), by name. */
+  quantized: Map<string, QuantizedMatrix>;
+  accuracyLevel: AccuracyLevel;
 }
+
+const MS = "com.microsoft";
+/**
+ * MatMulNBits' accuracy level: 4 quantizes the activations to int8 per block and takes int8 dot
+ * products (AVX-512 VNNI / AVX2 where present), the fast path; 0 dequantizes the weights and
+ * computes in float32 (several times slower; exact against a dequantized reference, which tests use).
+ */
+export type AccuracyLevel = 0 | 4;
 
 export class GraphBuilder {
   private readonly nodes: ProtoWriter[] = [];
@@ -35,8 +47,9 @@ export class GraphBuilder {
   constructor(
     readonly name: string,
     parent?: GraphBuilder,
+    accuracyLevel: AccuracyLevel = 4,
   ) {
-    this.root = parent ? parent.root : { counter: 0, initializers: [], constants: new Map(), readers: new Map() };
+    this.root = parent ? parent.root : { counter: 0, initializers: [], constants: new Map(), readers: new Map(), quantized: new Map(), accuracyLevel };
     this.depth = parent ? parent.depth + 1 : 0;
   }
 
@@ -101,6 +114,47 @@ export class GraphBuilder {
     this.root.initializers.push(tensorProto(name, DataType.FLOAT, dims, raw));
     this.root.readers.set(name, []);
     return name;
+  }
+
+  /**
+   * A block-quantized weight: `name` holds its bytes, `name.scales` its scales ([rows, blocks]).
+   * Laid out for MatMulNBits ([rows, blocks, block bytes], rows = output features) or for
+   * GatherBlockQuantized ([rows, blocks · block bytes], rows = embedding rows).
+   */
+  quantizedWeight(name: string, m: QuantizedMatrix, layout: "matmul" | "gather"): string {
+    const nb = blocksPerRow(m.cols, m.blockSize);
+    const bb = blockBytes(m.bits, m.blockSize);
+    this.root.initializers.push(tensorProto(name, DataType.UINT8, layout === "matmul" ? [m.rows, nb, bb] : [m.rows, nb * bb], m.data));
+    this.root.initializers.push(tensorProto(`${name}.scales`, DataType.FLOAT, [m.rows, nb], new Uint8Array(m.scales.buffer, m.scales.byteOffset, m.scales.byteLength)));
+    this.root.readers.set(name, []);
+    this.root.readers.set(`${name}.scales`, []);
+    this.root.quantized.set(name, m);
+    return name;
+  }
+
+  hasWeight(name: string): boolean {
+    return this.root.readers.has(name);
+  }
+
+  /** x · W for a weight W stored [in, out] (float32: MatMul) or quantized as out × in (MatMulNBits). */
+  matmul(x: string, weight: string, outputs: number | readonly string[] = 1): string {
+    const m = this.root.quantized.get(weight);
+    if (!m) return this.ops("MatMul", [x, weight], outputs)[0];
+    const attrs = { K: m.cols, N: m.rows, bits: m.bits, block_size: m.blockSize, accuracy_level: this.root.accuracyLevel };
+    return this.ops("MatMulNBits", [x, weight, `${weight}.scales`], outputs, attrs, MS)[0];
+  }
+
+  /** x · Wᵀ (+ add) for a weight W stored [out, in] (float32: one Gemm) or quantized (MatMulNBits, then Add). */
+  matmulTransposed(x: string, weight: string, add: string | undefined, outputs: number | readonly string[] = 1): string {
+    if (!this.root.quantized.has(weight)) return this.ops("Gemm", add ? [x, weight, add] : [x, weight], outputs, { transB: 1 })[0];
+    return add ? this.ops("Add", [this.matmul(x, weight), add], outputs)[0] : this.matmul(x, weight, outputs);
+  }
+
+  /** Rows `indices` of an embedding table (float32: Gather; quantized: GatherBlockQuantized, dequantizing them). */
+  gatherRows(table: string, indices: string): string {
+    const m = this.root.quantized.get(table);
+    if (!m) return this.op("Gather", [table, indices], { axis: 0 });
+    return this.op("GatherBlockQuantized", [table, indices, `${table}.scales`], { gather_axis: 0, quantize_axis: 1, block_size: m.blockSize, bits: m.bits }, MS);
   }
 
   /**

@@ -65,7 +65,7 @@ export class LayerStack {
     const { g, s } = this;
     const out: Stream = { x: [], normed: [] };
     for (const i of this.chains) {
-      out.x[i] = g.op("Gather", [`embed.c${i}`, this.gates.gate(g, s.tokens, i, s.BT)], { axis: 0 });
+      out.x[i] = g.gatherRows(`embed.c${i}`, this.gates.gate(g, s.tokens, i, s.BT));
       out.normed[i] = this.norm(out.x[i], `l0.attn_norm.c${i}`);
     }
     return out;
@@ -79,7 +79,7 @@ export class LayerStack {
   /** q_i = x̂_{≤i} · Wq_i per chain, [B·T, h_i·hd]. */
   queries(b: GraphBuilder, l: number, normed: string[]): string[] {
     const q: string[] = [];
-    for (const i of this.chains) q[i] = b.op("MatMul", [this.extend(b, "attnIn", l, normed[i], i), `l${l}.q.c${i}`]);
+    for (const i of this.chains) q[i] = b.matmul(this.extend(b, "attnIn", l, normed[i], i), `l${l}.q.c${i}`);
     return q;
   }
 
@@ -90,7 +90,7 @@ export class LayerStack {
 
   /** h_i = x_i + heads_{≤i} · Wo_i, with ĥ_i = ChainNorm₂(h)_i from the same fused node: [B·T, c_i] each. */
   attnResidual(b: GraphBuilder, l: number, i: number, x: string, heads: string): { h: string; normed: string } {
-    const delta = b.op("MatMul", [this.extend(b, "heads", l, heads, i), `l${l}.o.c${i}`]);
+    const delta = b.matmul(this.extend(b, "heads", l, heads, i), `l${l}.o.c${i}`);
     const [normed, h] = this.addNorm(b, x, delta, `l${l}.ffn_norm.c${i}`);
     return { h, normed };
   }
@@ -98,14 +98,14 @@ export class LayerStack {
   /** a_i = silu(ĥ_{≤i} · Wgate_i) ⊙ (ĥ_{≤i} · Wup_i), [B·T, f_i]. */
   swiglu(b: GraphBuilder, l: number, i: number, normed: string): string {
     const ffnIn = this.extend(b, "ffnIn", l, normed, i);
-    const gate = b.op("MatMul", [ffnIn, `l${l}.gate.c${i}`]);
-    const up = b.op("MatMul", [ffnIn, `l${l}.up.c${i}`]);
+    const gate = b.matmul(ffnIn, `l${l}.gate.c${i}`);
+    const up = b.matmul(ffnIn, `l${l}.up.c${i}`);
     return b.op("Mul", [b.op("QuickGelu", [gate], { alpha: { float: 1 } }, MS), up]); // QuickGelu(α=1) is silu
   }
 
   /** x_i = h_i + a_{≤i} · Wdown_i, [B·T, c_i], with layer l+1's attention norm of it (none after the last layer). */
   ffnResidual(b: GraphBuilder, l: number, i: number, h: string, a: string): { x: string; normed?: string } {
-    const down = b.op("MatMul", [this.extend(b, "act", l, a, i), `l${l}.down.c${i}`]);
+    const down = b.matmul(this.extend(b, "act", l, a, i), `l${l}.down.c${i}`);
     if (l + 1 === this.c.n_layers) return { x: b.op("Add", [h, down]) };
     const [normed, x] = this.addNorm(b, h, down, `l${l + 1}.attn_norm.c${i}`);
     return { x, normed };
@@ -154,7 +154,7 @@ export class LayerStack {
     const named = (name: string): number | string[] => (this.c.nChains === 1 ? [name] : 1);
     const mine = g.ops("Gather", [x, s.rows], named("hidden"), { axis: 0 })[0]; // [R, c_i]
     const y = this.norm(mine, `norm.c${i}`);
-    const out = g.ops("Gemm", logits ? [y, this.headWeight(i), logits] : [y, this.headWeight(i)], named("logits"), { transB: 1 })[0];
+    const out = g.matmulTransposed(y, this.headWeight(i), logits, named("logits"));
     return {
       logits: logits ? g.op("Where", [g.op("Less", [s.rowChains, g.int64([i], true)]), logits, out]) : out,
       hidden: hidden ? g.op("Concat", [hidden, mine], { axis: 1 }) : mine,
@@ -167,7 +167,7 @@ export class LayerStack {
     const Ri = gates.count(i, s.R);
     const mine = g.op("Gather", [x, gates.gate(g, s.rows, i, s.R)], { axis: 0 }); // [R_i, c_i]
     const top = gates.gate(g, logits!, i, s.R);
-    const out = g.op("Gemm", [this.norm(mine, `norm.c${i}`), this.headWeight(i), top], { transB: 1 });
+    const out = g.matmulTransposed(this.norm(mine, `norm.c${i}`), this.headWeight(i), top);
     const kept = g.op("Where", [g.op("Less", [gates.gate(g, s.rowChains, i, s.R), g.int64([i], true)]), top, out]);
     const rest = g.op("Slice", [logits!, Ri, g.int64([Number.MAX_SAFE_INTEGER]), g.int64([0])]); // rows past R_i: untouched
     const logitsOut = g.op("Concat", [kept, rest], { axis: 0 });
@@ -177,8 +177,9 @@ export class LayerStack {
     return { logits: logitsOut, hidden: g.op("Concat", [hidden!, mineOrNone], { axis: 1 }) };
   }
 
+  /** H_i: the embedding's columns when tied, unless the head has its own (a quantized model's, laid out for MatMulNBits). */
   private headWeight(i: number): string {
-    return `${this.c.tie_embeddings ? "embed" : "head"}.c${i}`;
+    return this.g.hasWeight(`head.c${i}`) ? `head.c${i}` : `embed.c${i}`;
   }
 
   /** Extends x_{≤i-1}, the `key` value at layer l, by chain i's `mine` to x_{≤i}; returns it. */

@@ -4,6 +4,7 @@
 
 export enum DataType {
   FLOAT = 1,
+  UINT8 = 2,
   INT32 = 6,
   INT64 = 7,
   BOOL = 9,
@@ -12,6 +13,7 @@ export enum DataType {
 
 export enum AttrType {
   FLOAT = 1,
+  UINT8 = 2,
   INT = 2,
   STRING = 3,
   TENSOR = 4,

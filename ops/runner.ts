@@ -11,6 +11,8 @@ import { ColmError } from "../models/errors.ts";
 import type { ColmConfig } from "../models/config.ts";
 import type { KvCache } from "../kernels/kv-cache.ts";
 import { buildColmGraph } from "./colm-graph.ts";
+import type { AccuracyLevel } from "./graph.ts";
+import { checkpointPrecision, type Precision } from "../models/quantized.ts";
 import { holdFreedMemory, trimHeap } from "./trim-heap.ts";
 
 export type Device = "cpu" | "cuda";
@@ -26,6 +28,8 @@ export interface RunnerOptions {
    * reused buffers (default 65536: prefill chunks, not decode steps); see ModelRunner.kvOut.
    */
   reusedOutputFloats?: number;
+  /** A quantized model's MatMulNBits accuracy level (create only; default 4, see ops/graph.ts). */
+  accuracyLevel?: AccuracyLevel;
 }
 
 export interface StepResult {
@@ -81,9 +85,14 @@ export class ModelRunner {
     private readonly reusedOutputFloats: number,
   ) {}
 
+  /** The precision the weights run at (the config of a quantized model says its bits). */
+  get precision(): Precision {
+    return checkpointPrecision(this.config);
+  }
+
   /** A session over the graph built from `ckpt` in this process. */
   static create(ckpt: Checkpoint, options: RunnerOptions = {}): Promise<ModelRunner> {
-    return ModelRunner.open(buildColmGraph(ckpt), ckpt.config, ckpt.weightBytes, options);
+    return ModelRunner.open(buildColmGraph(ckpt, options.accuracyLevel), ckpt.config, ckpt.weightBytes, options);
   }
 
   /** A session over a built graph: its bytes, or the path of an .onnx file (see ops/graph-cache.ts). */

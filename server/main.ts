@@ -1,10 +1,11 @@
 // `npm start`: serve a CoLM-Air checkpoint over the OpenAI-compatible HTTP API and /v1/stream.
 //
-//   node --import tsx server/main.ts [--model DIR] [--port N] [--host H]
+//   node --import tsx server/main.ts [--model DIR] [--port N] [--host H] [--quant f32|q8|q4]
 //
 // Environment: COLM_MODEL (model folder, default models/colm-kjv), PORT (8080), HOST (127.0.0.1),
-// COLM_DEVICE (cpu | cuda), COLM_API_KEY, COLM_MAX_RUNNING (8), COLM_MAX_WAITING (32), COLM_KV_BYTES,
-// COLM_PREFIX_CACHE_BYTES (half the KV budget; 0: no prefix cache), COLM_BODY_LIMIT ("1mb"), COLM_SHUTDOWN_TIMEOUT_MS (10000), COLM_WS_PING_MS (30000),
+// COLM_DEVICE (cpu | cuda), COLM_QUANT (f32 | q8 | q4; default the checkpoint's own), COLM_API_KEY, COLM_MAX_RUNNING (8),
+// COLM_MAX_WAITING (32), COLM_KV_BYTES, COLM_PREFIX_CACHE_BYTES (half the KV budget; 0: no prefix cache),
+// COLM_BODY_LIMIT ("1mb"), COLM_SHUTDOWN_TIMEOUT_MS (10000), COLM_WS_PING_MS (30000),
 // COLM_WS_MAX_BUFFERED_BYTES (1048576).
 import { freemem } from "node:os";
 import path from "node:path";
@@ -12,6 +13,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { createApp, listeningUrl } from "./api/app.ts";
 import { loadModel } from "./engine/engine.ts";
+import { PRECISIONS, type Precision } from "../models/quantized.ts";
 
 const DEFAULT_MODEL = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "models", "colm-kjv");
 
@@ -36,6 +38,7 @@ async function main(): Promise<void> {
         model: { type: "string" },
         port: { type: "string" },
         host: { type: "string" },
+        quant: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
       allowPositionals: false,
@@ -44,7 +47,7 @@ async function main(): Promise<void> {
     fail((err as Error).message);
   }
   if (args.help) {
-    console.log("usage: npm start -- [--model DIR] [--port N] [--host H]   (see README for environment variables)");
+    console.log("usage: npm start -- [--model DIR] [--port N] [--host H] [--quant f32|q8|q4]   (see README for environment variables)");
     return;
   }
   const modelDir = path.resolve(args.model ?? process.env.COLM_MODEL ?? DEFAULT_MODEL);
@@ -54,6 +57,9 @@ async function main(): Promise<void> {
   const deviceEnv = process.env.COLM_DEVICE;
   if (deviceEnv !== undefined && deviceEnv !== "" && deviceEnv !== "cpu" && deviceEnv !== "cuda") fail(`COLM_DEVICE must be cpu or cuda, got '${deviceEnv}'`);
   const device = deviceEnv === "cpu" || deviceEnv === "cuda" ? deviceEnv : undefined;
+  const quantArg = args.quant ?? (process.env.COLM_QUANT || undefined);
+  if (quantArg !== undefined && !PRECISIONS.includes(quantArg as Precision)) fail(`${args.quant !== undefined ? "--quant" : "COLM_QUANT"} must be f32, q8 or q4, got '${quantArg}'`);
+  const quant = quantArg as Precision | undefined;
   const shutdownMs = intEnv("COLM_SHUTDOWN_TIMEOUT_MS", 10_000);
   // KV budget: COLM_KV_BYTES, else half the memory free at start-up.
   const kvBudgetBytes = intEnv("COLM_KV_BYTES", Math.floor(freemem() / 2), 1);
@@ -98,7 +104,7 @@ async function main(): Promise<void> {
 
   let engine;
   try {
-    engine = await loadModel(modelDir, { device, prefixCacheBytes, log: (m) => console.error(`colm-serve: ${m}`) });
+    engine = await loadModel(modelDir, { device, quant, prefixCacheBytes, log: (m) => console.error(`colm-serve: ${m}`) });
   } catch (err) {
     console.error(`colm-serve: cannot load model from ${modelDir}: ${(err as Error).message}`);
     await colm.close();
@@ -109,7 +115,7 @@ async function main(): Promise<void> {
   const i = engine.info;
   console.log(
     `colm-serve: model ${i.name} (chains 1..${i.nChains}, widths ${i.widths.join("/")}, params ${i.paramCounts.join("/")}) ` +
-      `on ${i.device}, listening at ${url} (ws ${url.replace(/^http/, "ws")}/v1/stream)`,
+      `at ${i.precision} on ${i.device}, listening at ${url} (ws ${url.replace(/^http/, "ws")}/v1/stream)`,
   );
 }
 

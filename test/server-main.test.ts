@@ -58,7 +58,7 @@ function start(args: string[], env: Record<string, string>, viaNpm = false): Pro
 describe("server/main.ts process", () => {
   test("--model DIR: start line, serving, SIGTERM cancels a running stream and exits 0", async () => {
     const p = await start(["--model", ckpt.dir], { COLM_SHUTDOWN_TIMEOUT_MS: "0" });
-    assert.match(p.startLine, /model proc \(chains 1\.\.4, .*\) on cpu, listening at http:\/\/127\.0\.0\.1:\d+/);
+    assert.match(p.startLine, /model proc \(chains 1\.\.4, .*\) at f32 on cpu, listening at http:\/\/127\.0\.0\.1:\d+/);
     assert.equal((await fetch(`${p.url}/health`)).status, 200);
     const res = await fetch(`${p.url}/v1/completions`, {
       method: "POST",
@@ -112,6 +112,19 @@ describe("server/main.ts process", () => {
       () => true,
     );
     assert.ok(gone, "nothing answers on the server's port once npm has exited");
+  });
+
+  test("--quant q4 / COLM_QUANT=q8: the start line, /v1/models and /metrics say the precision; a bad one exits 2", async () => {
+    for (const [args, env, precision] of [[["--quant", "q4"], {}, "q4"], [[], { COLM_QUANT: "q8" }, "q8"]] as const) {
+      const p = await start(["--model", ckpt.dir, ...args], env);
+      assert.match(p.startLine, new RegExp(` at ${precision} on cpu, listening`));
+      const models = (await (await fetch(`${p.url}/v1/models`)).json()) as { data: { precision: string }[] };
+      assert.ok(models.data.every((m) => m.precision === precision));
+      assert.match(await (await fetch(`${p.url}/metrics`)).text(), new RegExp(`colm_model_info\\{[^}]*precision="${precision}"[^}]*\\} 1`));
+      p.child.kill("SIGTERM");
+      assert.equal(await p.exited, 0);
+    }
+    await assert.rejects(start(["--model", ckpt.dir, "--quant", "q3"], {}), /exited with 2.*--quant must be f32, q8 or q4, got 'q3'/s);
   });
 
   test("a missing model folder exits non-zero with a message", async () => {

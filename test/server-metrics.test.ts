@@ -57,7 +57,7 @@ describe("/metrics", () => {
     }
     assert.equal(metricValue(samples, "colm_kv_cache_bytes_in_use"), 0);
     assert.equal(metricValue(samples, "colm_kv_cache_bytes_capacity"), 8 * engine.info.maxPosition * engine.info.kvBytesPerToken);
-    assert.equal(metricValue(samples, "colm_model_info", { model: "tiny", device: "cpu", n_chains: "4" }), 1);
+    assert.equal(metricValue(samples, "colm_model_info", { model: "tiny", device: "cpu", n_chains: "4", precision: "f32" }), 1);
   });
 
   test("counters and histograms move as requests are served, labelled by chain count", async () => {

@@ -24,6 +24,7 @@ const info: ModelInfo = {
   eosTokenId: null,
   device: "cpu",
   kvBytesPerToken: 512,
+  precision: "f32",
 };
 
 describe("Admission", () => {

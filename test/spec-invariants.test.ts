@@ -8,11 +8,14 @@ import { randomTensors } from "../kernels/random-checkpoint.ts";
 import { writeSafetensors } from "../models/safetensors.ts";
 import { KvCache } from "../kernels/kv-cache.ts";
 import { TINY_EQUAL, TINY_UNEQUAL, makeCheckpoint, tempDir } from "./helpers/checkpoints.ts";
-import { fullForward, leadingColumns, loadRunner, maxAbsDiff, newCache, range, type Loaded } from "./helpers/run.ts";
+import { PRECISIONS_UNDER_TEST, fullForward, pathTolerance, leadingColumns, loadRunner, maxAbsDiff, newCache, range, type Loaded } from "./helpers/run.ts";
 
 const TOKENS = [5, 17, 42, 8, 64, 23, 91, 3, 77, 12, 50, 6];
 
-describe("§5.1 chain causality: weights of chains > k never touch sub-model k", () => {
+// Every invariant at every precision: a quantized model keeps each chain block on its own (its own
+// blocks and scales), so what holds exactly at float32 holds exactly for its quantized weights.
+for (const p of PRECISIONS_UNDER_TEST) {
+describe(`§5.1 chain causality: weights of chains > k never touch sub-model k (${p.label})`, () => {
   const config = parseConfig(TINY_EQUAL);
   const n = config.nChains;
   for (let k = 1; k < n; k++) {
@@ -34,8 +37,8 @@ describe("§5.1 chain causality: weights of chains > k never touch sub-model k",
       const changed = tempDir();
       writeFileSync(join(changed, "config.json"), JSON.stringify(TINY_EQUAL));
       writeSafetensors(join(changed, "model.safetensors"), tensors);
-      const a = await loadRunner(base);
-      const b = await loadRunner(changed);
+      const a = await loadRunner(base, p.precision, p.accuracyLevel);
+      const b = await loadRunner(changed, p.precision, p.accuracyLevel);
       try {
         const ak = await fullForward(a.runner, TOKENS, k);
         const bk = await fullForward(b.runner, TOKENS, k);
@@ -52,10 +55,10 @@ describe("§5.1 chain causality: weights of chains > k never touch sub-model k",
 });
 
 for (const [label, cfg] of [["equal chains", TINY_EQUAL], ["unequal chains", TINY_UNEQUAL]] as const) {
-  describe(`§5.2–5.6 (${label})`, () => {
+  describe(`§5.2–5.6 (${label}, ${p.label})`, () => {
     let m: Loaded;
     before(async () => {
-      m = await loadRunner(makeCheckpoint(cfg, 11));
+      m = await loadRunner(makeCheckpoint(cfg, 11), p.precision, p.accuracyLevel);
     });
     after(() => m.runner.close());
     const n = cfg.chain_heads.length;
@@ -91,7 +94,7 @@ for (const [label, cfg] of [["equal chains", TINY_EQUAL], ["unequal chains", TIN
         const last = await m.runner.step(TOKENS.slice(-1), k, cache, [0]);
         const V = m.ckpt.config.vocab_size;
         const expected = whole.logits.subarray((TOKENS.length - 1) * V);
-        assert.ok(maxAbsDiff(last.logits, expected) < 1e-5, `k=${k}: ${maxAbsDiff(last.logits, expected)}`);
+        assert.ok(maxAbsDiff(last.logits, expected) < pathTolerance(p, expected), `k=${k}: ${maxAbsDiff(last.logits, expected)}`);
       }
     });
 
@@ -104,7 +107,7 @@ for (const [label, cfg] of [["equal chains", TINY_EQUAL], ["unequal chains", TIN
         cache.append(out.newKeys, out.newValues, 1);
         const fresh = await fullForward(m.runner, TOKENS.slice(0, i + 1), schedule[i]);
         const d = maxAbsDiff(out.logits, fresh.logits.subarray(i * V));
-        assert.ok(d < 1e-5, `token ${i} at k=${schedule[i]}: ${d}`);
+        assert.ok(d < pathTolerance(p, fresh.logits), `token ${i} at k=${schedule[i]}: ${d}`);
       }
     });
 
@@ -125,4 +128,5 @@ for (const [label, cfg] of [["equal chains", TINY_EQUAL], ["unequal chains", TIN
       }
     });
   });
+}
 }

@@ -147,7 +147,7 @@ function makeMetrics(state: AppState, admission: Admission, stream: () => Stream
     },
     wsConnections: () => stream()?.connections ?? 0,
     prefixCache: () => state.engine?.prefixCache?.stats() ?? null,
-    modelInfo: () => (state.engine ? { model: state.engine.info.name, device: state.engine.info.device, nChains: state.engine.info.nChains } : null),
+    modelInfo: () => (state.engine ? { model: state.engine.info.name, device: state.engine.info.device, nChains: state.engine.info.nChains, precision: state.engine.info.precision } : null),
     routerPredictions: () => {
       if (!state.router) return null;
       const v = state.router.view();

@@ -12,7 +12,7 @@ export interface MetricsSources {
   kvBytesInUse: () => number;
   kvBytesCapacity: () => number;
   wsConnections: () => number;
-  modelInfo: () => { model: string; device: string; nChains: number } | null;
+  modelInfo: () => { model: string; device: string; nChains: number; precision: string } | null;
   /** The engine's prefix cache (null: none, or no engine yet). */
   prefixCache?: () => PrefixCacheStats | null;
   /** What the latency router's cost model predicts (absent: no router gauges are filled). */
@@ -87,9 +87,9 @@ export class Metrics {
         }
       },
     );
-    this.labelledGauge("colm_model_info", "The loaded model (value 1)", ["model", "device", "n_chains"], (set) => {
+    this.labelledGauge("colm_model_info", "The loaded model (value 1)", ["model", "device", "n_chains", "precision"], (set) => {
       const m = src.modelInfo();
-      if (m) set({ model: m.model, device: m.device, n_chains: String(m.nChains) }, 1);
+      if (m) set({ model: m.model, device: m.device, n_chains: String(m.nChains), precision: m.precision }, 1);
     });
   }
 

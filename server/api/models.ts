@@ -28,6 +28,7 @@ export function modelEntries(info: ModelInfo, created: number) {
     width: info.widths[k - 1],
     params: info.paramCounts[k - 1],
     max_position: info.maxPosition,
+    precision: info.precision,
     elastic,
     ...(elastic ? { chain_options: Array.from({ length: n }, (_, i) => i + 1) } : {}),
   });

@@ -3,7 +3,9 @@
 // chain 1 (spec §5.4): the cache is filled by the smallest model and only the last prompt token
 // runs at the requested size. The engine knows the model runner beneath it and nothing above.
 import { basename, join, resolve } from "node:path";
-import { loadCheckpoint, parameterCount } from "../../models/checkpoint.ts";
+import { loadCheckpoint, parameterCount, weightBytesOf } from "../../models/checkpoint.ts";
+import { bitsOf, checkpointPrecision, configAtPrecision, type Precision } from "../../models/quantized.ts";
+import { quantizeCheckpoint } from "../../kernels/quantize.ts";
 import { kvValuesPerToken, readConfig } from "../../models/config.ts";
 import { loadTokenizer } from "../../models/tokenizer.ts";
 import { ModelRunner, type Device } from "../../ops/runner.ts";
@@ -38,6 +40,11 @@ export interface LoadModelOptions {
   graphCache?: boolean;
   /** Where cached graphs live (default .cache/graphs, or COLM_GRAPH_CACHE). */
   graphCacheDir?: string;
+  /**
+   * The precision to run at (default: the checkpoint's own). A float32 checkpoint is quantized at
+   * load time (and its graph cached quantized); a quantized one runs at its stored precision only.
+   */
+  quant?: Precision;
   log?: (message: string) => void;
   /** Most bytes the prefix cache holds (0: no prefix cache). Default DEFAULT_PREFIX_CACHE_BYTES. */
   prefixCacheBytes?: number;
@@ -120,16 +127,18 @@ export class ColmEngine implements Engine {
 const OUT_OF_PROCESS_BYTES = 64 * 2 ** 20;
 
 export async function loadModel(dir: string, options: LoadModelOptions = {}): Promise<ColmEngine> {
-  const config = readConfig(join(dir, "config.json"));
-  const weightBytes = 4 * parameterCount(config);
+  const stored = readConfig(join(dir, "config.json"));
+  const { config, precision } = configAtPrecision(dir, stored, options.quant);
   const runnerOptions = { device: options.device, threads: options.threads, log: options.log };
   const tokenizer = loadTokenizer(dir, config.tokenizer, { bos: config.bos_token_id, eos: config.eos_token_id });
   let runner: ModelRunner;
-  if (options.graphCache ?? weightBytes > OUT_OF_PROCESS_BYTES) {
-    const file = await cachedGraph(dir, options.graphCacheDir, options.log);
-    runner = await ModelRunner.open(file, config, weightBytes, runnerOptions);
+  if (options.graphCache ?? weightBytesOf(stored) > OUT_OF_PROCESS_BYTES) {
+    const file = await cachedGraph(dir, options.graphCacheDir, options.log, precision === checkpointPrecision(stored) ? "stored" : precision);
+    runner = await ModelRunner.open(file, config, weightBytesOf(config), runnerOptions);
   } else {
-    runner = await ModelRunner.create(loadCheckpoint(dir, { onWarning: options.log }), runnerOptions);
+    const ckpt = loadCheckpoint(dir, { onWarning: options.log });
+    const bits = bitsOf(precision);
+    runner = await ModelRunner.create(bits ? quantizeCheckpoint(ckpt, bits, config.quantization!.block_size) : ckpt, runnerOptions);
   }
   const info: ModelInfo = {
     name: config.name ?? basename(resolve(dir)),
@@ -140,6 +149,7 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
     maxPosition: config.max_position,
     bosTokenId: config.bos_token_id,
     eosTokenId: config.eos_token_id,
+    precision,
     device: runner.device,
     kvBytesPerToken: 4 * kvValuesPerToken(config),
   };

@@ -2,16 +2,55 @@
 import { loadCheckpoint, type Checkpoint } from "../../models/checkpoint.ts";
 import { KvCache } from "../../kernels/kv-cache.ts";
 import { ModelRunner, type StepResult } from "../../ops/runner.ts";
+import { bitsOf, type Precision } from "../../models/quantized.ts";
+import { quantizeCheckpoint } from "../../kernels/quantize.ts";
+import type { AccuracyLevel } from "../../ops/graph.ts";
+
+/**
+ * The precisions the model tests run at. Quantized ones run at MatMulNBits' accuracy level 4 (what
+ * the server runs: int8 activations) and q4 also at level 0 (float32 compute on the quantized
+ * weights: the quantized model's exact arithmetic).
+ */
+export interface PrecisionUnderTest {
+  precision: Precision;
+  accuracyLevel?: AccuracyLevel;
+  label: string;
+}
+export const PRECISIONS_UNDER_TEST: readonly PrecisionUnderTest[] = [
+  { precision: "f32", label: "f32" },
+  { precision: "q8", accuracyLevel: 4, label: "q8" },
+  { precision: "q4", accuracyLevel: 4, label: "q4" },
+  { precision: "q4", accuracyLevel: 0, label: "q4, float32 compute" },
+];
+
+/**
+ * How far two ways of computing the same logits may differ (e.g. a prompt at once, or token by
+ * token from the cache): 1e-5 in float32 arithmetic. With int8 activations (accuracy level 4) a
+ * float32 rounding difference of 1e-7 upstream can move an activation across an int8 rounding
+ * step, 1/127 of its block's largest value; 1% of the largest logit bounds such a step here.
+ */
+export function pathTolerance(p: PrecisionUnderTest, logits: ArrayLike<number>): number {
+  if (p.accuracyLevel !== 4) return 1e-5;
+  let max = 0;
+  for (let i = 0; i < logits.length; i++) max = Math.max(max, Math.abs(logits[i]));
+  return 0.01 * max;
+}
+/** The tiny test models' chains are 16 wide: the block size that divides them. */
+export const TEST_BLOCK_SIZE = 16;
 
 export interface Loaded {
   ckpt: Checkpoint;
   runner: ModelRunner;
 }
 
-/** A runner on one thread whose every call writes keys and values into its reused buffers. */
-export async function loadRunner(dir: string): Promise<Loaded> {
-  const ckpt = loadCheckpoint(dir);
-  const runner = await ModelRunner.create(ckpt, { threads: 1, reusedOutputFloats: 0 });
+/**
+ * A runner on one thread whose every call writes keys and values into its reused buffers, at
+ * `precision` (quantized at load; `ckpt.weights` are then the dequantized values the graph runs).
+ */
+export async function loadRunner(dir: string, precision: Precision = "f32", accuracyLevel?: AccuracyLevel): Promise<Loaded> {
+  const bits = bitsOf(precision);
+  const ckpt = bits ? quantizeCheckpoint(loadCheckpoint(dir), bits, TEST_BLOCK_SIZE) : loadCheckpoint(dir);
+  const runner = await ModelRunner.create(ckpt, { threads: 1, reusedOutputFloats: 0, accuracyLevel });
   return { ckpt, runner };
 }
 
