@@ -48,7 +48,7 @@ async function timedStream(res: Response, started: number, abandonAfterFirst = f
     const now = performance.now();
     first ??= now;
     last = now;
-    chunks += (new TextDecoder().decode(value).match(/"text":|"content":/g) ?? []).length;
+    chunks += (new TextDecoder().decode(value).match(/"text":|"content":/g) ?? []).length; // token events in this read
     if (abandonAfterFirst) {
       await reader.cancel();
       break;
@@ -89,11 +89,11 @@ async function oneRequest(kind: MixKind, i: number, o: MixOptions & { model: str
       return done({ ok: res.ok && (await res.json()) !== null });
     }
     case "sse": {
-      const res = await post(`${api}/completions`, { model: `${o.model}:c2`, prompt, max_tokens: 4, stream: true });
+      const res = await post(`${api}/completions`, { model: `${o.model}:c2`, prompt, max_tokens: 16, stream: true });
       return done({ ok: res.ok, ...(await timedStream(res, started)) });
     }
     case "chat-budget": {
-      const res = await post(`${api}/chat/completions`, { model: o.model, messages: [{ role: "user", content: prompt }], max_tokens: 3, stream: true, latency_budget: { tpot_ms: 50 } });
+      const res = await post(`${api}/chat/completions`, { model: o.model, messages: [{ role: "user", content: prompt }], max_tokens: 12, stream: true, latency_budget: { tpot_ms: 50 } });
       return done({ ok: res.ok, ...(await timedStream(res, started)) });
     }
     case "abandoned": {
