@@ -36,7 +36,7 @@ const result: Record<string, unknown> = {
   decode_context_tokens: CONTEXT,
   repeats: REPEATS,
 };
-// What llama.cpp does on this machine for the dense M shape (../shared/performance-anchors.md).
+// What llama.cpp does on this machine for the dense M shape (loadtest/README.md, "llama.cpp anchors").
 const LLAMA_CPP_M = { prefill_512_tok_s: 311, prefill_2048_tok_s: 255, decode_tok_s: 37.6, flash_decode_tok_s: 40.8 };
 if (colm) {
   const d = colm.decode_tokens_per_s;

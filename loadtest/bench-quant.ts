@@ -6,7 +6,7 @@ import { BENCH_M, benchCheckpoint, describeShape, quantizedBenchCheckpoint } fro
 import { measureModel, pairedDecode } from "./engine-figures.ts";
 import { machine, writeResult } from "./results.ts";
 
-/** llama.cpp on shape M, one llama-bench run over F32, Q8_0 and Q4_0 files (../shared/performance-anchors.md). */
+/** llama.cpp on shape M, one llama-bench run over F32, Q8_0 and Q4_0 files (loadtest/README.md, "llama.cpp anchors"). */
 const LLAMA_CPP_M_QUANT = {
   f32: { prefill_512_tok_s: 237, prefill_2048_tok_s: 192, decode_tok_s: 29.9 },
   q8: { prefill_512_tok_s: 330, prefill_2048_tok_s: 217, decode_tok_s: 73.9 },

@@ -176,7 +176,7 @@ function engineSection(r: unknown, charts: Record<string, string>): string[] {
         ...(dense !== undefined ? [{ name: `dense, same width (ours): ${fmt(dense)}`, value: dense }] : []),
         ...(llama !== undefined ? [{ name: `llama.cpp dense M: ${fmt(llama)}`, value: llama }] : []),
       ],
-      caption: s.caption(`${what}; llama.cpp: ../shared/performance-anchors.md, same machine type`),
+      caption: s.caption(`${what}; llama.cpp: the anchors in loadtest/README.md, same machine type`),
     }),
     what,
   );
@@ -204,7 +204,7 @@ function engineSection(r: unknown, charts: Record<string, string>): string[] {
       yScale: "log",
       xTicks: prefillLengths,
       series: rows.map(([label, f]) => ({ name: label.replace(/ \(ms\)$/, "").replace(/^time to first token at k=4: /, ""), points: prefillLengths.map((n): [number, number | null] => [n, f(n) ?? null]) })),
-      caption: s.caption(`${what}; llama.cpp: ../shared/performance-anchors.md`),
+      caption: s.caption(`${what}; llama.cpp: the anchors in loadtest/README.md`),
     }),
     what,
   );

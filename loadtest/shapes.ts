@@ -1,5 +1,5 @@
 // The benchmark shapes of the issues (random weights, cached under .cache/bench/<name>), with the
-// same widths, depths and vocabularies as the llama.cpp anchors in ../shared/performance-anchors.md.
+// same widths, depths and vocabularies as the llama.cpp anchors in loadtest/README.md ("llama.cpp anchors").
 import { spawnSync } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
