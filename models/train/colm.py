@@ -61,6 +61,13 @@ class ColmConfig:
         assert self.head_dim % 2 == 0
 
 
+# Chain expansion (train_long.py): the number of leading chains whose parameters are frozen.  With
+# ChainLinear.blockwise on, their outputs are computed without an autograd graph (their gradients
+# would only reach frozen parameters), so the backward pass covers the new chains only.  The values
+# computed are the same; gradients of the new chains' parameters are the same.
+frozen_chains = 0
+
+
 def chain_mask(in_dims, out_dims):
     """Block-lower-triangular 0/1 mask of shape [sum(out), sum(in)]:
     output chain i reads input chains 0..i (counted from 0)."""
@@ -74,6 +81,11 @@ def chain_mask(in_dims, out_dims):
 
 
 class ChainLinear(nn.Module):
+    # blockwise=True: compute output chain i as x[..., :a_1+..+a_i] @ W_i (the non-zero blocks only,
+    # ~n(n+1)/2n^2 of the dense work); same maths, different float summation order.  Off by default so
+    # that the colm-kjv reproduction is unchanged; train_long.py turns it on.
+    blockwise = False
+
     def __init__(self, in_dims, out_dims, std=0.02):
         super().__init__()
         self.in_dims, self.out_dims = list(in_dims), list(out_dims)
@@ -82,6 +94,16 @@ class ChainLinear(nn.Module):
         self.weight = nn.Parameter(w * self.mask)
 
     def forward(self, x):
+        if ChainLinear.blockwise and len(self.out_dims) > 1:
+            outs, r, a = [], 0, 0
+            for i, (ai, bo) in enumerate(zip(self.in_dims, self.out_dims)):
+                a += ai
+                if i < frozen_chains:  # a frozen (old) output chain: no autograd graph
+                    outs.append(F.linear(x[..., :a].detach(), self.weight[r:r + bo, :a].detach()))
+                else:
+                    outs.append(F.linear(x[..., :a], self.weight[r:r + bo, :a]))
+                r += bo
+            return torch.cat(outs, dim=-1)
         return F.linear(x, self.weight * self.mask)
 
 
@@ -135,6 +157,10 @@ def kv_index(cfg):
 
 
 class Attention(nn.Module):
+    # q_block > 0: causal attention computed in blocks of q_block queries (train_long.py sets 512);
+    # 0 (default): one T x T matrix, as the colm-kjv scripts have always done.
+    q_block = 0
+
     def __init__(self, cfg: ColmConfig, resid_std):
         super().__init__()
         self.cfg = cfg
@@ -162,11 +188,39 @@ class Attention(nn.Module):
         k = apply_rope(k, cos, sin)
         k = k.index_select(1, self.kv_idx)                                  # [B, nh, T, hd]
         v = v.index_select(1, self.kv_idx)
-        att = q @ k.transpose(-2, -1)
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
-        att = att.masked_fill_(causal, float("-inf")).softmax(-1)
-        y = (att @ v).transpose(1, 2).reshape(B, T, nh * hd)
-        return self.o_proj(y)
+        nf = frozen_chains
+        if nf and ChainLinear.blockwise:
+            # chains 1..nf are frozen (chain expansion): their heads, and chain 1's keys and values,
+            # are computed without an autograd graph; only the new chains' heads are differentiated.
+            ho = sum(cfg.chain_heads[:nf])
+            k, v = k.detach(), v.detach()
+            with torch.no_grad():
+                y_old = causal_attention(q[:, :ho].detach(), k[:, :ho], v[:, :ho])
+            y = torch.cat([y_old, causal_attention(q[:, ho:], k[:, ho:], v[:, ho:])], dim=1)
+        else:
+            y = causal_attention(q, k, v)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, nh * hd))
+
+
+def causal_attention(q, k, v):
+    """softmax(q k^T + causal mask) v for q, k, v of shape [B, H, T, hd] (q already scaled)."""
+    T = q.shape[2]
+    qb = Attention.q_block
+    if qb and T > qb:
+        # blocks of queries attend only to the keys up to their last position: the upper
+        # triangle beyond each block is never computed (same maths, ~(n+1)/2n of the work)
+        outs = []
+        for s in range(0, T, qb):
+            e = min(T, s + qb)
+            att = q[:, :, s:e] @ k[:, :, :e].transpose(-2, -1)
+            causal = torch.ones(e - s, e, dtype=torch.bool, device=q.device).triu(s + 1)
+            att = att.masked_fill_(causal, float("-inf")).softmax(-1)
+            outs.append(att @ v[:, :, :e])
+        return torch.cat(outs, dim=2)
+    att = q @ k.transpose(-2, -1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    att = att.masked_fill_(causal, float("-inf")).softmax(-1)
+    return att @ v
 
 
 class FeedForward(nn.Module):
@@ -230,6 +284,30 @@ class ColmModel(nn.Module):
         for k in ks:
             d = self.cfg.prefix_dim(k)
             out[k] = y[..., :d] @ H[:, :d].t()
+        return out
+
+    def chain_losses(self, idx, targets, ks=None):
+        """Cross-entropy of logits_k for k in ks (default all), computed with ONE pass over the head:
+        logits_k = sum_{j<=k} y_j H_j^T, so the per-chain partial logits are accumulated chain by
+        chain (same maths as forward(); the head costs V*D instead of V*(d_1+...+d_n))."""
+        y = self.hidden(idx)
+        H = self.head_weight()
+        n = self.cfg.n_chains
+        ks = ks or list(range(1, n + 1))
+        V = H.shape[0]
+        acc, out, o = None, {}, 0
+        for j, c in enumerate(self.cfg.chain_dims, start=1):
+            if j > max(ks):
+                break
+            if j <= frozen_chains and ChainLinear.blockwise:
+                with torch.no_grad():
+                    part = y[..., o:o + c].detach() @ H[:, o:o + c].detach().t()
+            else:
+                part = y[..., o:o + c] @ H[:, o:o + c].t()
+            acc = part if acc is None else acc + part
+            o += c
+            if j in ks:
+                out[j] = F.cross_entropy(acc.reshape(-1, V), targets.reshape(-1))
         return out
 
     def loss(self, idx, targets):
