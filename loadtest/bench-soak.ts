@@ -12,8 +12,8 @@
 // Writes loadtest/results/soak.json and soak.svg.
 import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { BenchArgs, machine, writeResult } from "./results.ts";
+import { freePort, waitHealthy } from "./scaleout.ts";
 import { percentile } from "./stats.ts";
 import { lineChart } from "./svg-chart.ts";
 import { runMix, type MixRecord } from "./traffic-mix.ts";
@@ -40,14 +40,6 @@ interface Sample {
   tpot_p99_ms: number | null;
 }
 
-const freePort = () =>
-  new Promise<number>((resolve) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-
 /** The server's own gauges, from one /metrics scrape: each name's samples summed over its labels. */
 async function gauges(url: string): Promise<Record<string, number>> {
   const text = await (await fetch(`${url}/metrics`)).text();
@@ -63,13 +55,12 @@ async function startServer(): Promise<{ url: string; stop: () => Promise<void> }
   const port = await freePort();
   const child = spawn(process.execPath, ["--import", "tsx", "server/main.ts", "--port", String(port)], { stdio: ["ignore", "ignore", "inherit"] });
   const url = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 600; i++) {
-    const ok = await fetch(`${url}/health`).then((r) => r.ok, () => false);
-    if (ok) return { url, stop: () => new Promise((r) => (child.once("exit", () => r()), child.kill("SIGTERM"))) };
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  child.kill("SIGKILL");
-  throw new Error("the server did not become healthy");
+  const exited = new Promise<void>((r) => child.once("exit", () => r()));
+  await waitHealthy(`${url}/health`, 60_000, () => (child.exitCode !== null ? "the server exited while starting" : null)).catch((err) => {
+    child.kill("SIGKILL");
+    throw err;
+  });
+  return { url, stop: () => (child.kill("SIGTERM"), exited) };
 }
 
 const p = (xs: number[], q: number) => (xs.length ? percentile([...xs].sort((a, b) => a - b), q) : null);

@@ -30,11 +30,11 @@
 // or every prediction meets (1e9 ms → the largest k).
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { WebSocket } from "ws";
+import { freePort } from "../../loadtest/scaleout.ts";
 
 /** The server's configuration for the recording: fixed, so limits in error messages are too. */
 export const TRANSCRIPT_ENV: Readonly<Record<string, string>> = {
@@ -95,17 +95,6 @@ function hookExit(): void {
       process.exit(130);
     });
   }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
