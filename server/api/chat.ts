@@ -1,12 +1,12 @@
 // POST /v1/chat/completions: messages → a prompt by the chat template (chat-template.ts), then the
 // same pipeline as /v1/completions; results → chat.completion objects and chunks.
 import { randomUUID } from "node:crypto";
-import type { Request, Response } from "express";
+import type { Request } from "express";
 import type { Engine, GeneratedToken } from "../engine/types.ts";
 import { CHAT_TEMPLATE_STOPS, renderChat } from "./chat-template.ts";
 import type { ServerContext } from "./context.ts";
 import { fromZodError, invalidField } from "./errors.ts";
-import { choiceExtensions, httpRoute, planRequest, serveHttp, totalUsage, type PlannedRequest, type ResponseFormat } from "./pipeline.ts";
+import { choiceExtensions, completionRoute, totalUsage, type PlannedRequest, type ResponseFormat } from "./pipeline.ts";
 import { buildRequest, encodeText, mergeBudgetHeaders, type GenerationRequest } from "./request.ts";
 import { chatRequestSchema } from "./schemas.ts";
 
@@ -69,11 +69,4 @@ function chatFormat(engine: Engine, planned: PlannedRequest): ResponseFormat {
   };
 }
 
-async function handleChat(ctx: ServerContext, req: Request, res: Response): Promise<void> {
-  const arrivedAt = performance.now();
-  const engine = ctx.engine();
-  const planned = planRequest(ctx, chatRequest(engine, req, arrivedAt));
-  await serveHttp(ctx, res, planned, chatFormat(engine, planned));
-}
-
-export const chatRoute = (ctx: ServerContext) => httpRoute(ctx, "chat", handleChat);
+export const chatRoute = (ctx: ServerContext) => completionRoute(ctx, "chat", { request: chatRequest, format: chatFormat });

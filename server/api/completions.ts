@@ -1,12 +1,12 @@
 // POST /v1/completions (OpenAI legacy completions): the body → a GenerationRequest, and results →
 // text_completion objects. Everything between is the pipeline's.
 import { randomUUID } from "node:crypto";
-import type { Request, Response } from "express";
+import type { Request } from "express";
 import type { Engine, GeneratedToken, PromptLogprob } from "../engine/types.ts";
 import type { ServerContext } from "./context.ts";
 import { fromZodError, invalidField } from "./errors.ts";
 import type { GenerationResult } from "./generation.ts";
-import { choiceExtensions, httpRoute, planRequest, serveHttp, totalUsage, type PlannedRequest, type ResponseFormat } from "./pipeline.ts";
+import { choiceExtensions, completionRoute, totalUsage, type PlannedRequest, type ResponseFormat } from "./pipeline.ts";
 import { buildRequest, encodeText, mergeBudgetHeaders, tokenPrompt, type GenerationRequest, type PromptInput } from "./request.ts";
 import { completionRequestSchema, type CompletionRequest } from "./schemas.ts";
 
@@ -121,11 +121,4 @@ function choiceLogprobs(engine: Engine, prompt: PromptInput, r: GenerationResult
   return lp;
 }
 
-async function handleCompletion(ctx: ServerContext, req: Request, res: Response): Promise<void> {
-  const arrivedAt = performance.now();
-  const engine = ctx.engine();
-  const planned = planRequest(ctx, completionRequest(engine, req, arrivedAt));
-  await serveHttp(ctx, res, planned, completionFormat(engine, planned));
-}
-
-export const completionsRoute = (ctx: ServerContext) => httpRoute(ctx, "completion", handleCompletion);
+export const completionsRoute = (ctx: ServerContext) => completionRoute(ctx, "completion", { request: completionRequest, format: completionFormat });

@@ -4,7 +4,7 @@
 // endpoints hand serveHttp a ResponseFormat; the WebSocket runs plan → admit → run itself, since
 // a socket carries several generations and its own cancel and switch messages.
 import type { Request, Response } from "express";
-import type { GeneratedToken, PromptLogprob } from "../engine/types.ts";
+import type { Engine, GeneratedToken, PromptLogprob } from "../engine/types.ts";
 import type { ServerContext } from "./context.ts";
 import { errorBody, logIfInternal, sendError, serviceUnavailable, toColmError } from "./errors.ts";
 import { runChoices, type GenerationResult, type GenerationSpec } from "./generation.ts";
@@ -169,7 +169,7 @@ async function stream(ctx: ServerContext, res: Response, planned: PlannedRequest
 }
 
 /** Plan → admit → run → respond (JSON or SSE), for every completion-style HTTP endpoint. */
-export async function serveHttp(ctx: ServerContext, res: Response, planned: PlannedRequest, format: ResponseFormat): Promise<void> {
+async function serveHttp(ctx: ServerContext, res: Response, planned: PlannedRequest, format: ResponseFormat): Promise<void> {
   const gen = await admitHttp(ctx, res, planned);
   try {
     if (planned.request.stream) return await stream(ctx, res, planned, format, gen.signal, gen.clientGone);
@@ -181,11 +181,25 @@ export async function serveHttp(ctx: ServerContext, res: Response, planned: Plan
   }
 }
 
-/** An express handler around `handle`: any error becomes an OpenAI-shaped response (server faults logged). */
-export function httpRoute(ctx: ServerContext, label: string, handle: (ctx: ServerContext, req: Request, res: Response) => Promise<void>) {
+/** What a completion-style HTTP endpoint adds to the pipeline: its body's validation and its response format. */
+export interface CompletionEndpoint {
+  /** Validate the body once into a GenerationRequest. */
+  request(engine: Engine, req: Request, arrivedAt: number): GenerationRequest;
+  /** The response format of a planned request. */
+  format(engine: Engine, planned: PlannedRequest): ResponseFormat;
+}
+
+/**
+ * The one express handler of every completion-style endpoint: validate → plan → admit → run →
+ * respond; any error becomes an OpenAI-shaped response (server faults logged).
+ */
+export function completionRoute(ctx: ServerContext, label: string, endpoint: CompletionEndpoint) {
   return async (req: Request, res: Response): Promise<void> => {
     try {
-      await handle(ctx, req, res);
+      const arrivedAt = performance.now();
+      const engine = ctx.engine();
+      const planned = planRequest(ctx, endpoint.request(engine, req, arrivedAt));
+      await serveHttp(ctx, res, planned, endpoint.format(engine, planned));
     } catch (err) {
       if (res.destroyed) return;
       const mapped = toColmError(err);
