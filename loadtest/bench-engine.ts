@@ -5,7 +5,7 @@
 // (loadtest/bench-quant.ts; writes engine-q8.json / engine-q4.json).
 import type { ColmConfigJson } from "../models/config.ts";
 import { BENCH_M, DENSE_M, benchCheckpoint, describeShape } from "./shapes.ts";
-import { measureModel, pairedDecode, type ModelFigures, type PairedDecode } from "./engine-figures.ts";
+import { engineFields, measureModel, pairedDecode, type ModelFigures, type PairedDecode } from "./engine-figures.ts";
 import { BenchArgs, machine, writeResult } from "./results.ts";
 import { benchQuantized } from "./bench-quant.ts";
 
@@ -40,21 +40,9 @@ const result: Record<string, unknown> = {
 const LLAMA_CPP_M = { prefill_512_tok_s: 311, prefill_2048_tok_s: 255, decode_tok_s: 37.6, flash_decode_tok_s: 40.8 };
 if (colm) {
   const d = colm.decode_tokens_per_s;
-  const p = colm.prefill[String(PROMPT)];
   const ttft2048 = colm.prefill["2048"].chain1_ms!;
   Object.assign(result, {
-    prefill_speedup: p.speedup,
-    prefill_speedup_quartiles: p.speedup_quartiles,
-    prefill_max_abs_diff: p.max_abs_diff,
-    full_prefill_ms: p.full_ms,
-    chain1_prefill_ms: p.chain1_ms,
-    decode_tokens_per_s: d,
-    decode_ratio_k1_over_k4: colm.decode_k1_over_kn,
-    decode_ratio_k1_over_k4_quartiles: colm.decode_k1_over_kn_quartiles,
-    rss_over_weight_bytes: colm.rss_over_weight_bytes,
-    weight_bytes: colm.weight_bytes,
-    load_ms: colm.load_ms,
-    prefill_by_length: colm.prefill,
+    ...engineFields(colm, PROMPT),
     vs_llama_cpp_m: {
       anchors: LLAMA_CPP_M,
       ttft_2048_ms: ttft2048,

@@ -3,7 +3,7 @@
 // float32 model in alternating rounds of one run, and llama.cpp on shape M at the same precision.
 // Writes loadtest/results/engine-q8.json / engine-q4.json.
 import { BENCH_M, benchCheckpoint, describeShape, quantizedBenchCheckpoint } from "./shapes.ts";
-import { measureModel, pairedDecode } from "./engine-figures.ts";
+import { engineFields, measureModel, pairedDecode } from "./engine-figures.ts";
 import { machine, writeResult } from "./results.ts";
 
 /** llama.cpp on shape M, one llama-bench run over F32, Q8_0 and Q4_0 files (loadtest/README.md, "llama.cpp anchors"). */
@@ -30,7 +30,6 @@ export async function benchQuantized(precision: "q8" | "q4", o: QuantBenchOption
   const paired = await pairedDecode({ dir, chains: k }, { dir: benchCheckpoint(BENCH_M), chains: k }, { context: o.context, steps: o.steps, rounds: o.rounds });
   const anchor = LLAMA_CPP_M_QUANT[precision];
   const d = q.decode_tokens_per_s;
-  const p = q.prefill[String(o.prompt)];
   const ttft2048 = q.prefill["2048"]?.chain1_ms;
   const result = {
     shape: describeShape(BENCH_M),
@@ -39,18 +38,7 @@ export async function benchQuantized(precision: "q8" | "q4", o: QuantBenchOption
     prefill_lengths: o.prompts,
     decode_context_tokens: o.context,
     repeats: o.repeats,
-    prefill_speedup: p.speedup,
-    prefill_speedup_quartiles: p.speedup_quartiles,
-    prefill_max_abs_diff: p.max_abs_diff,
-    full_prefill_ms: p.full_ms,
-    chain1_prefill_ms: p.chain1_ms,
-    decode_tokens_per_s: d,
-    decode_ratio_k1_over_k4: q.decode_k1_over_kn,
-    decode_ratio_k1_over_k4_quartiles: q.decode_k1_over_kn_quartiles,
-    rss_over_weight_bytes: q.rss_over_weight_bytes,
-    weight_bytes: q.weight_bytes,
-    load_ms: q.load_ms,
-    prefill_by_length: q.prefill,
+    ...engineFields(q, o.prompt),
     decode_k4_over_f32: paired.a_over_b,
     decode_k4_over_f32_quartiles: paired.a_over_b_quartiles,
     decode_k4_vs_f32_paired: { quantized_tokens_per_s: paired.a_tokens_per_s, f32_tokens_per_s: paired.b_tokens_per_s, rounds: paired.rounds },

@@ -205,3 +205,22 @@ export async function pairedDecode(a: { dir: string; chains: number }, b: { dir:
   const ratios = ra.map((x, i) => x / rb[i]);
   return { a_tokens_per_s: median(ra), b_tokens_per_s: median(rb), a_over_b: median(ratios), a_over_b_quartiles: quartiles(ratios), rounds: o.rounds };
 }
+
+/** The fields engine.json and engine-q8/q4.json share: a model's figures at prompt length `prompt`. */
+export function engineFields(m: ModelFigures, prompt: number) {
+  const p = m.prefill[String(prompt)];
+  return {
+    prefill_speedup: p.speedup,
+    prefill_speedup_quartiles: p.speedup_quartiles,
+    prefill_max_abs_diff: p.max_abs_diff,
+    full_prefill_ms: p.full_ms,
+    chain1_prefill_ms: p.chain1_ms,
+    decode_tokens_per_s: m.decode_tokens_per_s,
+    decode_ratio_k1_over_k4: m.decode_k1_over_kn,
+    decode_ratio_k1_over_k4_quartiles: m.decode_k1_over_kn_quartiles,
+    rss_over_weight_bytes: m.rss_over_weight_bytes,
+    weight_bytes: m.weight_bytes,
+    load_ms: m.load_ms,
+    prefill_by_length: m.prefill,
+  };
+}
