@@ -6,17 +6,17 @@
 #   nohup setsid bash models/train/run_long.sh >> models/train/runs/run_long.out 2>&1 < /dev/null &
 #
 #   0. corpus + tokens (once): models/train/data-long/{train,val}.tok.u16
-#   1. long-c2       2 chains from scratch                              S1 steps (600); snapshots at 130, 260
+#   1. long-c2       2 chains from scratch                              S1 steps (600); snapshots at SC, 2 SC
 #   2. long-c4       +2 chains grown from long-c2, old chains frozen     S2 steps (250)  <- the default model
-#   Comparisons at an equal, smaller token budget (2 x SC steps = 260 x 8192 = 2.13 M tokens each):
-#   3. long-mini-c4  +2 chains grown from long-c2's step-130 snapshot    SC steps (130)   (progressive: 130 + 130)
-#   4. long-joint4   the same 4-chain shape, jointly from scratch        2 x SC steps (260)
-#   5. long-dense    dense baseline of the full width (D = 512)           2 x SC steps (260)
+#   Comparisons at an equal, smaller token budget (2 x SC steps = 200 x 8192 = 1.64 M tokens each):
+#   3. long-mini-c4  +2 chains grown from long-c2's step-SC snapshot     SC steps (100)   (progressive: 100 + 100)
+#   4. long-joint4   the same 4-chain shape, jointly from scratch        2 x SC steps (200)
+#   5. long-dense    dense baseline of the full width (D = 512)           2 x SC steps (200)
 # A step is 4 windows of 2048 tokens (8192 tokens).  Runs 4-5 use stage 1's seed, so they see exactly
-# the batches that long-c2 saw in its first 260 steps; run 3 sees long-c2's first 130 and then, with
-# seed 2, the same 130 batches that stage 2 starts with.
-# Note: the step-130 snapshot is in the constant-learning-rate phase (not decayed), so sub-models
-# 1-2 of long-mini-c4 are an undecayed model; runs 4-5 decay over their own 260 steps.
+# the batches that long-c2 saw in its first 200 steps; run 3 sees long-c2's first 100 and then, with
+# seed 2, the same 100 batches that stage 2 starts with.
+# Note: the step-SC snapshot is in the constant-learning-rate phase (not decayed), so sub-models
+# 1-2 of long-mini-c4 are an undecayed model; runs 4-5 decay over their own 200 steps.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-/usr/bin/python3}
@@ -24,7 +24,7 @@ export OMP_NUM_THREADS=${THREADS:-1} OPENBLAS_NUM_THREADS=${THREADS:-1} MKL_NUM_
 T="--threads ${THREADS:-1}"
 S1=${S1:-600}
 S2=${S2:-250}
-SC=${SC:-130}
+SC=${SC:-100}
 RUNS=models/train/runs
 DATA=models/train/data-long
 mkdir -p "$RUNS"
@@ -36,7 +36,15 @@ fi
 $PY models/train/train_long.py --preset colm2 --run $RUNS/long-c2 --steps $S1 --resume --snapshots $SC,$((2 * SC)) $T
 $PY models/train/train_long.py --expand-from $RUNS/long-c2/ckpt.pt --add-chains 2 --seed 2 \
     --run $RUNS/long-c4 --steps $S2 --warmup 20 --resume $T
-$PY models/train/train_long.py --expand-from $RUNS/long-c2/ckpt-step$SC.pt --add-chains 2 --seed 2 \
+SNAP=$RUNS/long-c2/ckpt-step$SC.pt
+if [ ! -f "$SNAP" ]; then
+  # long-c2's snapshot is not in the repo (only its final weights are): replay stage 1's first SC steps
+  # (same seed and schedule, so the same batches and learning rates) and keep that step as the snapshot
+  $PY models/train/train_long.py --preset colm2 --run $RUNS/long-c2-head --steps $S1 --stop-at $SC --resume \
+      --snapshots $SC $T
+  SNAP=$RUNS/long-c2-head/ckpt-step$SC.pt
+fi
+$PY models/train/train_long.py --expand-from $SNAP --add-chains 2 --seed 2 \
     --run $RUNS/long-mini-c4 --steps $SC --warmup 20 --resume $T
 $PY models/train/train_long.py --preset colm4 --run $RUNS/long-joint4 --steps $((2 * SC)) --resume $T
 $PY models/train/train_long.py --preset dense --run $RUNS/long-dense --steps $((2 * SC)) --resume $T

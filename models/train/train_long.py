@@ -162,6 +162,8 @@ def main():
     ap.add_argument("--data", default=os.path.join(HERE, "data-long"))
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--minutes", type=float, default=1e9, help="wall-clock cap for this invocation")
+    ap.add_argument("--stop-at", type=int, default=None,
+                    help="end this run at this step (a finished head of a --steps schedule: regenerates a snapshot)")
     ap.add_argument("--batch", type=int, default=4, help="windows per optimiser step")
     ap.add_argument("--context", type=int, default=2048)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -264,7 +266,8 @@ def main():
 
     snapshots = {int(v) for v in a.snapshots.split(",") if v}
     t_start = time.time()
-    while step < a.steps and not stop["flag"]:
+    last = a.steps if a.stop_at is None else min(a.stop_at, a.steps)
+    while step < last and not stop["flag"]:
         if time.time() - t_start > a.minutes * 60:
             print(f"wall-clock cap reached at step {step}", flush=True)
             break
@@ -315,7 +318,7 @@ def main():
         print(f"old sub-models 1..{n_old} bit-identical after training: {same}", flush=True)
         assert same
     print(f"stopped at step {step}/{a.steps}, train time {elapsed/60:.1f} min, tokens {tokens}", flush=True)
-    if step < a.steps:
+    if step < last:
         sys.exit(3)  # interrupted (signal or --minutes): run_long.sh must not go on to the next stage
 
 
