@@ -189,16 +189,90 @@ export class Sampler {
   }
 
   sample(logits: Float32Array, promptTokens: readonly number[], generated: readonly number[]): SampledToken {
+    const scratch = this.adjust(logits, promptTokens, generated);
+    const tokenId = this.greedy ? argmax(scratch.adjusted, this.vocabSize) : this.draw(scratch);
+    return this.withLogprobs(scratch.adjusted, tokenId);
+  }
+
+  /** The token `sample` would draw (the same RNG use), without logprobs. */
+  pick(logits: Float32Array, promptTokens: readonly number[], generated: readonly number[]): number {
+    const scratch = this.adjust(logits, promptTokens, generated);
+    return this.greedy ? argmax(scratch.adjusted, this.vocabSize) : this.draw(scratch);
+  }
+
+  /**
+   * `tokenId` as `sample` would report it had it drawn it from these logits: with its logprob and
+   * the top alternatives when logprobs were requested. Draws nothing.
+   */
+  score(logits: Float32Array, promptTokens: readonly number[], generated: readonly number[], tokenId: number): SampledToken {
+    return this.withLogprobs(this.adjust(logits, promptTokens, generated).adjusted, tokenId);
+  }
+
+  /**
+   * Writes into `out` (length ≥ V) the distribution `sample` draws from at these logits — after
+   * bias, penalties, temperature, top-k, top-p and min-p, normalised — and returns it. Greedy: all
+   * mass on the argmax. Speculative sampling needs it whole for both the draft and the target.
+   */
+  distribution(logits: Float32Array, promptTokens: readonly number[], generated: readonly number[], out: Float32Array): Float32Array {
+    const V = this.vocabSize;
+    const scratch = this.adjust(logits, promptTokens, generated);
+    out.fill(0, 0, V);
+    const weighed = this.greedy ? null : this.weigh(scratch);
+    if (!weighed) {
+      out[argmax(scratch.adjusted, V)] = 1;
+      return out;
+    }
+    const { weights, candidates } = scratch;
+    const minP = this.opts.minP;
+    const n = weighed.count < 0 ? V : weighed.count;
+    let mass = 0;
+    for (let c = 0; c < n; c++) {
+      const id = weighed.count < 0 ? c : candidates[c];
+      const w = weights[id];
+      if (w === 0 || w < minP) continue;
+      out[id] = w;
+      mass += w;
+    }
+    for (let i = 0; i < V; i++) out[i] /= mass;
+    return out;
+  }
+
+  /** A token drawn from `probs` (non-negative, summing to about 1) with this sampler's RNG. */
+  drawFrom(probs: Float32Array): number {
+    const V = this.vocabSize;
+    let total = 0;
+    for (let i = 0; i < V; i++) total += probs[i];
+    let target = this.rng.next() * total;
+    let last = -1;
+    for (let i = 0; i < V; i++) {
+      if (!(probs[i] > 0)) continue;
+      last = i;
+      target -= probs[i];
+      if (target < 0) return i;
+    }
+    if (last < 0) throw new SamplingError("cannot draw from a distribution with no mass", "logits");
+    return last; // rounding left a sliver of mass: the last token with mass takes it
+  }
+
+  /** A uniform draw in [0, 1) from this sampler's RNG (speculative sampling's accept test). */
+  uniform(): number {
+    return this.rng.next();
+  }
+
+  /** The logits after bias and penalties, in the shared scratch (valid until the next call). */
+  private adjust(logits: Float32Array, promptTokens: readonly number[], generated: readonly number[]): Scratch {
     const V = this.vocabSize;
     if (logits.length < V) throw new SamplingError(`logits has ${logits.length} entries, the vocabulary ${V}`, "logits");
     const scratch = scratchFor(V);
-    const adjusted = scratch.adjusted;
-    adjusted.set(logits.length === V ? logits : logits.subarray(0, V));
-    this.applyBiasAndPenalties(adjusted, promptTokens, generated);
+    scratch.adjusted.set(logits.length === V ? logits : logits.subarray(0, V));
+    this.applyBiasAndPenalties(scratch.adjusted, promptTokens, generated);
+    return scratch;
+  }
 
-    const tokenId = this.greedy ? argmax(adjusted, V) : this.draw(scratch);
+  private withLogprobs(adjusted: Float32Array, tokenId: number): SampledToken {
     const result: SampledToken = { tokenId };
     if (this.opts.logprobs !== undefined) {
+      const V = this.vocabSize;
       const lse = logSumExp(adjusted, V);
       result.logprob = adjusted[tokenId] - lse;
       result.topLogprobs = topN(adjusted, V, this.opts.logprobs).map((id) => ({ tokenId: id, logprob: adjusted[id] - lse }));
@@ -244,16 +318,19 @@ export class Sampler {
     this.countedGenerated = generated.length;
   }
 
-  /** Temperature → top-k → top-p → min-p → a draw from what remains. */
-  private draw(scratch: Scratch): number {
+  /**
+   * Temperature → top-k → top-p over scratch.adjusted: fills scratch.weights (relative to the most
+   * likely token, which has weight 1, so min-p is `w ≥ minP`) and returns the candidates —
+   * scratch.candidates[0 … count), or the whole vocabulary when count is -1 — with the argmax and
+   * the total weight. Null when every token is banned or NaN: there is nothing to weigh.
+   */
+  private weigh(scratch: Scratch): { best: number; count: number; total: number } | null {
     const V = this.vocabSize;
     const { adjusted, weights } = scratch;
-    const { temperature, topK, topP, minP } = this.opts;
+    const { temperature, topK, topP } = this.opts;
     const best = argmax(adjusted, V);
     const max = adjusted[best];
-    if (!(max > -Infinity)) return best; // every token banned or NaN: nothing to weigh
-
-    // Weights relative to the most likely token (which has weight 1), so min-p is `w ≥ minP`.
+    if (!(max > -Infinity)) return null;
     const invT = 1 / temperature;
     let total = 0;
     for (let i = 0; i < V; i++) {
@@ -262,17 +339,24 @@ export class Sampler {
       weights[i] = safe;
       total += safe;
     }
-
-    let count: number; // candidates[0 … count) when restricted; -1 = whole vocabulary
-    const candidates = scratch.candidates;
+    let count = -1;
     if (topK > 0 && topK < V) {
       count = selectTopK(weights, V, topK, scratch);
-      if (topP < 1) count = nucleus(scratch, candidates, count, topP);
+      if (topP < 1) count = nucleus(scratch, scratch.candidates, count, topP);
     } else if (topP < 1) {
       count = nucleus(scratch, null, V, topP);
-    } else {
-      count = -1;
     }
+    return { best, count, total };
+  }
+
+  /** Temperature → top-k → top-p → min-p → a draw from what remains. */
+  private draw(scratch: Scratch): number {
+    const V = this.vocabSize;
+    const weighed = this.weigh(scratch);
+    if (!weighed) return argmax(scratch.adjusted, V);
+    const { best, count, total } = weighed;
+    const { weights, candidates } = scratch;
+    const minP = this.opts.minP;
 
     if (count < 0) {
       // Whole vocabulary, optionally min-p filtered: an inverse-CDF walk in id order.

@@ -6,7 +6,7 @@
 // COLM_DEVICE (cpu | cuda), COLM_QUANT (f32 | q8 | q4; default the checkpoint's own), COLM_API_KEY, COLM_MAX_RUNNING (8),
 // COLM_MAX_WAITING (32), COLM_KV_BYTES, COLM_PREFIX_CACHE_BYTES (half the KV budget; 0: no prefix cache),
 // COLM_BODY_LIMIT ("1mb"), COLM_SHUTDOWN_TIMEOUT_MS (10000), COLM_WS_PING_MS (30000),
-// COLM_WS_MAX_BUFFERED_BYTES (1048576).
+// COLM_WS_MAX_BUFFERED_BYTES (1048576), COLM_SPECULATIVE (auto | on | off; default auto).
 import { freemem } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -14,6 +14,7 @@ import { parseArgs } from "node:util";
 import { createApp, listeningUrl } from "./api/app.ts";
 import { loadModel } from "./engine/engine.ts";
 import { PRECISIONS, type Precision } from "../models/quantized.ts";
+import { SPECULATIVE_MODES, type SpeculativeMode } from "./policy/draft-policy.ts";
 
 const DEFAULT_MODEL = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "models", "colm-kjv");
 
@@ -61,6 +62,8 @@ async function main(): Promise<void> {
   if (quantArg !== undefined && !PRECISIONS.includes(quantArg as Precision)) fail(`${args.quant !== undefined ? "--quant" : "COLM_QUANT"} must be f32, q8 or q4, got '${quantArg}'`);
   const quant = quantArg as Precision | undefined;
   const shutdownMs = intEnv("COLM_SHUTDOWN_TIMEOUT_MS", 10_000);
+  const specEnv = process.env.COLM_SPECULATIVE || "auto";
+  if (!SPECULATIVE_MODES.includes(specEnv as SpeculativeMode)) fail(`COLM_SPECULATIVE must be auto, on or off, got '${specEnv}'`);
   // KV budget: COLM_KV_BYTES, else half the memory free at start-up.
   const kvBudgetBytes = intEnv("COLM_KV_BYTES", Math.floor(freemem() / 2), 1);
   // The prefix cache shares that budget (admission evicts from it before a request would wait), so
@@ -78,6 +81,7 @@ async function main(): Promise<void> {
       maxBufferedBytes: intEnv("COLM_WS_MAX_BUFFERED_BYTES", 1 << 20, 1),
     },
     log: (line) => console.error(line),
+    router: { speculative: specEnv as SpeculativeMode },
   });
 
   // Listen first (health answers 503 while loading), then load the model.

@@ -9,6 +9,7 @@ import type { Engine } from "../engine/types.ts";
 import { Admission } from "../policy/admission.ts";
 import { CostModel, warmUp } from "../policy/cost-model.ts";
 import { LatencyRouter, type HysteresisConfig } from "../policy/latency-router.ts";
+import type { SpeculativeMode } from "../policy/draft-policy.ts";
 import { chatRoute } from "./chat.ts";
 import { completionsRoute } from "./completions.ts";
 import { InFlight, type ServerContext } from "./context.ts";
@@ -51,6 +52,8 @@ export interface RouterOptions {
   now?: () => number;
   /** A cost model to start from (tests inject known costs); default: a fresh one. */
   costModel?: CostModel;
+  /** Self-speculative decoding for requests that do not say (COLM_SPECULATIVE; default auto). */
+  speculative?: SpeculativeMode;
 }
 
 export interface ColmApp {
@@ -130,10 +133,14 @@ interface AppState {
 function connectEngine(engine: Engine, admission: Admission, options: RouterOptions = {}): LatencyRouter {
   engine.prefixCache?.limitBy(() => admission.kvHeadroomBytes);
   const model = options.costModel ?? new CostModel({ nChains: engine.info.nChains, alpha: options.alpha });
-  engine.onStep((step) => model.observe(step));
   // Capacity: the admission limit on running generations (each holds one row of the batch).
   const load = () => ({ running: engine.load.running, queued: engine.load.waiting + admission.waiting, capacity: admission.maxRunning });
-  return new LatencyRouter({ model, load, now: options.now, hysteresis: options.hysteresis, switching: options.switching });
+  const router = new LatencyRouter({ model, load, now: options.now, hysteresis: options.hysteresis, switching: options.switching, speculative: options.speculative });
+  engine.onStep((step) => {
+    model.observe(step);
+    router.drafts.observe(step);
+  });
+  return router;
 }
 
 function makeMetrics(state: AppState, admission: Admission, stream: () => StreamServer | undefined): Metrics {
@@ -148,6 +155,7 @@ function makeMetrics(state: AppState, admission: Admission, stream: () => Stream
     wsConnections: () => stream()?.connections ?? 0,
     prefixCache: () => state.engine?.prefixCache?.stats() ?? null,
     modelInfo: () => (state.engine ? { model: state.engine.info.name, device: state.engine.info.device, nChains: state.engine.info.nChains, precision: state.engine.info.precision } : null),
+    speculation: () => state.router?.drafts.view().map((p) => ({ draftChains: p.draft_chains, chains: p.chains, acceptance: p.acceptance })) ?? [],
     routerPredictions: () => {
       if (!state.router) return null;
       const v = state.router.view();
@@ -242,7 +250,7 @@ export function createApp(initialEngine: Engine | null, options: AppOptions = {}
     kvBudgetBytes: options.kvBudgetBytes,
     cache: () => state.engine?.prefixCache,
   });
-  const state: AppState = { engine: initialEngine, router: initialEngine && connectEngine(initialEngine, admission, options.router), draining: false };
+  const state: AppState = { engine: null, router: null, draining: false };
   let stream: StreamServer | undefined;
   const ctx: ServerContext = {
     engine: () => state.engine ?? (() => { throw serviceUnavailable("loading"); })(),
@@ -253,6 +261,14 @@ export function createApp(initialEngine: Engine | null, options: AppOptions = {}
     isDraining: () => state.draining,
     log,
   };
+  const connect = (e: Engine): LatencyRouter => {
+    const router = connectEngine(e, admission, options.router);
+    e.onStep((step) => ctx.metrics.observeStep(step));
+    state.router = router;
+    state.engine = e;
+    return router;
+  };
+  if (initialEngine) connect(initialEngine);
   const apiKey = options.apiKey || undefined;
   stream = new StreamServer(
     ctx,
@@ -287,11 +303,10 @@ export function createApp(initialEngine: Engine | null, options: AppOptions = {}
   return lifecycle(app, ctx, state, stream, {
     calibrate: () => (state.engine && state.router ? calibrate(state.engine, state.router) : Promise.resolve()),
     setEngine: (e) => {
-      state.router = connectEngine(e, admission, options.router);
-      state.engine = e;
+      const router = connect(e);
       // In the background: /health is ok at once; requests arriving meanwhile share batches with
       // the warm-up (batching never changes results) and teach the cost model too.
-      if (options.router?.calibrate ?? true) calibrate(e, state.router).catch((err) => log(`router: warm-up failed (${(err as Error)?.message ?? String(err)}); learning online`));
+      if (options.router?.calibrate ?? true) calibrate(e, router).catch((err) => log(`router: warm-up failed (${(err as Error)?.message ?? String(err)}); learning online`));
     },
   });
 }

@@ -128,8 +128,22 @@ function valueAt(input: unknown, path: ReadonlyArray<PropertyKey>): unknown {
 }
 
 /** The first zod issue as a 400 naming its field; a field that is absent is said to be required. */
+/**
+ * A union's issue → the issue of the branch the value's type matched (one whose own issue lies
+ * deeper than the union, e.g. a bad field inside the object branch), with its full path; else the
+ * union's own issue.
+ */
+function branchIssue(issue: ZodError["issues"][number]): ZodError["issues"][number] {
+  if (issue.code !== "invalid_union") return issue;
+  for (const branch of issue.errors) {
+    const inner = branch[0];
+    if (inner && inner.path.length > 0) return branchIssue({ ...inner, path: [...issue.path, ...inner.path] });
+  }
+  return issue;
+}
+
 export function fromZodError(err: ZodError, input: unknown): ApiError {
-  const issue = err.issues[0];
+  const issue = err.issues[0] && branchIssue(err.issues[0]);
   if (!issue) return invalidField(null, "Invalid request.");
   let path = issue.path;
   // Unrecognized keys: name the offending key itself.

@@ -2,7 +2,7 @@
 // generation's ChainControl switch the chain count between tokens, and records its metrics (TTFT,
 // TPOT, end-to-end, token counts, switches, latency-budget misses).
 import type { ChainControl } from "../engine/chain-control.ts";
-import type { Engine, FinishReason, GeneratedToken, GenerationSummary, PromptLogprob, SamplingOptions } from "../engine/types.ts";
+import type { Engine, FinishReason, GeneratedToken, GenerationSummary, PromptLogprob, SamplingOptions, SpeculativeOptions } from "../engine/types.ts";
 import type { LatencyBudget } from "../policy/latency-router.ts";
 import type { Metrics } from "./metrics.ts";
 
@@ -20,6 +20,8 @@ export interface GenerationSpec {
   /** Prefix cache on (default) or off, and the salt blocks are shared under. */
   cache?: boolean;
   cacheSalt?: string;
+  /** Self-speculative decoding (undefined: plain decoding). */
+  speculative?: SpeculativeOptions;
   signal: AbortSignal;
 }
 
@@ -134,6 +136,7 @@ export async function runGeneration(
     signal: spec.signal,
     cache: spec.cache,
     ...(spec.cacheSalt !== undefined ? { cacheSalt: spec.cacheSalt } : {}),
+    ...(spec.speculative ? { speculative: spec.speculative } : {}),
     ...(spec.promptLogprobs !== undefined ? { promptLogprobs: spec.promptLogprobs, onPromptLogprobs: (lps: PromptLogprob[]) => (promptLogprobs = lps) } : {}),
   });
   try {

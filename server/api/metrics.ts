@@ -4,7 +4,7 @@
 // three gauges from it (deploy/README.md): colm_requests_waiting (queued), colm_requests_running
 // and colm_kv_cache_usage_ratio.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
-import type { PrefixCacheStats } from "../engine/types.ts";
+import type { PrefixCacheStats, StepStats } from "../engine/types.ts";
 
 export interface MetricsSources {
   running: () => number;
@@ -15,6 +15,8 @@ export interface MetricsSources {
   modelInfo: () => { model: string; device: string; nChains: number; precision: string } | null;
   /** The engine's prefix cache (null: none, or no engine yet). */
   prefixCache?: () => PrefixCacheStats | null;
+  /** The draft policy's learnt acceptance per (draft count, count) pair seen. */
+  speculation?: () => Array<{ draftChains: number; chains: number; acceptance: number }>;
   /** What the latency router's cost model predicts (absent: no router gauges are filled). */
   routerPredictions?: () => RouterPredictions | null;
 }
@@ -54,6 +56,8 @@ export class Metrics {
   readonly generations = this.counter("colm_generations_total", "Finished generations by finish reason (stop, length, cancelled, error)", ["finish_reason"]);
   readonly chainSwitches = this.counter("colm_chain_switches_total", "Chain-count switches inside a generation (LM switching), by from/to chain count", ["from", "to"]);
   readonly budgetMisses = this.counter("colm_latency_budget_misses_total", "Generations that missed a part of their latency_budget (ttft, tpot or total)", ["budget"]);
+  readonly specDraftTokens = this.counter("colm_spec_decode_draft_tokens_total", "Draft tokens proposed by speculative decoding, by draft chain count and verifying chain count", ["draft_chains", "chains"]);
+  readonly specAcceptedTokens = this.counter("colm_spec_decode_accepted_tokens_total", "Draft tokens accepted by the verifying chain count", ["draft_chains", "chains"]);
   readonly prefillTps = this.histogram("colm_prefill_tokens_per_second", "Prompt prefill throughput per generation (prompt tokens / prefill time)", [], TPS_BUCKETS);
 
   constructor(src: MetricsSources) {
@@ -91,6 +95,18 @@ export class Metrics {
       const m = src.modelInfo();
       if (m) set({ model: m.model, device: m.device, n_chains: String(m.nChains), precision: m.precision }, 1);
     });
+    this.labelledGauge("colm_spec_decode_acceptance_rate", "Speculative decoding: learnt probability that a draft of draft_chains is accepted by chains", ["draft_chains", "chains"], (set) => {
+      for (const p of src.speculation?.() ?? []) set({ draft_chains: String(p.draftChains), chains: String(p.chains) }, p.acceptance);
+    });
+  }
+
+  /** Counts what one model call did (wired to engine.onStep): speculative drafts and acceptances. */
+  observeStep(step: StepStats): void {
+    const spec = step.speculation;
+    if (!spec) return;
+    const labels = { draft_chains: String(spec.draftChains), chains: String(step.chains) };
+    this.specDraftTokens.inc(labels, spec.drafted);
+    this.specAcceptedTokens.inc(labels, spec.accepted);
   }
 
   private counter<L extends string>(name: string, help: string, labelNames: L[]): Counter<L> {

@@ -39,6 +39,7 @@ export function planRequest(ctx: ServerContext, request: GenerationRequest): Pla
   const plan = ctx.router().plan({ fixedChains: request.fixedChains, latencyBudget: request.latencyBudget, promptTokens, cachedTokens, maxTokens: request.maxTokens });
   if (plan.decision.reason === "no_fit") ctx.metrics.budgetMisses.inc({ budget: "no_fit" });
   const { sampling } = request;
+  const speculative = ctx.router().drafts.optionsFor(request.speculative, sampling);
   const choices = request.prompts.flatMap((prompt, i) =>
     Array.from({ length: request.n }, (_, j) => ({
       index: i * request.n + j,
@@ -47,6 +48,7 @@ export function planRequest(ctx: ServerContext, request: GenerationRequest): Pla
         prompt: prompt.ids,
         maxTokens: request.maxTokens,
         sampling: sampling.seed !== undefined ? { ...sampling, seed: sampling.seed + j } : sampling,
+        ...(speculative ? { speculative } : {}),
         stop: request.stop,
         control: plan.control(),
         latencyBudget: request.latencyBudget,

@@ -4,6 +4,7 @@
 import { checkContext, checkPrompt } from "../engine/errors.ts";
 import type { Engine, ModelInfo, SamplingOptions } from "../engine/types.ts";
 import type { LatencyBudget } from "../policy/latency-router.ts";
+import type { SpeculativeRequest } from "../policy/draft-policy.ts";
 import { invalidField } from "./errors.ts";
 import { chainsOfModelId } from "./models.ts";
 
@@ -26,6 +27,7 @@ export interface SamplingFields {
   stream_options?: { include_usage?: boolean | null } | null;
   cache_salt?: string | null;
   cache?: boolean | null;
+  speculative?: boolean | { draft_chains?: number; max_draft?: number } | null;
 }
 
 /** One prompt: its token ids and the text it came from (for echo). */
@@ -53,6 +55,8 @@ export interface GenerationRequest {
   /** Whether the prefix cache serves (and keeps) this request's prompts, and the salt it is shared under. */
   cache: boolean;
   cacheSalt?: string;
+  /** Self-speculative decoding as the request asked (undefined: the server's default). */
+  speculative?: SpeculativeRequest;
   /** performance.now() at arrival (TTFT and end-to-end are measured from it). */
   arrivedAt: number;
 }
@@ -157,6 +161,18 @@ function stopList(stop: string | string[] | null | undefined): string[] {
   return typeof stop === "string" ? [stop] : [...stop];
 }
 
+/** The `speculative` field → what the request asked (nothing: the server decides). */
+function speculativeOf(field: SamplingFields["speculative"], info: ModelInfo): { speculative?: SpeculativeRequest } {
+  if (field === null || field === undefined) return {};
+  if (field === false) return { speculative: false };
+  if (field === true) return { speculative: {} };
+  const draftChains = field.draft_chains;
+  if (draftChains !== undefined && draftChains >= info.nChains) {
+    throw invalidField("speculative.draft_chains", `Invalid value for 'speculative.draft_chains': the draft must be a smaller sub-model than the largest, an integer from 1 to ${info.nChains - 1}.`);
+  }
+  return { speculative: { ...(draftChains !== undefined ? { draftChains } : {}), ...(field.max_draft !== undefined ? { maxDraft: field.max_draft } : {}) } };
+}
+
 /** How many tokens the completion may have: as asked (if it fits the context) or what the default leaves. */
 function completionLength(info: ModelInfo, longest: number, shape: RequestShape): number {
   if (shape.maxTokens !== undefined) {
@@ -189,6 +205,7 @@ export function buildRequest(engine: Engine, body: SamplingFields, prompts: Prom
     includeUsage: body.stream_options?.include_usage === true,
     cache: body.cache !== false,
     ...(body.cache_salt ? { cacheSalt: body.cache_salt } : {}),
+    ...speculativeOf(body.speculative, info),
     arrivedAt,
   };
 }

@@ -3,6 +3,7 @@
 // Unknown top-level fields are ignored (stripped), as OpenAI-compatible servers usually do.
 import { z } from "zod";
 import { MAX_TOP_LOGPROBS } from "../../kernels/sampling.ts";
+import { MAX_DRAFT_TOKENS } from "../policy/draft-policy.ts";
 
 const MAX_N = 16;
 const MAX_STOP = 4;
@@ -46,6 +47,17 @@ const samplingFields = {
   // `cache: false` neither reads nor writes the prefix cache.
   cache_salt: z.string().min(1, "cache_salt must not be empty").max(256).nullish(),
   cache: z.boolean().nullish(),
+  // Self-speculative decoding: false (off), true (on, defaults) or how (draft sub-model, drafts per
+  // round); absent: the server's COLM_SPECULATIVE.
+  speculative: z
+    .union([
+      z.boolean(),
+      z.strictObject({
+        draft_chains: int().min(1).optional(),
+        max_draft: int().min(1).max(MAX_DRAFT_TOKENS).optional(),
+      }),
+    ])
+    .nullish(),
 };
 
 const tokenIds = z.array(int().min(0)).min(1, "a token-id prompt must not be empty");

@@ -15,6 +15,7 @@ import { Sequence } from "./sequence.ts";
 import { DEFAULT_BLOCK_TOKENS, PrefixCache } from "./prefix-cache.ts";
 import { EngineError, checkChains, checkContext, checkPrompt } from "./errors.ts";
 import { MAX_TOP_LOGPROBS } from "../../kernels/sampling.ts";
+import { MAX_DRAFT_TOKENS } from "./speculation.ts";
 
 export { EngineError };
 import type {
@@ -102,6 +103,14 @@ export class ColmEngine implements Engine {
       throw new EngineError("cache_salt must be a string", "invalid_value", "cache_salt");
     }
     if (options.chains !== undefined) checkChains(options.chains, this.info);
+    const spec = options.speculative;
+    if (spec) {
+      if (spec.draftChains !== undefined) checkChains(spec.draftChains, this.info, "draft_chains");
+      const d = spec.draftTokens;
+      if (typeof d !== "function" && !(Number.isInteger(d) && d >= 0 && d <= MAX_DRAFT_TOKENS)) {
+        throw new EngineError(`max_draft must be an integer in 0 … ${MAX_DRAFT_TOKENS}, got ${d}`, "invalid_value", "max_draft");
+      }
+    }
   }
 
   /**

@@ -10,6 +10,7 @@ import { KvCache } from "../../kernels/kv-cache.ts";
 import type { ModelRunner } from "../../ops/runner.ts";
 import type { PrefixBlock, PrefixCache } from "./prefix-cache.ts";
 import type { Sequence } from "./sequence.ts";
+import { speculativeRound, type RoundPlan } from "./speculation.ts";
 import type { StepStats } from "./types.ts";
 
 export type { StepStats };
@@ -27,6 +28,15 @@ const INTERLEAVED_CHUNK = 256;
  * (prompt logprobs): a chunk is at most this / (4 · V) tokens (512 for a 32k vocabulary).
  */
 const PROMPT_LOGITS_BYTES = 64 * 2 ** 20;
+
+/** Plain before speculating, then larger chain count, draft count and draft length first. */
+function comparePlans(a: RoundPlan, b: RoundPlan): number {
+  return Math.sign(a.drafts) - Math.sign(b.drafts) || b.chains - a.chains || b.draftChains - a.draftChains || b.drafts - a.drafts;
+}
+
+function samePlan(a: RoundPlan, b: RoundPlan): boolean {
+  return comparePlans(a, b) === 0;
+}
 
 /** Receives the raw logits ([rows, V]) of prompt positions from … from+rows-1. */
 export type PromptLogitsSink = (logits: Float32Array, from: number, rows: number) => void;
@@ -246,28 +256,39 @@ export class Scheduler {
   }
 
   /**
-   * One decode step: every running row advances by its last token, at its own chain count. Rows
-   * are kept grouped by chain count and each group is one batched call over a contiguous range of
-   * rows: the small rows then skip the large chains' weights and attention, which beats one call
-   * at the largest count with per-row logits (figures in server/README.md).
+   * One decode step: every running row advances by its last token, at its own chain count — or,
+   * for a speculating row, by a round of drafts and one verify call (speculation.ts). Rows are kept
+   * grouped by plan (speculating or not, chain count, draft count) and each group is one batched
+   * call over a contiguous range of rows: the small rows then skip the large chains' weights and
+   * attention, which beats one call at the largest count with per-row logits (figures in
+   * server/README.md).
    */
   private async decode(): Promise<void> {
     const n = this.running.length - (this.prefilling ? 1 : 0);
     if (!n) return;
-    const chains = this.running.slice(0, n).map((s) => s.chainsFor(s.generated.length));
-    this.groupByChains(chains);
+    const plans = this.running.slice(0, n).map((s, r): RoundPlan => {
+      const chains = s.chainsFor(s.generated.length);
+      const draft = s.draftsFor(chains, n, this.cache.lengths[r]);
+      return { chains, draftChains: draft.draftChains, drafts: draft.tokens };
+    });
+    this.groupByPlan(plans);
     const V = this.runner.config.vocab_size;
     const t0 = performance.now();
     try {
       for (let at = 0; at < n; ) {
         let end = at;
-        while (end < n && chains[end] === chains[at]) end++;
+        while (end < n && samePlan(plans[end], plans[at])) end++;
         const group = this.running.slice(at, end);
-        const t1 = performance.now();
-        const out = await this.runner.stepRows(group.map((s) => [s.lastToken]), chains[at], this.cache, group.map((_, i) => i), at);
-        this.cache.append(out.newKeys, out.newValues, 1, at, group.length);
-        this.report({ kind: "decode", rows: group.length, tokens: group.length, chains: chains[at], ms: performance.now() - t1 });
-        group.forEach((s, i) => (s.logits = out.logits.slice(i * V, (i + 1) * V)));
+        const plan = plans[at];
+        if (plan.drafts > 0) {
+          await speculativeRound(this.runner, this.cache, group, at, plan, (s) => this.report(s));
+        } else {
+          const t1 = performance.now();
+          const out = await this.runner.stepRows(group.map((s) => [s.lastToken]), plan.chains, this.cache, group.map((_, i) => i), at);
+          this.cache.append(out.newKeys, out.newValues, 1, at, group.length);
+          this.report({ kind: "decode", rows: group.length, tokens: group.length, chains: plan.chains, ms: performance.now() - t1 });
+          group.forEach((s, i) => (s.logits = out.logits.slice(i * V, (i + 1) * V)));
+        }
         at = end;
       }
       const ms = performance.now() - t0;
@@ -281,13 +302,16 @@ export class Scheduler {
     }
   }
 
-  /** Orders rows by chain count, largest first (rows rarely change count, so swaps are rare). */
-  private groupByChains(chains: number[]): void {
-    for (let i = 0; i < chains.length; i++) {
+  /**
+   * Orders rows so that equal plans are contiguous: plain rows first, then speculating ones; each
+   * by chain count, largest first (rows rarely change plan, so swaps are rare).
+   */
+  private groupByPlan(plans: RoundPlan[]): void {
+    for (let i = 0; i < plans.length; i++) {
       let best = i;
-      for (let j = i + 1; j < chains.length; j++) if (chains[j] > chains[best]) best = j;
+      for (let j = i + 1; j < plans.length; j++) if (comparePlans(plans[j], plans[best]) < 0) best = j;
       if (best === i) continue;
-      [chains[i], chains[best]] = [chains[best], chains[i]];
+      [plans[i], plans[best]] = [plans[best], plans[i]];
       [this.running[i], this.running[best]] = [this.running[best], this.running[i]];
       this.cache.swapRows(i, best);
     }

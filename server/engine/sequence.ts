@@ -1,6 +1,7 @@
 // One generation's state inside the scheduler: sampler, stop strings, incremental detokenizer,
 // the chain count per token, and a queue the caller's async iterator reads from.
-import { Sampler, logSumExp, topN } from "../../kernels/sampling.ts";
+import { Sampler, logSumExp, topN, type SampledToken } from "../../kernels/sampling.ts";
+import { emptyDraft, extendDraft, verifyDraft, type Draft } from "../../kernels/speculative.ts";
 import { StopMatcher } from "../../kernels/stop.ts";
 import { IncrementalDecoder, tokenText } from "../../models/tokenizer.ts";
 import { EngineError } from "./errors.ts";
@@ -133,11 +134,50 @@ export class Sequence {
     return 1;
   }
 
+  /**
+   * The drafts for the decode round about to start at `chains` chains: 0 for a plain step. At most
+   * what the generation may still emit (a round emits up to drafts + 1 tokens) and what the
+   * context has room for (`cached`: the row's keys/values, every token but the last).
+   */
+  draftsFor(chains: number, batch: number, cached: number): { draftChains: number; tokens: number } {
+    const spec = this.options.speculative;
+    const draftChains = spec?.draftChains ?? 1;
+    if (!spec || draftChains >= chains) return { draftChains, tokens: 0 };
+    const wanted = typeof spec.draftTokens === "number" ? spec.draftTokens : spec.draftTokens({ chains, draftChains, batch });
+    const room = Math.min(this.options.maxTokens - this.generated.length - 1, this.info.maxPosition - cached - 1);
+    return { draftChains, tokens: Math.max(0, Math.min(Math.floor(wanted) || 0, room)) };
+  }
+
+  /** A new, empty draft after the last emitted token. */
+  startDraft(): Draft {
+    return emptyDraft(this.sampler);
+  }
+
+  /** Adds a draft token chosen from the draft model's `logits`; returns it. */
+  extendDraft(draft: Draft, logits: Float32Array): number {
+    return extendDraft(draft, this.sampler, logits, this.prompt, this.generated);
+  }
+
+  /**
+   * Verifies `draft` against the target's logits at the last token and each draft ([γ+1, V]) and
+   * emits the accepted drafts and the target's next token (stopping early if the generation ends).
+   * `position` is the last emitted token's position. Returns the drafts accepted.
+   */
+  settleDraft(draft: Draft, target: Float32Array, position: number): number {
+    const verdict = verifyDraft(draft, this.sampler, target, this.prompt, this.generated);
+    verdict.tokens.forEach((t, i) => this.done || this.emit(t, position + 1 + i >= this.info.maxPosition));
+    return verdict.accepted;
+  }
+
   /** Samples a token from `logits`, queues it, and finishes the generation when it should end. */
   sampleNext(atContextLimit: boolean): void {
     const logits = this.logits!;
     this.logits = null;
-    const sampled = this.sampler.sample(logits, this.prompt, this.generated);
+    this.emit(this.sampler.sample(logits, this.prompt, this.generated), atContextLimit);
+  }
+
+  /** Queues a chosen token; finishes the generation when it should end. */
+  private emit(sampled: SampledToken, atContextLimit: boolean): void {
     this.generated.push(sampled.tokenId);
     const eos = this.info.eosTokenId;
     if (eos !== null && sampled.tokenId === eos && this.options.stopOnEos !== false) return this.finish("stop");

@@ -50,6 +50,28 @@ export interface GenerateOptions {
   cache?: boolean;
   /** Blocks are shared only between generations with the same salt (vLLM's cache_salt). */
   cacheSalt?: string;
+  /**
+   * Self-speculative decoding: sub-model `draftChains` drafts tokens that the generation's own
+   * chain count then verifies in one call (exact: greedy output is unchanged, sampled output keeps
+   * the target's distribution). Undefined: plain decoding.
+   */
+  speculative?: SpeculativeOptions;
+}
+
+export interface SpeculativeOptions {
+  /** The draft sub-model's chain count (default 1). A round whose target count is not above it runs plainly. */
+  draftChains?: number;
+  /** Draft tokens per round (γ); a function is asked before every round (0: a plain step this round). */
+  draftTokens: number | ((round: DraftRound) => number);
+}
+
+/** What a draft-length policy is told before a round. */
+export interface DraftRound {
+  /** The target chain count (the generation's count for its next token). */
+  chains: number;
+  draftChains: number;
+  /** Sequences decoding in this step. */
+  batch: number;
 }
 
 /**
@@ -98,8 +120,12 @@ export interface GenerationSummary {
 
 /** What one model call cost: the scheduler reports every step. */
 export interface StepStats {
-  /** prefix_copy: cached keys/values copied into a new sequence's row (tokens = tokens copied). */
-  kind: "prefill" | "decode" | "prefix_copy";
+  /**
+   * prefix_copy: cached keys/values copied into a new sequence's row (tokens = tokens copied).
+   * draft: a decode step of speculating rows at their draft count. verify: the target count over
+   * each speculating row's last token and its drafts (tokens = rows · (drafts + 1)).
+   */
+  kind: "prefill" | "decode" | "prefix_copy" | "draft" | "verify";
   /** Sequences in the call (decode) or 1 (prefill). */
   rows: number;
   /** New tokens processed (prompt tokens for a prefill, one per row for a decode step). */
@@ -107,6 +133,11 @@ export interface StepStats {
   /** Chain count the call ran (the largest of its rows). */
   chains: number;
   ms: number;
+  /**
+   * verify only: the draft count; the drafts checked and accepted (all rows); the rows whose drafts
+   * were cut short by a rejection (the others had every draft accepted).
+   */
+  speculation?: { draftChains: number; drafted: number; accepted: number; rejected: number };
 }
 
 /** What the layers above see of the engine's prefix cache (server/engine/prefix-cache.ts). */

@@ -18,6 +18,9 @@ import type { StepStats } from "../engine/types.ts";
 // newcomers, samples and writes tokens out. `tokenOverheadMs` is an EWMA of (token interval seen by
 // a generation − predicted step), fed by the generations themselves; time per output token is
 // predicted as step_k(B) + tokenOverheadMs.
+// Speculative decoding: a draft step is a decode step at the draft count (learnt as one); a verify
+// call of T tokens on each of B rows at k is predicted as a_k + v_k · B · T, with v_k an EWMA of
+// (ms − a_k) / (B · T) over verify calls (b_k, the per-row decode cost, until one is seen).
 
 /** One model call, as the engine reports it. */
 export type StepObservation = StepStats;
@@ -33,6 +36,8 @@ export interface CostPredictor {
   decodeStepMs(chains: number, batch: number): number | undefined;
   /** Predicted ms to prefill a `promptTokens` prompt, `cachedTokens` of it from the prefix cache, and produce its first token at k. */
   prefillMs(promptTokens: number, chains: number, cachedTokens?: number): number | undefined;
+  /** Predicted ms of a verify call at k: `tokens` tokens on each of `batch` rows; undefined while nothing is known about k. */
+  verifyMs?(chains: number, batch: number, tokens: number): number | undefined;
 }
 
 export interface CostModelOptions {
@@ -74,6 +79,8 @@ export class CostModel implements CostPredictor {
   private copies = 0;
   private overhead = 0;
   private intervals = 0;
+  /** Per chain count: verify ms per (row · token) beyond the decode line's fixed cost. */
+  private readonly verifyPerToken: (number | undefined)[] = [];
 
   constructor(opts: CostModelOptions) {
     if (!(opts.nChains >= 1)) throw new Error("cost model: nChains ≥ 1");
@@ -86,9 +93,24 @@ export class CostModel implements CostPredictor {
   /** Learn from one model call (wire to engine.onStep). */
   observe(s: StepObservation): void {
     if (!(s.ms >= 0) || !Number.isFinite(s.ms) || s.chains < 1 || s.chains > this.nChains) return;
-    if (s.kind === "decode") this.observeDecode(s.chains, Math.max(1, s.rows), s.ms);
+    if (s.kind === "decode" || s.kind === "draft") this.observeDecode(s.chains, Math.max(1, s.rows), s.ms);
     else if (s.kind === "prefill") this.observePrefill(s.tokens, s.chains, s.ms);
+    else if (s.kind === "verify") this.observeVerify(s.chains, s.tokens, s.ms);
     else if (s.tokens > 0) this.observeCopy(s.tokens, s.ms);
+  }
+
+  private observeVerify(k: number, tokens: number, ms: number): void {
+    const m = this.decode[k];
+    if (!m || tokens < 1) return;
+    const perToken = Math.max(0, (ms - m.a) / tokens);
+    const old = this.verifyPerToken[k];
+    this.verifyPerToken[k] = old === undefined ? perToken : (1 - this.alpha) * old + this.alpha * perToken;
+  }
+
+  verifyMs(chains: number, batch: number, tokens: number): number | undefined {
+    const m = this.decode[chains];
+    if (!m) return undefined;
+    return m.a + (this.verifyPerToken[chains] ?? m.b) * Math.max(1, batch) * Math.max(1, tokens);
   }
 
   private observeCopy(tokens: number, ms: number): void {
@@ -130,13 +152,15 @@ export class CostModel implements CostPredictor {
   observeTokenInterval(chains: number, batch: number, ms: number): void {
     const step = this.decodeStepMs(chains, batch);
     if (step === undefined || !(ms >= 0) || !Number.isFinite(ms)) return;
-    const extra = Math.max(0, ms - step);
+    // Signed: the tokens of one speculative round arrive together, their intervals below the step
+    // balance the round's long one, so the mean is the true time per token beyond the step.
+    const extra = ms - step;
     this.overhead = this.intervals === 0 ? extra : (1 - this.alpha) * this.overhead + this.alpha * extra;
     this.intervals++;
   }
 
   get tokenOverheadMs(): number {
-    return this.overhead;
+    return Math.max(0, this.overhead);
   }
 
   decodeStepMs(chains: number, batch: number): number | undefined {

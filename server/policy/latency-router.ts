@@ -20,6 +20,7 @@
 // serving sweep compares the two).
 import { ChainControl } from "../engine/chain-control.ts";
 import type { CostModel, CostPredictor } from "./cost-model.ts";
+import { DraftPolicy, type SpeculativeMode } from "./draft-policy.ts";
 
 /** A request's latency budget, each part optional (ms). */
 export interface LatencyBudget {
@@ -220,6 +221,8 @@ export interface RouterView {
   hysteresis: { up_margin: number; min_tokens_between_switches: number };
   /** Whether budgeted generations switch size mid-generation. */
   switching: boolean;
+  /** Self-speculative decoding: the server's mode and, per (draft count, count) seen, the learnt acceptance. */
+  speculation: { mode: SpeculativeMode; max_draft: number; pairs: ReturnType<DraftPolicy["view"]> };
 }
 
 export interface LatencyRouterOptions {
@@ -230,6 +233,10 @@ export interface LatencyRouterOptions {
   hysteresis?: Partial<HysteresisConfig>;
   /** Re-choose a budgeted generation's chain count while it generates (default true). */
   switching?: boolean;
+  /** Self-speculative decoding for requests that do not say (default auto: draft-policy.ts). */
+  speculative?: SpeculativeMode;
+  /** Largest draft count per round (default DEFAULT_MAX_DRAFT). */
+  maxDraft?: number;
 }
 
 /** The app's router: the learnt cost model + the live load + the hysteresis config. */
@@ -246,9 +253,12 @@ export class LatencyRouter {
    * after the change.
    */
   switching: boolean;
+  /** When and how far generations speculate; learns acceptance from the engine's verify calls. */
+  readonly drafts: DraftPolicy;
 
   constructor(opts: LatencyRouterOptions) {
     this.model = opts.model;
+    this.drafts = new DraftPolicy({ mode: opts.speculative ?? "auto", nChains: opts.model.nChains, costs: opts.model, maxDraft: opts.maxDraft });
     this.loadSource = opts.load;
     this.now = opts.now ?? (() => performance.now());
     this.hysteresis = { ...DEFAULT_HYSTERESIS, ...opts.hysteresis };
@@ -320,6 +330,7 @@ export class LatencyRouter {
       chains,
       hysteresis: { up_margin: this.hysteresis.upMargin, min_tokens_between_switches: this.hysteresis.minTokensBetweenSwitches },
       switching: this.switching,
+      speculation: { mode: this.drafts.mode, max_draft: this.drafts.maxDraft, pairs: this.drafts.view() },
     };
   }
 }

@@ -1,0 +1,126 @@
+// When to speculate and how far (issue 18). Sub-model k_d drafts γ tokens that the generation's
+// count k verifies in one call (server/engine/speculation.ts). With a per-draft acceptance rate α
+// (drafts are accepted in order until the first rejection), a round emits on average
+//   E(γ) = 1 + α + … + α^γ = (1 − α^(γ+1)) / (1 − α)      tokens
+// and costs γ draft steps at k_d plus one verify call of γ+1 tokens per row at k:
+//   cost(γ) = γ · step_kd(B) + verify_k(B, γ+1)
+// `auto` picks the γ in 0 … maxDraft with the most tokens per ms, E(γ) / cost(γ), where γ = 0 is
+// a plain step: 1 / step_k(B). Both costs come from the cost model, which learns them from every
+// call; α is learnt per (k_d, k) from every verify call. At a large batch a verify call's tokens
+// cost nearly what they would as separate rows while the draft steps are extra, so γ falls to 0 by
+// itself. `on` speculates with maxDraft drafts every round; `off` never (a request may still ask).
+import type { DraftRound, SamplingOptions, SpeculativeOptions, StepStats } from "../engine/types.ts";
+import type { CostPredictor } from "./cost-model.ts";
+
+export type SpeculativeMode = "auto" | "on" | "off";
+export const SPECULATIVE_MODES: readonly SpeculativeMode[] = ["auto", "on", "off"];
+
+export { MAX_DRAFT_TOKENS } from "../engine/speculation.ts";
+/** Drafts per round for `on` and for a request that asks without a count. */
+export const DEFAULT_MAX_DRAFT = 4;
+
+/** What a request asked: off, or on with (optionally) its draft count and drafts per round. */
+export type SpeculativeRequest = false | { draftChains?: number; maxDraft?: number };
+
+/** Acceptance assumed for a (k_d, k) pair before any verify call, with the weight of this many observations. */
+const PRIOR_ACCEPTANCE = 0.7;
+const PRIOR_WEIGHT = 4;
+
+interface AcceptanceCounts {
+  accepted: number;
+  rejected: number;
+}
+
+export interface DraftPolicyOptions {
+  mode: SpeculativeMode;
+  nChains: number;
+  costs: CostPredictor;
+  /** Largest γ auto considers and the γ of `on` (default DEFAULT_MAX_DRAFT). */
+  maxDraft?: number;
+  /** Outcomes (accepted drafts + rejections) remembered per (k_d, k) before old ones are halved (default 2000). */
+  memory?: number;
+}
+
+export class DraftPolicy {
+  readonly mode: SpeculativeMode;
+  readonly maxDraft: number;
+  private readonly costs: CostPredictor;
+  private readonly memory: number;
+  private readonly counts = new Map<string, AcceptanceCounts>();
+
+  constructor(o: DraftPolicyOptions) {
+    this.mode = o.mode;
+    this.costs = o.costs;
+    this.maxDraft = o.maxDraft ?? DEFAULT_MAX_DRAFT;
+    this.memory = o.memory ?? 2000;
+  }
+
+  /** Learn acceptance from a verify call (wire to engine.onStep). */
+  observe(s: StepStats): void {
+    const spec = s.speculation;
+    if (s.kind !== "verify" || !spec) return;
+    const key = `${spec.draftChains}:${s.chains}`;
+    const c = this.counts.get(key) ?? { accepted: 0, rejected: 0 };
+    c.accepted += spec.accepted;
+    c.rejected += spec.rejected;
+    // Old calls fade: past `memory` outcomes, both counts are halved.
+    if (c.accepted + c.rejected > this.memory) {
+      c.accepted /= 2;
+      c.rejected /= 2;
+    }
+    this.counts.set(key, c);
+  }
+
+  /**
+   * Estimated probability that a draft of k_d is accepted by k, given the drafts before it were:
+   * accepted / (accepted + rejected) over recent calls — every accepted draft is a success, every
+   * round cut short one failure — with a prior of PRIOR_ACCEPTANCE worth PRIOR_WEIGHT outcomes.
+   */
+  acceptance(draftChains: number, chains: number): number {
+    const c = this.counts.get(`${draftChains}:${chains}`);
+    return ((c?.accepted ?? 0) + PRIOR_ACCEPTANCE * PRIOR_WEIGHT) / ((c?.accepted ?? 0) + (c?.rejected ?? 0) + PRIOR_WEIGHT);
+  }
+
+  /**
+   * A generation's speculative options from its request (undefined: the server's mode) and its
+   * sampling. `auto` leaves seeded sampled requests alone: their tokens depend on how the random
+   * draws are spent, which would then depend on the load.
+   */
+  optionsFor(request: SpeculativeRequest | undefined, sampling: SamplingOptions): SpeculativeOptions | undefined {
+    if (request === false) return undefined;
+    if (request) return { draftChains: request.draftChains ?? 1, draftTokens: request.maxDraft ?? DEFAULT_MAX_DRAFT };
+    if (this.mode === "off") return undefined;
+    if (this.mode === "on") return { draftChains: 1, draftTokens: this.maxDraft };
+    const greedy = sampling.temperature === 0 || sampling.topK === 1;
+    if (!greedy && sampling.seed !== undefined) return undefined;
+    return { draftChains: 1, draftTokens: (round) => this.choose(round) };
+  }
+
+  /** γ for one round under `auto`: the count with the most expected tokens per ms (0: a plain step). */
+  choose(round: DraftRound): number {
+    const { chains, draftChains, batch } = round;
+    const plain = this.costs.decodeStepMs(chains, batch);
+    const draft = this.costs.decodeStepMs(draftChains, batch);
+    if (plain === undefined || draft === undefined || !this.costs.verifyMs) return 0;
+    const alpha = this.acceptance(draftChains, chains);
+    let best = 0;
+    let bestRate = 1 / plain;
+    let expected = 1;
+    for (let g = 1; g <= this.maxDraft; g++) {
+      expected += alpha ** g;
+      const verify = this.costs.verifyMs(chains, batch, g + 1);
+      if (verify === undefined) break;
+      const rate = expected / (g * draft + verify);
+      if (rate > bestRate) [best, bestRate] = [g, rate];
+    }
+    return best;
+  }
+
+  /** Per (k_d, k) pair seen: the acceptance estimate and the γ auto would pick alone (B = 1). */
+  view(): Array<{ draft_chains: number; chains: number; acceptance: number; draft_tokens_b1: number }> {
+    return [...this.counts.keys()].map((key) => {
+      const [draftChains, chains] = key.split(":").map(Number);
+      return { draft_chains: draftChains, chains, acceptance: this.acceptance(draftChains, chains), draft_tokens_b1: this.choose({ chains, draftChains, batch: 1 }) };
+    });
+  }
+}
