@@ -1,9 +1,10 @@
 // Continuous batching: one loop over slots, in the spirit of llama.cpp's server. Every running
 // sequence owns a row of one shared KV cache; new sequences join between decode steps (their
 // prompt prefilled by chain 1, spec §5.4), each step advances every running sequence by one
-// token — each row at its own chain count — and finished or cancelled
-// sequences leave at once (the last row moves into the hole, so rows in use stay a prefix).
-// Rows are grouped by chain count; each group is one batched call. With a prefix cache, a new
+// token — each row at its own chain count — or, for a speculating row, by a round of drafts and a
+// verify call (speculation.ts); finished or cancelled sequences leave at once (the last row moves
+// into the hole, so rows in use stay a prefix). Rows are grouped by plan (speculating or not,
+// chain count, drafts); each group is one batched call. With a prefix cache, a new
 // sequence's row starts with the longest cached block prefix of its prompt (copied, not
 // prefilled), and each sequence's full blocks are stored once its prompt is in and when it leaves.
 import { KvCache } from "../../kernels/kv-cache.ts";
