@@ -13,6 +13,9 @@ import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { loadModel, type ColmEngine } from "../server/engine/engine.ts";
 import { HfTokenizer, IncrementalDecoder } from "../models/tokenizer.ts";
+import { createApp, type ColmApp } from "../server/api/app.ts";
+import { assistantCue, renderChat } from "../server/api/chat-template.ts";
+import request from "supertest";
 import { newCache } from "./helpers/run.ts";
 
 const ROOT = join(import.meta.dirname, "..");
@@ -121,12 +124,17 @@ if (absent) console.log(`# long-model tests skipped: ${absent}`);
 describe("long-context model matches the PyTorch golden fixtures", { skip: absent }, () => {
   let golden: Golden;
   let engine: ColmEngine;
+  let colm: ColmApp;
   before(async () => {
     assert.ok(existsSync(GOLDEN), `golden fixtures ${GOLDEN} are missing: models/train/fixtures_long.py --model ${MODEL} --out ${GOLDEN}`);
     golden = JSON.parse(readFileSync(GOLDEN, "utf8")) as Golden;
     engine = await loadModel(MODEL, { threads: 2, prefixCacheBytes: 0 });
+    colm = createApp(engine, { log: () => undefined, router: { calibrate: false } });
   });
-  after(() => engine?.close());
+  after(async () => {
+    await colm?.close();
+    await engine?.close();
+  });
 
   test("the fixtures were made from these weights and this config", () => {
     const sha = createHash("sha256").update(readFileSync(join(MODEL, "model.safetensors"))).digest("hex");
@@ -217,5 +225,27 @@ describe("long-context model matches the PyTorch golden fixtures", { skip: absen
         }
       }
     }
+  });
+
+  test("over HTTP: /v1/models, a string prompt gets BOS and PyTorch's greedy text, chat ends its prompt with 'Assistant:'", async () => {
+    const name = engine.info.name;
+    const n = engine.info.nChains;
+    const models = await request(colm.app).get("/v1/models");
+    assert.equal(models.status, 200);
+    assert.deepEqual(models.body.data.map((m: { id: string }) => m.id), [name, ...Array.from({ length: n }, (_, i) => `${name}:c${i + 1}`)]);
+    for (const m of models.body.data) assert.equal(m.max_position, golden.config.max_position);
+
+    const g = golden.greedy[0];
+    const res = await request(colm.app).post("/v1/completions").send({ model: `${name}:c${n}`, prompt: g.prompt, max_tokens: g.continuations[n].length, temperature: 0 });
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    assert.equal(res.body.usage.prompt_tokens, g.prompt_tokens.length, "BOS + the prompt's tokens");
+    assert.equal(res.body.choices[0].text, engine.tokenizer.decode(g.continuations[n]));
+
+    const messages = [{ role: "user" as const, content: "What does the kernel keep?" }];
+    assert.equal(assistantCue(engine.tokenizer), "Assistant:");
+    const chat = await request(colm.app).post("/v1/chat/completions").send({ model: name, messages, max_tokens: 8, temperature: 0 });
+    assert.equal(chat.status, 200, JSON.stringify(chat.body));
+    assert.equal(chat.body.usage.prompt_tokens, 1 + engine.tokenizer.encode(renderChat(messages, "Assistant:")).length);
+    assert.ok(!chat.body.choices[0].message.content.startsWith("  "), JSON.stringify(chat.body.choices[0].message.content));
   });
 });
