@@ -2,11 +2,13 @@
 //
 //   node --import tsx server/main.ts [--model DIR] [--port N] [--host H] [--quant f32|q8|q4]
 //
-// Environment: COLM_MODEL (model folder, default models/colm-kjv), PORT (8080), HOST (127.0.0.1),
+// Environment: COLM_MODEL (model folder, default models/colm-long when it exists, else models/colm-kjv),
+// PORT (8080), HOST (127.0.0.1),
 // COLM_DEVICE (cpu | cuda), COLM_QUANT (f32 | q8 | q4; default the checkpoint's own), COLM_API_KEY, COLM_MAX_RUNNING (8),
 // COLM_MAX_WAITING (32), COLM_KV_BYTES, COLM_PREFIX_CACHE_BYTES (half the KV budget; 0: no prefix cache),
 // COLM_BODY_LIMIT ("1mb"), COLM_SHUTDOWN_TIMEOUT_MS (10000), COLM_WS_PING_MS (30000),
 // COLM_WS_MAX_BUFFERED_BYTES (1048576), COLM_SPECULATIVE (auto | on | off; default auto).
+import { existsSync } from "node:fs";
 import { freemem } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -16,7 +18,12 @@ import { loadModel } from "./engine/engine.ts";
 import { PRECISIONS, type Precision } from "../models/quantized.ts";
 import { SPECULATIVE_MODES, type SpeculativeMode } from "./policy/draft-policy.ts";
 
-const DEFAULT_MODEL = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "models", "colm-kjv");
+const MODELS = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "models");
+/**
+ * The long-context BPE model (issue 15) when it has been exported to models/colm-long, else the
+ * bundled byte-level demo models/colm-kjv (which --model / COLM_MODEL still load either way).
+ */
+export const DEFAULT_MODEL = existsSync(path.join(MODELS, "colm-long", "config.json")) ? path.join(MODELS, "colm-long") : path.join(MODELS, "colm-kjv");
 
 function fail(message: string): never {
   console.error(`colm-serve: ${message}`);

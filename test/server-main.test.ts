@@ -3,6 +3,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 import { parseSse, writeTestCheckpoint, type TestCheckpoint } from "./helpers/server-fixture.ts";
@@ -24,11 +25,13 @@ interface Proc {
 }
 
 /** The server as `node … server/main.ts ARGS`, or as the README starts it, `npm start -- ARGS`. */
-function start(args: string[], env: Record<string, string>, viaNpm = false): Promise<Proc> {
+function start(args: string[], env: Record<string, string | undefined>, viaNpm = false): Promise<Proc> {
   const [command, argv] = viaNpm ? ["npm", ["start", "--", ...args]] : [process.execPath, ["--import", "tsx", "server/main.ts", ...args]];
+  const merged: Record<string, string | undefined> = { ...process.env, PORT: "0", HOST: "127.0.0.1", COLM_DEVICE: "cpu", ...env };
+  for (const k of Object.keys(merged)) if (merged[k] === undefined) delete merged[k];
   const child = spawn(command, argv, {
     cwd: ROOT,
-    env: { ...process.env, PORT: "0", HOST: "127.0.0.1", COLM_DEVICE: "cpu", ...env },
+    env: merged,
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
@@ -56,6 +59,14 @@ function start(args: string[], env: Record<string, string>, viaNpm = false): Pro
 }
 
 describe("server/main.ts process", () => {
+  test("no --model or COLM_MODEL: models/colm-long when it exists, else the bundled models/colm-kjv", async () => {
+    const expected = existsSync(path.join(ROOT, "models", "colm-long", "config.json")) ? "colm-long" : "colm-kjv";
+    const p = await start([], { COLM_MODEL: undefined, COLM_SHUTDOWN_TIMEOUT_MS: "0" });
+    assert.match(p.startLine, new RegExp(`model ${expected} \\(chains 1\\.\\.`));
+    p.child.kill("SIGTERM");
+    assert.equal(await p.exited, 0);
+  });
+
   test("--model DIR: start line, serving, SIGTERM cancels a running stream and exits 0", async () => {
     const p = await start(["--model", ckpt.dir], { COLM_SHUTDOWN_TIMEOUT_MS: "0" });
     assert.match(p.startLine, /model proc \(chains 1\.\.4, .*\) at f32 on cpu, listening at http:\/\/127\.0\.0\.1:\d+/);

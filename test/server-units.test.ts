@@ -3,7 +3,10 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { Admission } from "../server/policy/admission.ts";
-import { renderChat } from "../server/api/chat-template.ts";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { assistantCue, renderChat } from "../server/api/chat-template.ts";
+import { ByteTokenizer, HfTokenizer } from "../models/tokenizer.ts";
 import type { ModelInfo } from "../server/engine/types.ts";
 import { Sampler } from "../kernels/sampling.ts";
 import { EngineError } from "../server/engine/errors.ts";
@@ -145,6 +148,19 @@ describe("chat template and errors", () => {
       ]),
       "System: d\n\nTool: \n\nAssistant: ab\n\nAssistant: ",
     );
+  });
+
+  test("the prompt's cue: 'Assistant: ' for the byte tokenizer, 'Assistant:' for a BPE whose words carry their space", () => {
+    assert.equal(assistantCue(new ByteTokenizer()), "Assistant: ");
+    // The long-context model's tokenizer (GPT-2-style byte-level BPE, models/train/bpe.py).
+    const bpe = new HfTokenizer(JSON.parse(readFileSync(join(import.meta.dirname, "..", "models", "train", "tokenizer-long.json"), "utf8")));
+    assert.equal(assistantCue(bpe), "Assistant:");
+    const prompt = renderChat([{ role: "user", content: "Hi" }], assistantCue(bpe));
+    assert.equal(prompt, "User: Hi\n\nAssistant:");
+    // With the space the prompt would end in a lone " " token, which " The" (one token) never follows.
+    const ids = bpe.encode("User: Hi\n\nAssistant: ");
+    assert.equal(bpe.decode(ids.slice(-1)), " ");
+    assert.deepEqual(bpe.encode(`${prompt} The`).slice(0, -1), bpe.encode(prompt));
   });
 
   test("formatPath, and every error maps to one status by its kind", () => {

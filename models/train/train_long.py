@@ -49,11 +49,14 @@ PRESETS = {
     "colm4": dict(chain_heads=[1, 1, 1, 1], ffn_chain_dims=[256, 256, 256, 256]),
     # dense baseline of the full width: one chain of 4 heads (one kv head, as the chain models)
     "dense": dict(chain_heads=[4], ffn_chain_dims=[1024]),
+    # test fixtures only (test/fixtures/expansion/make.sh): byte tokens (V=256), two chains of two
+    # 8-dim heads sharing one KV head, 2 layers; a few hundred KB exported
+    "tiny2": dict(vocab_size=256, n_layers=2, head_dim=8, chain_heads=[2, 2], ffn_chain_dims=[32, 32]),
 }
 
 
 def make_config(preset, context):
-    return ColmConfig(max_position=context, **COMMON, **PRESETS[preset])
+    return ColmConfig(**{**COMMON, "max_position": context, **PRESETS[preset]})
 
 
 def expand_config(old: ColmConfig, m, heads=None, ffn=None):

@@ -3,7 +3,7 @@
 import { randomUUID } from "node:crypto";
 import type { Request } from "express";
 import type { Engine, GeneratedToken } from "../engine/types.ts";
-import { CHAT_TEMPLATE_STOPS, renderChat } from "./chat-template.ts";
+import { CHAT_TEMPLATE_STOPS, assistantCue, renderChat } from "./chat-template.ts";
 import type { ServerContext } from "./context.ts";
 import { fromZodError, invalidField } from "./errors.ts";
 import { choiceExtensions, completionRoute, totalUsage, type PlannedRequest, type ResponseFormat } from "./pipeline.ts";
@@ -30,7 +30,7 @@ export function chatRequest(engine: Engine, req: Request, arrivedAt: number): Ge
     throw invalidField("top_logprobs", "'top_logprobs' requires 'logprobs' to be true.");
   }
   const maxTokensParam = body.max_completion_tokens !== null && body.max_completion_tokens !== undefined ? "max_completion_tokens" : "max_tokens";
-  return buildRequest(engine, body, [encodeText(engine, renderChat(body.messages))], {
+  return buildRequest(engine, body, [encodeText(engine, renderChat(body.messages, assistantCue(engine.tokenizer)))], {
     promptParam: "messages",
     maxTokens: body.max_completion_tokens ?? body.max_tokens ?? undefined,
     maxTokensParam,

@@ -23,7 +23,7 @@ import { WebSocket, WebSocketServer, type RawData } from "ws";
 import type { ChainControl } from "../engine/chain-control.ts";
 import { checkChains } from "../engine/errors.ts";
 import type { Engine, GeneratedToken } from "../engine/types.ts";
-import { CHAT_TEMPLATE_STOPS, renderChat } from "./chat-template.ts";
+import { CHAT_TEMPLATE_STOPS, assistantCue, renderChat } from "./chat-template.ts";
 import { DEFAULT_COMPLETION_TOKENS } from "./completions.ts";
 import type { ServerContext } from "./context.ts";
 import { ApiError, errorBody, fromZodError, httpStatus, invalidField, toColmError, wsErrorMessage, type ColmError } from "./errors.ts";
@@ -79,7 +79,7 @@ function unknownId(id: Id): ApiError {
 export function wsRequest(engine: Engine, msg: WsGenerate, arrivedAt: number): GenerationRequest {
   if ((msg.prompt === undefined) === (msg.messages === undefined)) throw invalidField("prompt", "Give exactly one of 'prompt' and 'messages'.", "missing_prompt");
   const chat = msg.messages !== undefined;
-  const prompt = chat ? encodeText(engine, renderChat(msg.messages!)) : typeof msg.prompt === "string" ? encodeText(engine, msg.prompt) : tokenPrompt(engine, msg.prompt!, "prompt");
+  const prompt = chat ? encodeText(engine, renderChat(msg.messages!, assistantCue(engine.tokenizer))) : typeof msg.prompt === "string" ? encodeText(engine, msg.prompt) : tokenPrompt(engine, msg.prompt!, "prompt");
   return buildRequest(engine, msg, [prompt], {
     promptParam: chat ? "messages" : "prompt",
     maxTokens: msg.max_tokens ?? undefined,
