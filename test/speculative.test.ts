@@ -246,6 +246,13 @@ describe("speculative decoding on a small random model", () => {
     assert.ok(stat < chiSquareCritical(df), `χ² ${stat.toFixed(1)} ≥ ${chiSquareCritical(df).toFixed(1)} (df ${df})`);
   });
 
+  test("a seeded sampled request that asks for speculation is reproducible", async () => {
+    const options: GenerateOptions = { chains: 4, maxTokens: 30, sampling: { temperature: 0.9, topP: 0.95, seed: 42 }, stopOnEos: false, speculative: { draftTokens: 3 } };
+    const a = ids(await collect(engine, [1, 2, 3], options));
+    const b = ids(await collect(engine, [1, 2, 3], options));
+    assert.deepEqual(a, b);
+  });
+
   test("keys/values after rounds with rejections equal a plain run's (length and contents)", async () => {
     const info = engine.info;
     const prompt = [3, 9, 27, 81, 50];
