@@ -156,6 +156,7 @@ export class ModelRunner {
     }
     if (firstRow < 0 || firstRow + B > cache.rows) throw new RunnerError(`rows ${firstRow} … ${firstRow + B - 1} are outside a cache of ${cache.rows} rows`);
     if (T === 0 || tokens.some((row) => row.length !== T)) throw new RunnerError("every row needs the same number (≥ 1) of tokens");
+    cache.ensureRows(firstRow + B);
     const lengths = cache.lengths.slice(firstRow, firstRow + B);
     const longest = Math.max(...lengths) + T;
     if (longest > c.max_position) throw new RunnerError(`sequence of ${longest} tokens exceeds max_position ${c.max_position}`);

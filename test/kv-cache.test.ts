@@ -42,18 +42,27 @@ test("tokens appended one at a time keep their values through every growth; capa
   }
 });
 
-test("a long block grows the capacity straight to fit it; truncate drops tokens; shrink gives capacity back only when empty", () => {
-  const cache = new KvCache(LAYERS, KV, HD, 64);
-  cache.append(block(700, 0, 1), block(700, 0, -1), 700);
+test("a long block grows the capacity straight to fit it; truncate drops tokens; shrink gives rows back only when empty", () => {
+  const cache = new KvCache(LAYERS, KV, HD, 64, 4);
+  assert.equal(cache.allocatedRows, 1, "rows get storage as they come into use");
+  cache.append(block(700, 0, 1), block(700, 0, -1), 700, 0, 1);
   assert.equal(cache.length, 700);
   assert.equal(cache.capacity, 704);
   cache.truncate(500);
-  cache.append(block(1, 500, 1), block(1, 500, -1), 1);
+  cache.append(block(1, 500, 1), block(1, 500, -1), 1, 0, 1);
   assert.equal(cache.read(0, "keys")[(500 * KV + 1) * HD], 1e4 + 5000);
+  cache.append(block(3, 0, 1), block(3, 0, -1), 3, 2, 1);
+  assert.equal(cache.allocatedRows, 3, "row 2 in use: rows 0 … 2 have storage");
+  assert.equal(cache.bytesAllocated, 3 * 704 * cache.bytesPerToken);
+  assert.equal(cache.read(0, "keys")[(500 * KV + 1) * HD], 1e4 + 5000, "row 0 kept through the growth");
   cache.shrink();
-  assert.equal(cache.capacity, 704, "a cache holding tokens keeps its capacity");
+  assert.equal(cache.allocatedRows, 3, "a cache holding tokens keeps its rows");
   cache.truncate(0);
+  cache.truncate(0, 2);
   cache.shrink();
-  assert.equal(cache.capacity, 64);
+  assert.equal(cache.allocatedRows, 1);
+  assert.equal(cache.capacity, 704, "the first row keeps its capacity for the next long prompt");
+  assert.equal(cache.bytesAllocated, 704 * cache.bytesPerToken);
   assert.throws(() => cache.truncate(1), RangeError);
+  assert.throws(() => cache.ensureRows(5), RangeError);
 });
