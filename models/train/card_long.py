@@ -19,9 +19,9 @@ from colm import ColmConfig, param_count  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNS = [("long-c4", "default model: 2 chains, then +2 chains with the old ones frozen"),
         ("long-c2", "stage 1: the 2-chain model it grew from"),
-        ("long-mini-c4", "comparison: progressive, 130 steps of 2 chains (snapshot) + 130 steps of +2"),
-        ("long-joint4", "comparison: the same 4 chains trained jointly from scratch, 260 steps"),
-        ("long-dense", "comparison: dense baseline of the full width, 260 steps")]
+        ("long-mini-c4", "comparison: progressive, 100 steps of 2 chains (replayed head of stage 1) + 100 steps of +2"),
+        ("long-joint4", "comparison: the same 4 chains trained jointly from scratch, 200 steps"),
+        ("long-dense", "comparison: dense baseline of the full width, 200 steps")]
 
 
 def load(runs, name):
