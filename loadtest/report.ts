@@ -28,6 +28,8 @@ export const RESULT_FILES = {
   engine_q4: { file: "engine-q4.json", script: "bench:engine -- --quant q4" },
   model_q8: { file: "colm-kjv-q8.json", script: "bench:model -- --quant q8" },
   model_q4: { file: "colm-kjv-q4.json", script: "bench:model -- --quant q4" },
+  spec: { file: "spec-colm-kjv.json", script: "bench:spec" },
+  spec_long: { file: "spec-colm-long.json", script: "bench:spec -- --dir models/colm-long" },
 } as const;
 
 export type ResultName = keyof typeof RESULT_FILES;
@@ -524,6 +526,39 @@ function quantSection(results: ResultSet): string[] {
 }
 
 /** The headline: one line per claim, from whichever results exist. */
+function specSection(r: unknown, charts: Record<string, string>, name: ResultName = "spec"): string[] {
+  const s = new Section(charts, r, name);
+  const variants = keys(r, "greedy", "tokens_per_s");
+  const label = (v: string) => (v === "plain" ? "plain" : v === "auto" ? "auto" : `γ=${v.replace("gamma", "")}`);
+  const pairs = list(r, "acceptance");
+  s.lines.push(
+    `Model: ${str(r, "model") ?? "–"}, batch 1 at k=${num(r, "chains") ?? "?"}; ${num(r, "prompts") ?? "?"} held-out prompts (World English Bible, median ${fmt(num(r, "prompt_tokens_median"))} tokens) × ${num(r, "rounds") ?? "?"} rounds, ${num(r, "tokens") ?? "?"} tokens each; decode tok/s per generation from its first token to its last (medians). Draft: sub-model 1.`,
+    "",
+    ...table(
+      ["", ...variants.map(label)],
+      [
+        ["greedy tok/s", ...variants.map((v) => fmt(num(r, "greedy", "tokens_per_s", v)))],
+        ["greedy ÷ plain", ...variants.map((v) => times(num(r, "greedy", "speedup", v)))],
+        ["temperature 0.8 ÷ plain", ...variants.map((v) => times(num(r, "temperature_0_8", "speedup", v)))],
+      ],
+    ),
+    "",
+    `Greedy tokens identical to plain decoding for every prompt and variant: ${at(r, "greedy", "greedy_identical") === true ? "yes" : "NO"}. Acceptance (per draft, given the earlier drafts were accepted; greedy, γ = 4): ${pairs.map((p) => `${num(p, "draft_chains")}→${num(p, "chains")} ${fmt(num(p, "acceptance"), 3)}`).join(", ")}.`,
+    "",
+    `${num(r, "auto_at_concurrency", "concurrency") ?? "?"} concurrent greedy generations: ${fmt(num(r, "auto_at_concurrency", "tokens_per_s", "auto"))} tok/s with \`auto\` against ${fmt(num(r, "auto_at_concurrency", "tokens_per_s", "off"))} with speculation off (${times(num(r, "auto_at_concurrency", "ratio"))}).`,
+    "",
+  );
+  const m = at(r, "bench_m_step_costs");
+  if (m !== undefined) {
+    const gammas = keys(m, "verify_ms");
+    s.lines.push(
+      `Step costs on bench-m (random weights, batch 1, 128-token prompt): decode k=1 ${fmt(num(m, "decode_ms", "k1"), 1)} ms, k=4 ${fmt(num(m, "decode_ms", "kn"), 1)} ms; draft step ${fmt(num(m, "draft_ms"), 1)} ms; verify of γ+1 tokens at k=4: ${gammas.map((g) => `γ=${g} ${fmt(num(m, "verify_ms", g), 1)} ms`).join(", ")}. At the acceptance measured above (${fmt(num(r, "bench_m_projected_speedup_at_measured_acceptance", "acceptance"), 3)}) they imply ${gammas.map((g) => `γ=${g} ${times(num(r, "bench_m_projected_speedup_at_measured_acceptance", "by_gamma", g))}`).join(", ")}.`,
+      "",
+    );
+  }
+  return s.lines;
+}
+
 function headline(results: ResultSet): string[] {
   const { engine, limits, alternatives, batching, sweep, model, prefix } = results;
   const rows: string[][] = [];
@@ -556,6 +591,10 @@ function headline(results: ResultSet): string[] {
     const e = results[`engine_${p}`];
     if (e) rows.push([`${p} k=4 decode (bench-m)`, `${fmt(num(e, "decode_tokens_per_s", "4"))} tok/s; ${times(num(e, "decode_k4_over_f32"))} our f32 k=4`, `llama.cpp ${p === "q8" ? "Q8_0" : "Q4_0"} M ${fmt(num(e, "vs_llama_cpp_m", "anchors", "decode_tok_s"))}`, src(`engine_${p}`)]);
   }
+  for (const name of ["spec", "spec_long"] as const) {
+    const r = results[name];
+    if (r) rows.push([`self-speculative decoding, ${str(r, "model") ?? "?"} k=${num(r, "chains") ?? "?"}, batch 1`, `greedy ${times(num(r, "greedy", "speedup", "auto"))} (auto), identical tokens; T 0.8 ${times(num(r, "temperature_0_8", "speedup", "auto"))}`, `plain decoding; ${times(num(r, "auto_at_concurrency", "ratio"))} at ${num(r, "auto_at_concurrency", "concurrency") ?? "?"} concurrent`, src(name)]);
+  }
   if (!rows.length) return ["_No results yet: run `npm run bench`._", ""];
   return [...table(["", "CoLM-Air (colm-serve)", "compared with", "from"], rows), ""];
 }
@@ -569,6 +608,8 @@ const SECTIONS: Array<[ResultName, string, (r: unknown, charts: Record<string, s
   ["serve", "Latency budgets under overload", serveSection],
   ["sweep", "Serving sweep: light load to 2× saturation", sweepSection],
   ["model", "The bundled model", modelSection],
+  ["spec", "Self-speculative decoding: the bundled model", specSection],
+  ["spec_long", "Self-speculative decoding: the long-context model", (r, charts) => specSection(r, charts, "spec_long")],
 ];
 
 /** The report for `results` (pure: no file access). */

@@ -294,6 +294,7 @@ export function createApp(initialEngine: Engine | null, options: AppOptions = {}
   const calibrate = async (e: Engine, r: LatencyRouter): Promise<void> => {
     const t0 = performance.now();
     await warmUp(e);
+    r.drafts.forgetAcceptance();
     r.calibrated = true;
     log(`router: calibrated in ${(performance.now() - t0).toFixed(0)} ms`);
   };

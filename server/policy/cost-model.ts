@@ -1,5 +1,6 @@
 // What the server believes a model call costs, learnt online from the engine's StepStats.
 import type { StepStats } from "../engine/types.ts";
+import { DEFAULT_MAX_DRAFT } from "./draft-policy.ts";
 //
 //   decode step at chain count k with B rows:   step_k(B) = a_k + b_k · B      (ms)
 //   prefill of a T-token prompt served at k:     prefill(T, k) = p · (T − 1) + step_k(1)
@@ -19,8 +20,11 @@ import type { StepStats } from "../engine/types.ts";
 // a generation − predicted step), fed by the generations themselves; time per output token is
 // predicted as step_k(B) + tokenOverheadMs.
 // Speculative decoding: a draft step is a decode step at the draft count (learnt as one); a verify
-// call of T tokens on each of B rows at k is predicted as a_k + v_k · B · T, with v_k an EWMA of
-// (ms − a_k) / (B · T) over verify calls (b_k, the per-row decode cost, until one is seen).
+// call of T tokens on each of B rows at k does the work of a decode step of B · T rows (bar the
+// attention, which reads each row's past once per token either way), so it is predicted as
+// f_k · step_k(B · T), with f_k an EWMA of (ms / step_k(B · T)) over verify calls (1 until one is
+// seen). The decode line is learnt from every step, so the prediction stays steady while verify
+// calls are few.
 
 /** One model call, as the engine reports it. */
 export type StepObservation = StepStats;
@@ -79,8 +83,10 @@ export class CostModel implements CostPredictor {
   private copies = 0;
   private overhead = 0;
   private intervals = 0;
-  /** Per chain count: verify ms per (row · token) beyond the decode line's fixed cost. */
-  private readonly verifyPerToken: (number | undefined)[] = [];
+  /** Per chain count: verify calls' ms over the decode line's prediction for as many rows as the call had tokens. */
+  private readonly verifyFactor: (number | undefined)[] = [];
+  /** Verify call shapes (k, rows, tokens) seen once. */
+  private readonly verifyShapes = new Set<string>();
 
   constructor(opts: CostModelOptions) {
     if (!(opts.nChains >= 1)) throw new Error("cost model: nChains ≥ 1");
@@ -95,22 +101,25 @@ export class CostModel implements CostPredictor {
     if (!(s.ms >= 0) || !Number.isFinite(s.ms) || s.chains < 1 || s.chains > this.nChains) return;
     if (s.kind === "decode" || s.kind === "draft") this.observeDecode(s.chains, Math.max(1, s.rows), s.ms);
     else if (s.kind === "prefill") this.observePrefill(s.tokens, s.chains, s.ms);
-    else if (s.kind === "verify") this.observeVerify(s.chains, s.tokens, s.ms);
+    else if (s.kind === "verify") this.observeVerify(s.chains, s.tokens, Math.max(1, s.rows), s.ms);
     else if (s.tokens > 0) this.observeCopy(s.tokens, s.ms);
   }
 
-  private observeVerify(k: number, tokens: number, ms: number): void {
-    const m = this.decode[k];
-    if (!m || tokens < 1) return;
-    const perToken = Math.max(0, (ms - m.a) / tokens);
-    const old = this.verifyPerToken[k];
-    this.verifyPerToken[k] = old === undefined ? perToken : (1 - this.alpha) * old + this.alpha * perToken;
+  private observeVerify(k: number, tokens: number, rows: number, ms: number): void {
+    // onnxruntime plans memory on the first call of a new input shape: not what the next one costs.
+    const shape = `${k}:${rows}:${tokens}`;
+    if (!this.verifyShapes.has(shape)) return void this.verifyShapes.add(shape);
+    const line = this.decodeStepMs(k, tokens);
+    if (line === undefined || !(line > 0)) return;
+    // Clamped: one stalled call must not teach the model that verifying costs ten decode steps.
+    const factor = Math.min(3, Math.max(0.3, ms / line));
+    const old = this.verifyFactor[k];
+    this.verifyFactor[k] = old === undefined ? factor : (1 - this.alpha) * old + this.alpha * factor;
   }
 
   verifyMs(chains: number, batch: number, tokens: number): number | undefined {
-    const m = this.decode[chains];
-    if (!m) return undefined;
-    return m.a + (this.verifyPerToken[chains] ?? m.b) * Math.max(1, batch) * Math.max(1, tokens);
+    const line = this.decodeStepMs(chains, Math.max(1, batch) * Math.max(1, tokens));
+    return line === undefined ? undefined : (this.verifyFactor[chains] ?? 1) * line;
   }
 
   private observeCopy(tokens: number, ms: number): void {
@@ -204,7 +213,10 @@ export class CostModel implements CostPredictor {
 /** The slice of the engine a warm-up needs (ColmEngine has it; the Engine interface need not). */
 export interface WarmupEngine {
   readonly info: { nChains: number; vocabSize: number; maxPosition: number };
-  generate(prompt: number[], options: { chains: number; maxTokens: number; sampling: { temperature: number }; stopOnEos: boolean; cache: boolean }): AsyncGenerator<unknown, unknown, void>;
+  generate(
+    prompt: number[],
+    options: { chains: number; maxTokens: number; sampling: { temperature: number }; stopOnEos: boolean; cache: boolean; speculative?: { draftChains: number; draftTokens: number } },
+  ): AsyncGenerator<unknown, unknown, void>;
 }
 
 export interface WarmupOptions {
@@ -214,6 +226,8 @@ export interface WarmupOptions {
   decodeTokens?: number;
   /** Rows of the larger batch (default 8). */
   batch?: number;
+  /** Draft lengths 1 … maxDraft get a speculative round each (default DEFAULT_MAX_DRAFT). */
+  maxDraft?: number;
 }
 
 /**
@@ -235,5 +249,15 @@ export async function warmUp(engine: WarmupEngine, opts: WarmupOptions = {}): Pr
   for (let k = 1; k <= nChains; k++) {
     await run(0, k);
     await Promise.all(Array.from({ length: batch }, (_, i) => run(i + 1, k)));
+  }
+  // One speculative round per draft length at every k > 1, twice: each verify shape's first call
+  // (which the cost model skips) is out of the way, the second teaches the verify cost.
+  for (let k = 2; k <= nChains; k++) {
+    for (let g = 1; g <= (opts.maxDraft ?? DEFAULT_MAX_DRAFT); g++) {
+      for (let rep = 0; rep < 2; rep++) {
+        const options = { chains: k, maxTokens: g + 2, sampling: { temperature: 0 }, stopOnEos: false, cache: false, speculative: { draftChains: 1, draftTokens: g } };
+        for await (const _ of engine.generate(prompt(rep), options));
+      }
+    }
   }
 }

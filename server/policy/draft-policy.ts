@@ -5,7 +5,7 @@
 // and costs γ draft steps at k_d plus one verify call of γ+1 tokens per row at k:
 //   cost(γ) = γ · step_kd(B) + verify_k(B, γ+1)
 // `auto` picks the γ in 0 … maxDraft with the most tokens per ms, E(γ) / cost(γ), where γ = 0 is
-// a plain step: 1 / step_k(B). Both costs come from the cost model, which learns them from every
+// a plain step: 1 / step_k(B) (a draft length must beat it by MIN_GAIN). Both costs come from the cost model, which learns them from every
 // call; α is learnt per (k_d, k) from every verify call. At a large batch a verify call's tokens
 // cost nearly what they would as separate rows while the draft steps are extra, so γ falls to 0 by
 // itself. `on` speculates with maxDraft drafts every round; `off` never (a request may still ask).
@@ -21,6 +21,22 @@ export const DEFAULT_MAX_DRAFT = 4;
 
 /** What a request asked: off, or on with (optionally) its draft count and drafts per round. */
 export type SpeculativeRequest = false | { draftChains?: number; maxDraft?: number };
+
+/**
+ * Least predicted gain (tokens per ms over a plain step) for `auto` to speculate: near break-even
+ * the predictions' error decides, and a batch split into speculating and plain rows makes more
+ * calls than the model counts, so a marginal gain is left alone.
+ */
+const MIN_GAIN = 1.1;
+
+/**
+ * While `auto` predicts no gain at a small batch, every PROBE_EVERY-th round there speculates
+ * anyway (PROBE_DRAFTS drafts): otherwise one slow verify call (a first call of a new shape, a
+ * stall) could keep the estimates pessimistic forever, since only verify calls correct them.
+ */
+const PROBE_EVERY = 32;
+const PROBE_DRAFTS = 2;
+const PROBE_MAX_BATCH = 4;
 
 /** Acceptance assumed for a (k_d, k) pair before any verify call, with the weight of this many observations. */
 const PRIOR_ACCEPTANCE = 0.7;
@@ -47,6 +63,7 @@ export class DraftPolicy {
   private readonly costs: CostPredictor;
   private readonly memory: number;
   private readonly counts = new Map<string, AcceptanceCounts>();
+  private sinceProbe = 0;
 
   constructor(o: DraftPolicyOptions) {
     this.mode = o.mode;
@@ -69,6 +86,11 @@ export class DraftPolicy {
       c.rejected /= 2;
     }
     this.counts.set(key, c);
+  }
+
+  /** Forgets what verify calls taught about acceptance (after the warm-up, whose synthetic text says nothing about real text's). */
+  forgetAcceptance(): void {
+    this.counts.clear();
   }
 
   /**
@@ -104,7 +126,7 @@ export class DraftPolicy {
     if (plain === undefined || draft === undefined || !this.costs.verifyMs) return 0;
     const alpha = this.acceptance(draftChains, chains);
     let best = 0;
-    let bestRate = 1 / plain;
+    let bestRate = MIN_GAIN / plain;
     let expected = 1;
     for (let g = 1; g <= this.maxDraft; g++) {
       expected += alpha ** g;
@@ -112,6 +134,10 @@ export class DraftPolicy {
       if (verify === undefined) break;
       const rate = expected / (g * draft + verify);
       if (rate > bestRate) [best, bestRate] = [g, rate];
+    }
+    if (best === 0 && batch <= PROBE_MAX_BATCH && ++this.sinceProbe >= PROBE_EVERY) {
+      this.sinceProbe = 0;
+      return Math.min(PROBE_DRAFTS, this.maxDraft);
     }
     return best;
   }
