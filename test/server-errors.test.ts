@@ -103,7 +103,7 @@ const cases: Case[] = [
   invalid("chat: messages empty", { messages: [] }, "messages", CHAT, chatOk),
   invalid("chat: unknown role", { messages: [{ role: "wizard", content: "x" }] }, "messages[0].role", CHAT, chatOk),
   invalid("chat: content is a number", { messages: [{ role: "user", content: 5 }] }, "messages[0].content", CHAT, chatOk),
-  invalid("chat: image content part", { messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }] }, "messages[0].content", CHAT, chatOk),
+  invalid("chat: image content part", { messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }] }, "messages[0].content[0].type", CHAT, chatOk),
   invalid("chat: top_logprobs without logprobs", { top_logprobs: 2 }, "top_logprobs", CHAT, chatOk),
   invalid("chat: max_completion_tokens 0", { max_completion_tokens: 0 }, "max_completion_tokens", CHAT, chatOk),
   invalid("chat: logprobs is a number", { logprobs: 3 }, "logprobs", CHAT, chatOk),

@@ -129,17 +129,15 @@ function valueAt(input: unknown, path: ReadonlyArray<PropertyKey>): unknown {
 
 /** The first zod issue as a 400 naming its field; a field that is absent is said to be required. */
 /**
- * A union's issue → the issue of the branch the value's type matched (one whose own issue lies
- * deeper than the union, e.g. a bad field inside the object branch), with its full path; else the
- * union's own issue.
+ * A union's issue → the issue of the one branch the value's type matched (the only branch whose
+ * issue lies deeper than the union, e.g. a bad field inside the object branch), with its full path;
+ * when several branches got that far the value is ambiguous and the union's own issue stands.
  */
 function branchIssue(issue: ZodError["issues"][number]): ZodError["issues"][number] {
   if (issue.code !== "invalid_union") return issue;
-  for (const branch of issue.errors) {
-    const inner = branch[0];
-    if (inner && inner.path.length > 0) return branchIssue({ ...inner, path: [...issue.path, ...inner.path] });
-  }
-  return issue;
+  const deeper = issue.errors.map((branch) => branch[0]).filter((inner) => inner && inner.path.length > 0);
+  if (deeper.length !== 1) return issue;
+  return branchIssue({ ...deeper[0], path: [...issue.path, ...deeper[0].path] });
 }
 
 export function fromZodError(err: ZodError, input: unknown): ApiError {
