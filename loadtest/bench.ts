@@ -1,5 +1,5 @@
 // npm run bench — the whole benchmark suite in one command, then the report:
-//   engine, limits, alternatives, batching, prefix, serve, sweep, model  (each `npm run bench:<part>`)
+//   engine, limits, alternatives, batching, prefix, serve, sweep, model, spec  (each `npm run bench:<part>`)
 //   report                                                       (loadtest/report.ts → REPORT.md)
 // Each part runs as its own child process (fresh memory, its own timings) with this terminal's
 // output. A failing part is reported and the rest still run; the exit code is non-zero at the
@@ -12,7 +12,7 @@ import { spawnSync } from "node:child_process";
 import { writeReport } from "./report.ts";
 
 /** The parts in the order they run; every one but "report" is `npm run bench:<name>`. */
-const PARTS = ["engine", "limits", "alternatives", "batching", "prefix", "serve", "sweep", "model", "report"] as const;
+const PARTS = ["engine", "limits", "alternatives", "batching", "prefix", "serve", "sweep", "model", "spec", "report"] as const;
 type Part = (typeof PARTS)[number];
 
 function parseParts(argv: string[]): Part[] {
