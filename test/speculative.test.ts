@@ -15,7 +15,7 @@ import { Sampler } from "../kernels/sampling.ts";
 import { emptyDraft, extendDraft, verifyDraft } from "../kernels/speculative.ts";
 import { SeededRng } from "../kernels/rng.ts";
 import { CostModel } from "../server/policy/cost-model.ts";
-import { DraftPolicy } from "../server/policy/draft-policy.ts";
+import { DEFAULT_MAX_DRAFT, DraftPolicy } from "../server/policy/draft-policy.ts";
 import { TINY_EQUAL, makeCheckpoint } from "./helpers/checkpoints.ts";
 import { fullForward, maxAbsDiff, newCache } from "./helpers/run.ts";
 
@@ -326,6 +326,6 @@ describe("draft policy (auto)", () => {
     assert.equal(auto.optionsFor(false, { temperature: 0 }), undefined);
     assert.deepEqual(auto.optionsFor({ draftChains: 2, maxDraft: 5 }, { temperature: 0.8, seed: 3 }), { draftChains: 2, draftTokens: 5 });
     assert.equal(new DraftPolicy({ mode: "off", nChains: 4, costs: model }).optionsFor(undefined, { temperature: 0 }), undefined);
-    assert.deepEqual(new DraftPolicy({ mode: "on", nChains: 4, costs: model, maxDraft: 3 }).optionsFor(undefined, { temperature: 0 }), { draftChains: 1, draftTokens: 3 });
+    assert.deepEqual(new DraftPolicy({ mode: "on", nChains: 4, costs: model, maxDraft: 3 }).optionsFor(undefined, { temperature: 0 }), { draftChains: 1, draftTokens: DEFAULT_MAX_DRAFT });
   });
 });

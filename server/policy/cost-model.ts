@@ -1,6 +1,6 @@
 // What the server believes a model call costs, learnt online from the engine's StepStats.
 import type { StepStats } from "../engine/types.ts";
-import { DEFAULT_MAX_DRAFT } from "./draft-policy.ts";
+import { AUTO_MAX_DRAFT } from "./draft-policy.ts";
 //
 //   decode step at chain count k with B rows:   step_k(B) = a_k + b_k · B      (ms)
 //   prefill of a T-token prompt served at k:     prefill(T, k) = p · (T − 1) + step_k(1)
@@ -226,7 +226,7 @@ export interface WarmupOptions {
   decodeTokens?: number;
   /** Rows of the larger batch (default 8). */
   batch?: number;
-  /** Draft lengths 1 … maxDraft get a speculative round each (default DEFAULT_MAX_DRAFT). */
+  /** Draft lengths 1 … maxDraft get a speculative round each (default AUTO_MAX_DRAFT). */
   maxDraft?: number;
 }
 
@@ -253,7 +253,7 @@ export async function warmUp(engine: WarmupEngine, opts: WarmupOptions = {}): Pr
   // One speculative round per draft length at every k > 1, twice: each verify shape's first call
   // (which the cost model skips) is out of the way, the second teaches the verify cost.
   for (let k = 2; k <= nChains; k++) {
-    for (let g = 1; g <= (opts.maxDraft ?? DEFAULT_MAX_DRAFT); g++) {
+    for (let g = 1; g <= (opts.maxDraft ?? AUTO_MAX_DRAFT); g++) {
       for (let rep = 0; rep < 2; rep++) {
         const options = { chains: k, maxTokens: g + 2, sampling: { temperature: 0 }, stopOnEos: false, cache: false, speculative: { draftChains: 1, draftTokens: g } };
         for await (const _ of engine.generate(prompt(rep), options));

@@ -4,11 +4,11 @@
 //   E(γ) = 1 + α + … + α^γ = (1 − α^(γ+1)) / (1 − α)      tokens
 // and costs γ draft steps at k_d plus one verify call of γ+1 tokens per row at k:
 //   cost(γ) = γ · step_kd(B) + verify_k(B, γ+1)
-// `auto` picks the γ in 0 … maxDraft with the most tokens per ms, E(γ) / cost(γ), where γ = 0 is
+// `auto` picks the γ in 0 … maxDraft (AUTO_MAX_DRAFT) with the most tokens per ms, E(γ) / cost(γ), where γ = 0 is
 // a plain step: 1 / step_k(B) (a draft length must beat it by MIN_GAIN). Both costs come from the cost model, which learns them from every
 // call; α is learnt per (k_d, k) from every verify call. At a large batch a verify call's tokens
 // cost nearly what they would as separate rows while the draft steps are extra, so γ falls to 0 by
-// itself. `on` speculates with maxDraft drafts every round; `off` never (a request may still ask).
+// itself. `on` speculates with DEFAULT_MAX_DRAFT drafts every round; `off` never (a request may still ask).
 import type { DraftRound, SamplingOptions, SpeculativeOptions, StepStats } from "../engine/types.ts";
 import type { CostPredictor } from "./cost-model.ts";
 
@@ -18,6 +18,8 @@ export const SPECULATIVE_MODES: readonly SpeculativeMode[] = ["auto", "on", "off
 export { MAX_DRAFT_TOKENS } from "../engine/speculation.ts";
 /** Drafts per round for `on` and for a request that asks without a count. */
 export const DEFAULT_MAX_DRAFT = 4;
+/** Longest draft `auto` considers: with a draft step at a sixth of a full one (the long model) and α ≈ 0.85 the best γ is 6. */
+export const AUTO_MAX_DRAFT = 8;
 
 /** What a request asked: off, or on with (optionally) its draft count and drafts per round. */
 export type SpeculativeRequest = false | { draftChains?: number; maxDraft?: number };
@@ -51,7 +53,7 @@ export interface DraftPolicyOptions {
   mode: SpeculativeMode;
   nChains: number;
   costs: CostPredictor;
-  /** Largest γ auto considers and the γ of `on` (default DEFAULT_MAX_DRAFT). */
+  /** Largest γ auto considers (default AUTO_MAX_DRAFT). */
   maxDraft?: number;
   /** Outcomes (accepted drafts + rejections) remembered per (k_d, k) before old ones are halved (default 2000). */
   memory?: number;
@@ -68,7 +70,7 @@ export class DraftPolicy {
   constructor(o: DraftPolicyOptions) {
     this.mode = o.mode;
     this.costs = o.costs;
-    this.maxDraft = o.maxDraft ?? DEFAULT_MAX_DRAFT;
+    this.maxDraft = o.maxDraft ?? AUTO_MAX_DRAFT;
     this.memory = o.memory ?? 2000;
   }
 
@@ -112,7 +114,7 @@ export class DraftPolicy {
     if (request === false) return undefined;
     if (request) return { draftChains: request.draftChains ?? 1, draftTokens: request.maxDraft ?? DEFAULT_MAX_DRAFT };
     if (this.mode === "off") return undefined;
-    if (this.mode === "on") return { draftChains: 1, draftTokens: this.maxDraft };
+    if (this.mode === "on") return { draftChains: 1, draftTokens: DEFAULT_MAX_DRAFT };
     const greedy = sampling.temperature === 0 || sampling.topK === 1;
     if (!greedy && sampling.seed !== undefined) return undefined;
     return { draftChains: 1, draftTokens: (round) => this.choose(round) };

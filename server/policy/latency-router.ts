@@ -235,7 +235,7 @@ export interface LatencyRouterOptions {
   switching?: boolean;
   /** Self-speculative decoding for requests that do not say (default auto: draft-policy.ts). */
   speculative?: SpeculativeMode;
-  /** Largest draft count per round (default DEFAULT_MAX_DRAFT). */
+  /** Largest draft count per round `auto` considers (default AUTO_MAX_DRAFT). */
   maxDraft?: number;
 }
 
