@@ -27,7 +27,7 @@ describe("speculative decoding over the API", () => {
     const accepted = metricValue(after, "colm_spec_decode_accepted_tokens_total", { draft_chains: "1", chains: "4" });
     assert.ok(drafted >= 8, `drafts counted (${drafted})`);
     assert.ok(accepted >= 0 && accepted <= drafted + drafted0);
-    const rate = metricValue(after, "colm_spec_decode_acceptance_rate", { draft_chains: "1", chains: "4" });
+    const rate = metricValue(after, "colm_spec_decode_acceptance_rate", { draft_chains: "1", chains: "4", sampling: "greedy" });
     assert.ok(rate > 0 && rate < 1, `acceptance gauge ${rate}`);
   });
 
@@ -42,7 +42,7 @@ describe("speculative decoding over the API", () => {
     const view = await (await fetch(`${running.url}/v1/router`)).json();
     assert.equal(view.speculation.mode, "off");
     assert.ok(view.speculation.max_draft >= 1);
-    const pair = view.speculation.pairs.find((p: any) => p.draft_chains === 1 && p.chains === 4);
+    const pair = view.speculation.pairs.find((p: any) => p.draft_chains === 1 && p.chains === 4 && p.sampling === "greedy");
     assert.ok(pair && pair.acceptance > 0 && pair.acceptance < 1, JSON.stringify(view.speculation));
   });
 

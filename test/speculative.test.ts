@@ -267,7 +267,7 @@ describe("speculative decoding on a small random model", () => {
       while (!seq.done) {
         const drafts = speculate ? seq.draftsFor(k, 1, cache.lengths[0]).tokens : 0;
         if (drafts > 0) {
-          await speculativeRound(engine.runner, cache, [seq], 0, { chains: k, draftChains: 1, drafts }, (s) => (rejected += s.speculation?.rejected ?? 0));
+          await speculativeRound(engine.runner, cache, [seq], 0, { chains: k, draftChains: 1, drafts, sampled: false }, (s) => (rejected += s.speculation?.rejected ?? 0));
         } else {
           const out = await engine.runner.stepRows([[seq.lastToken]], k, cache, [0], 0);
           cache.append(out.newKeys, out.newValues, 1, 0, 1);
@@ -305,17 +305,18 @@ describe("draft policy (auto)", () => {
 
   test("speculates alone when drafts are cheap and often accepted, not at a large compute-bound batch", () => {
     const policy = new DraftPolicy({ mode: "auto", nChains: 4, costs: costs(0.05), maxDraft: 6 });
-    for (let i = 0; i < 50; i++) policy.observe({ kind: "verify", rows: 1, tokens: 5, chains: 4, ms: 1.2, speculation: { draftChains: 1, drafted: 4, accepted: 4, rejected: 0 } });
+    for (let i = 0; i < 50; i++) policy.observe({ kind: "verify", rows: 1, tokens: 5, chains: 4, ms: 1.2, speculation: { draftChains: 1, drafted: 4, accepted: 4, rejected: 0, sampled: false } });
     assert.ok(policy.acceptance(1, 4) > 0.9);
-    assert.ok(policy.choose({ chains: 4, draftChains: 1, batch: 1 }) >= 3);
+    assert.equal(policy.acceptance(1, 4, true), 0.7, "sampled generations' acceptance is learnt apart (still the prior)");
+    assert.ok(policy.choose({ chains: 4, draftChains: 1, batch: 1, sampled: false }) >= 3);
     const busy = new DraftPolicy({ mode: "auto", nChains: 4, costs: costs(2), maxDraft: 6 });
-    assert.equal(busy.choose({ chains: 4, draftChains: 1, batch: 16 }), 0);
+    assert.equal(busy.choose({ chains: 4, draftChains: 1, batch: 16, sampled: false }), 0);
   });
 
   test("a rarely accepted draft is not used", () => {
     const policy = new DraftPolicy({ mode: "auto", nChains: 4, costs: costs(0.05), maxDraft: 6 });
-    for (let i = 0; i < 50; i++) policy.observe({ kind: "verify", rows: 1, tokens: 5, chains: 4, ms: 1.2, speculation: { draftChains: 1, drafted: 4, accepted: 0, rejected: 1 } });
-    assert.equal(policy.choose({ chains: 4, draftChains: 1, batch: 1 }), 0);
+    for (let i = 0; i < 50; i++) policy.observe({ kind: "verify", rows: 1, tokens: 5, chains: 4, ms: 1.2, speculation: { draftChains: 1, drafted: 4, accepted: 0, rejected: 1, sampled: false } });
+    assert.equal(policy.choose({ chains: 4, draftChains: 1, batch: 1, sampled: false }), 0);
   });
 
   test("modes and requests: off, on, explicit, and seeded sampling left alone by auto", () => {

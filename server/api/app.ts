@@ -155,7 +155,7 @@ function makeMetrics(state: AppState, admission: Admission, stream: () => Stream
     wsConnections: () => stream()?.connections ?? 0,
     prefixCache: () => state.engine?.prefixCache?.stats() ?? null,
     modelInfo: () => (state.engine ? { model: state.engine.info.name, device: state.engine.info.device, nChains: state.engine.info.nChains, precision: state.engine.info.precision } : null),
-    speculation: () => state.router?.drafts.view().map((p) => ({ draftChains: p.draft_chains, chains: p.chains, acceptance: p.acceptance })) ?? [],
+    speculation: () => state.router?.drafts.view().map((p) => ({ draftChains: p.draft_chains, chains: p.chains, sampling: p.sampling, acceptance: p.acceptance })) ?? [],
     routerPredictions: () => {
       if (!state.router) return null;
       const v = state.router.view();

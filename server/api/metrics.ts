@@ -16,7 +16,7 @@ export interface MetricsSources {
   /** The engine's prefix cache (null: none, or no engine yet). */
   prefixCache?: () => PrefixCacheStats | null;
   /** The draft policy's learnt acceptance per (draft count, count) pair seen. */
-  speculation?: () => Array<{ draftChains: number; chains: number; acceptance: number }>;
+  speculation?: () => Array<{ draftChains: number; chains: number; sampling: string; acceptance: number }>;
   /** What the latency router's cost model predicts (absent: no router gauges are filled). */
   routerPredictions?: () => RouterPredictions | null;
 }
@@ -95,8 +95,8 @@ export class Metrics {
       const m = src.modelInfo();
       if (m) set({ model: m.model, device: m.device, n_chains: String(m.nChains), precision: m.precision }, 1);
     });
-    this.labelledGauge("colm_spec_decode_acceptance_rate", "Speculative decoding: learnt probability that a draft of draft_chains is accepted by chains", ["draft_chains", "chains"], (set) => {
-      for (const p of src.speculation?.() ?? []) set({ draft_chains: String(p.draftChains), chains: String(p.chains) }, p.acceptance);
+    this.labelledGauge("colm_spec_decode_acceptance_rate", "Speculative decoding: learnt probability that a draft of draft_chains is accepted by chains, for greedy and for sampled generations", ["draft_chains", "chains", "sampling"], (set) => {
+      for (const p of src.speculation?.() ?? []) set({ draft_chains: String(p.draftChains), chains: String(p.chains), sampling: p.sampling }, p.acceptance);
     });
   }
 

@@ -30,9 +30,11 @@ const INTERLEAVED_CHUNK = 256;
  */
 const PROMPT_LOGITS_BYTES = 64 * 2 ** 20;
 
-/** Plain before speculating, then larger chain count, draft count and draft length first. */
+/** Plain before speculating, then larger chain count, draft count and draft length first; speculating rows greedy before sampled. */
 function comparePlans(a: RoundPlan, b: RoundPlan): number {
-  return Math.sign(a.drafts) - Math.sign(b.drafts) || b.chains - a.chains || b.draftChains - a.draftChains || b.drafts - a.drafts;
+  const spec = Math.sign(a.drafts) - Math.sign(b.drafts);
+  if (spec || !a.drafts) return spec || b.chains - a.chains;
+  return b.chains - a.chains || b.draftChains - a.draftChains || b.drafts - a.drafts || Number(a.sampled) - Number(b.sampled);
 }
 
 function samePlan(a: RoundPlan, b: RoundPlan): boolean {
@@ -270,7 +272,7 @@ export class Scheduler {
     const plans = this.running.slice(0, n).map((s, r): RoundPlan => {
       const chains = s.chainsFor(s.generated.length);
       const draft = s.draftsFor(chains, n, this.cache.lengths[r]);
-      return { chains, draftChains: draft.draftChains, drafts: draft.tokens };
+      return { chains, draftChains: draft.draftChains, drafts: draft.tokens, sampled: draft.sampled };
     });
     this.groupByPlan(plans);
     const V = this.runner.config.vocab_size;

@@ -139,13 +139,14 @@ export class Sequence {
    * what the generation may still emit (a round emits up to drafts + 1 tokens) and what the
    * context has room for (`cached`: the row's keys/values, every token but the last).
    */
-  draftsFor(chains: number, batch: number, cached: number): { draftChains: number; tokens: number } {
+  draftsFor(chains: number, batch: number, cached: number): { draftChains: number; tokens: number; sampled: boolean } {
     const spec = this.options.speculative;
     const draftChains = spec?.draftChains ?? 1;
-    if (!spec || draftChains >= chains) return { draftChains, tokens: 0 };
-    const wanted = typeof spec.draftTokens === "number" ? spec.draftTokens : spec.draftTokens({ chains, draftChains, batch });
+    const sampled = !this.sampler.greedy;
+    if (!spec || draftChains >= chains) return { draftChains, tokens: 0, sampled };
+    const wanted = typeof spec.draftTokens === "number" ? spec.draftTokens : spec.draftTokens({ chains, draftChains, batch, sampled });
     const room = Math.min(this.options.maxTokens - this.generated.length - 1, this.info.maxPosition - cached - 1);
-    return { draftChains, tokens: Math.max(0, Math.min(Math.floor(wanted) || 0, room)) };
+    return { draftChains, tokens: Math.max(0, Math.min(Math.floor(wanted) || 0, room)), sampled };
   }
 
   /** A new, empty draft after the last emitted token. */

@@ -23,6 +23,8 @@ export interface RoundPlan {
   draftChains: number;
   /** γ ≥ 1. */
   drafts: number;
+  /** Sampled rather than greedy rows (kept apart: their acceptance differs). */
+  sampled: boolean;
 }
 
 export async function speculativeRound(
@@ -64,5 +66,5 @@ export async function speculativeRound(
     // Keep t0 … dj; a generation that ended on an accepted draft keeps only what it emitted.
     cache.truncate(Math.min(start[r] + j + 1, s.prompt.length + s.generated.length), firstRow + r);
   });
-  report({ kind: "verify", rows: B, tokens: B * T, chains: plan.chains, ms, speculation: { draftChains: plan.draftChains, drafted: B * plan.drafts, accepted, rejected } });
+  report({ kind: "verify", rows: B, tokens: B * T, chains: plan.chains, ms, speculation: { draftChains: plan.draftChains, drafted: B * plan.drafts, accepted, rejected, sampled: plan.sampled } });
 }

@@ -72,6 +72,8 @@ export interface DraftRound {
   draftChains: number;
   /** Sequences decoding in this step. */
   batch: number;
+  /** Whether the generation samples (acceptance is lower than for greedy ones, so it is learnt apart). */
+  sampled: boolean;
 }
 
 /**
@@ -137,7 +139,7 @@ export interface StepStats {
    * verify only: the draft count; the drafts checked and accepted (all rows); the rows whose drafts
    * were cut short by a rejection (the others had every draft accepted).
    */
-  speculation?: { draftChains: number; drafted: number; accepted: number; rejected: number };
+  speculation?: { draftChains: number; drafted: number; accepted: number; rejected: number; sampled: boolean };
 }
 
 /** What the layers above see of the engine's prefix cache (server/engine/prefix-cache.ts). */

@@ -59,6 +59,11 @@ export interface DraftPolicyOptions {
   memory?: number;
 }
 
+/** The acceptance counts' key: draft count, target count, greedy or sampled. */
+function pairKey(draftChains: number, chains: number, sampled: boolean): string {
+  return `${draftChains}:${chains}:${sampled ? "sampled" : "greedy"}`;
+}
+
 export class DraftPolicy {
   readonly mode: SpeculativeMode;
   readonly maxDraft: number;
@@ -78,7 +83,7 @@ export class DraftPolicy {
   observe(s: StepStats): void {
     const spec = s.speculation;
     if (s.kind !== "verify" || !spec) return;
-    const key = `${spec.draftChains}:${s.chains}`;
+    const key = pairKey(spec.draftChains, s.chains, spec.sampled);
     const c = this.counts.get(key) ?? { accepted: 0, rejected: 0 };
     c.accepted += spec.accepted;
     c.rejected += spec.rejected;
@@ -100,8 +105,8 @@ export class DraftPolicy {
    * accepted / (accepted + rejected) over recent calls — every accepted draft is a success, every
    * round cut short one failure — with a prior of PRIOR_ACCEPTANCE worth PRIOR_WEIGHT outcomes.
    */
-  acceptance(draftChains: number, chains: number): number {
-    const c = this.counts.get(`${draftChains}:${chains}`);
+  acceptance(draftChains: number, chains: number, sampled = false): number {
+    const c = this.counts.get(pairKey(draftChains, chains, sampled));
     return ((c?.accepted ?? 0) + PRIOR_ACCEPTANCE * PRIOR_WEIGHT) / ((c?.accepted ?? 0) + (c?.rejected ?? 0) + PRIOR_WEIGHT);
   }
 
@@ -120,13 +125,23 @@ export class DraftPolicy {
     return { draftChains: 1, draftTokens: (round) => this.choose(round) };
   }
 
-  /** γ for one round under `auto`: the count with the most expected tokens per ms (0: a plain step). */
+  /** γ for one round under `auto`: the best predicted count, or now and then a probe (see PROBE_EVERY). */
   choose(round: DraftRound): number {
-    const { chains, draftChains, batch } = round;
+    const best = this.estimate(round);
+    if (best === 0 && round.batch <= PROBE_MAX_BATCH && ++this.sinceProbe >= PROBE_EVERY) {
+      this.sinceProbe = 0;
+      return Math.min(PROBE_DRAFTS, this.maxDraft);
+    }
+    return best;
+  }
+
+  /** The count with the most expected tokens per ms (0: a plain step). */
+  estimate(round: DraftRound): number {
+    const { chains, draftChains, batch, sampled } = round;
     const plain = this.costs.decodeStepMs(chains, batch);
     const draft = this.costs.decodeStepMs(draftChains, batch);
     if (plain === undefined || draft === undefined || !this.costs.verifyMs) return 0;
-    const alpha = this.acceptance(draftChains, chains);
+    const alpha = this.acceptance(draftChains, chains, sampled);
     let best = 0;
     let bestRate = MIN_GAIN / plain;
     let expected = 1;
@@ -137,18 +152,16 @@ export class DraftPolicy {
       const rate = expected / (g * draft + verify);
       if (rate > bestRate) [best, bestRate] = [g, rate];
     }
-    if (best === 0 && batch <= PROBE_MAX_BATCH && ++this.sinceProbe >= PROBE_EVERY) {
-      this.sinceProbe = 0;
-      return Math.min(PROBE_DRAFTS, this.maxDraft);
-    }
     return best;
   }
 
   /** Per (k_d, k) pair seen: the acceptance estimate and the γ auto would pick alone (B = 1). */
-  view(): Array<{ draft_chains: number; chains: number; acceptance: number; draft_tokens_b1: number }> {
+  view(): Array<{ draft_chains: number; chains: number; sampling: "greedy" | "sampled"; acceptance: number; draft_tokens_b1: number }> {
     return [...this.counts.keys()].map((key) => {
-      const [draftChains, chains] = key.split(":").map(Number);
-      return { draft_chains: draftChains, chains, acceptance: this.acceptance(draftChains, chains), draft_tokens_b1: this.choose({ chains, draftChains, batch: 1 }) };
+      const [d, k, sampling] = key.split(":");
+      const [draftChains, chains, sampled] = [Number(d), Number(k), sampling === "sampled"];
+      const acceptance = this.acceptance(draftChains, chains, sampled);
+      return { draft_chains: draftChains, chains, sampling: sampled ? "sampled" : "greedy", acceptance, draft_tokens_b1: this.estimate({ chains, draftChains, batch: 1, sampled }) };
     });
   }
 }
