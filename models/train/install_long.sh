@@ -2,13 +2,13 @@
 # Make a finished train_long.py run the served default model (models/colm-long) and check it, from
 # the repository root:
 #   bash models/train/install_long.sh [RUN] [OLD_RUN] [DATA]
-#     RUN      the grown model's run        (default models/train/runs/long-c4)
+#     RUN      the grown model's run        (default models/train/runs/long-c4b)
 #     OLD_RUN  the run it was grown from    (default models/train/runs/long-c2)
 #     DATA     data_long.py's folder        (default models/train/data-long; fixtures_long.py reads its held-out split)
 # Steps: export → PyTorch golden fixtures → expansion identity (PyTorch, then colm-serve's graph at
 # f32/q8/q4) → the TypeScript tests that read them. Stops at the first failure. ~2 min.
 set -euo pipefail
-RUN=${1:-models/train/runs/long-c4}
+RUN=${1:-models/train/runs/long-c4b}
 OLD=${2:-models/train/runs/long-c2}
 DATA=${3:-models/train/data-long}
 PY=/usr/bin/python3

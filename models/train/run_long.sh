@@ -7,7 +7,8 @@
 #
 #   0. corpus + tokens (once): models/train/data-long/{train,val}.tok.u16
 #   1. long-c2       2 chains from scratch                              S1 steps (600); snapshots at SC, 2 SC
-#   2. long-c4       +2 chains grown from long-c2, old chains frozen     S2 steps (250)  <- the default model
+#   2. long-c4       +2 chains grown from long-c2, old chains frozen     S2 steps (250)
+#   2b. long-c4b     chain 4 alone, chains 1-3 frozen, loss k=4          S2B steps (100) <- the default model
 #   Comparisons at an equal, smaller token budget (2 x SC steps = 200 x 8192 = 1.64 M tokens each):
 #   3. long-mini-c4  +2 chains grown from long-c2's step-SC snapshot     SC steps (100)   (progressive: 100 + 100)
 #   4. long-joint4   the same 4-chain shape, jointly from scratch        2 x SC steps (200)
@@ -24,6 +25,7 @@ export OMP_NUM_THREADS=${THREADS:-1} OPENBLAS_NUM_THREADS=${THREADS:-1} MKL_NUM_
 T="--threads ${THREADS:-1}"
 S1=${S1:-600}
 S2=${S2:-250}
+S2B=${S2B:-100}
 SC=${SC:-100}
 RUNS=models/train/runs
 DATA=models/train/data-long
@@ -36,6 +38,9 @@ fi
 $PY models/train/train_long.py --preset colm2 --run $RUNS/long-c2 --steps $S1 --resume --snapshots $SC,$((2 * SC)) $T
 $PY models/train/train_long.py --expand-from $RUNS/long-c2/ckpt.pt --add-chains 2 --seed 2 \
     --run $RUNS/long-c4 --steps $S2 --warmup 20 --resume $T
+# 2b: sub-model 4 was not yet better than 3 after stage 2, so chain 4 trains alone (1-3 frozen, loss k=4)
+$PY models/train/train_long.py --expand-from $RUNS/long-c4/ckpt.pt --add-chains 0 --freeze-chains 3 --seed 3 \
+    --run $RUNS/long-c4b --steps $S2B --warmup 10 --lr 1e-3 --min-lr 1e-4 --decay-frac 0.5 --resume $T
 SNAP=$RUNS/long-c2/ckpt-step$SC.pt
 if [ ! -f "$SNAP" ]; then
   # long-c2's snapshot is not in the repo (only its final weights are): replay stage 1's first SC steps

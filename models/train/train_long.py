@@ -158,6 +158,9 @@ def main():
     ap.add_argument("--preset", choices=sorted(PRESETS))
     ap.add_argument("--expand-from", help="checkpoint (ckpt.pt) of a trained model to grow")
     ap.add_argument("--add-chains", type=int, default=0)
+    ap.add_argument("--freeze-chains", type=int, default=None,
+                    help="with --expand-from and --add-chains 0: train the model as it is, chains 1..N frozen, "
+                         "loss over k = N+1..n (e.g. a last chain alone, its smaller sub-models unchanged)")
     ap.add_argument("--new-chain-heads", type=int, default=None)
     ap.add_argument("--new-ffn", type=int, default=None)
     ap.add_argument("--run", required=True)
@@ -198,6 +201,13 @@ def main():
     if a.resume and os.path.exists(ckpt_path):
         model, ck = load_ckpt_model(ckpt_path)
         n_old = ck.get("n_old", 0)
+    elif a.expand_from and a.add_chains == 0:
+        assert a.freeze_chains is not None, "--add-chains 0 needs --freeze-chains N"
+        old, _ = load_ckpt_model(a.expand_from)
+        assert 0 < a.freeze_chains < old.cfg.n_chains
+        n_old = a.freeze_chains
+        model, _ = load_ckpt_model(a.expand_from)  # its own copy: `old` stays the reference for the check
+        ck = None
     elif a.expand_from:
         assert a.add_chains > 0
         old, ock = load_ckpt_model(a.expand_from)
