@@ -23,6 +23,7 @@ export const RESULT_FILES = {
   serve: { file: "serve.json", script: "bench:serve" },
   sweep: { file: "sweep.json", script: "bench:sweep" },
   model: { file: "colm-kjv.json", script: "bench:model" },
+  model_long: { file: "colm-long.json", script: "bench:model -- --dir models/colm-long" },
   prefix: { file: "prefix.json", script: "bench:prefix" },
   engine_q8: { file: "engine-q8.json", script: "bench:engine -- --quant q8" },
   engine_q4: { file: "engine-q4.json", script: "bench:engine -- --quant q4" },
@@ -477,12 +478,15 @@ function sweepSection(r: unknown, charts: Record<string, string>): string[] {
   return s.lines;
 }
 
-function modelSection(r: unknown, charts: Record<string, string>): string[] {
-  const s = new Section(charts, r, "model");
+function modelSection(r: unknown, charts: Record<string, string>, name: ResultName = "model"): string[] {
+  const s = new Section(charts, r, name);
+  const prompts = keys(r, "prefill");
   s.lines.push(
-    `The bundled model \`${str(r, "model") ?? "colm-kjv"}\` (weights ${mib(num(r, "weight_bytes"))}). Command: \`${commandOf(r, "model")}\`; machine: ${machineOf(r)}; medians from one run.`,
+    `Model \`${str(r, "model") ?? "?"}\` (weights ${mib(num(r, "weight_bytes"))}). Command: \`${commandOf(r, name)}\`; machine: ${machineOf(r)}; medians from one run.`,
     "",
     ...table(["", ...KS.map((k) => `k=${k}`)], [[`decode tok/s (batch 1, ${num(r, "decode_context_tokens") ?? "?"} tokens of context)`, ...KS.map((k) => fmt(num(r, "decode_tokens_per_s", k)))]]),
+    "",
+    ...prompts.map((p) => `Prefill of ${p} tokens: full ${fmt(num(r, "prefill", p, "full_ms"), 1)} ms, chain-1 ${fmt(num(r, "prefill", p, "chain1_ms"), 1)} ms (${times(num(r, "prefill", p, "speedup"))}).`),
     "",
   );
   return s.lines;
@@ -587,6 +591,8 @@ function headline(results: ResultSet): string[] {
     ]);
   }
   if (model) rows.push(["bundled colm-kjv decode tok/s k=1…4", KS.map((k) => fmt(num(model, "decode_tokens_per_s", k))).join(" / "), "batch 1", src("model")]);
+  const long = results.model_long;
+  if (long) rows.push(["default colm-long decode tok/s k=1…4", KS.map((k) => fmt(num(long, "decode_tokens_per_s", k))).join(" / "), "batch 1; 2048-token context", src("model_long")]);
   for (const p of ["q8", "q4"] as const) {
     const e = results[`engine_${p}`];
     if (e) rows.push([`${p} k=4 decode (bench-m)`, `${fmt(num(e, "decode_tokens_per_s", "4"))} tok/s; ${times(num(e, "decode_k4_over_f32"))} our f32 k=4`, `llama.cpp ${p === "q8" ? "Q8_0" : "Q4_0"} M ${fmt(num(e, "vs_llama_cpp_m", "anchors", "decode_tok_s"))}`, src(`engine_${p}`)]);
@@ -607,7 +613,8 @@ const SECTIONS: Array<[ResultName, string, (r: unknown, charts: Record<string, s
   ["prefix", "Prefix cache: multi-turn chat and a shared system prompt", prefixSection],
   ["serve", "Latency budgets under overload", serveSection],
   ["sweep", "Serving sweep: light load to 2× saturation", sweepSection],
-  ["model", "The bundled model", modelSection],
+  ["model", "The first bundled model (colm-kjv)", modelSection],
+  ["model_long", "The default model (colm-long)", (r, charts) => modelSection(r, charts, "model_long")],
   ["spec", "Self-speculative decoding: the bundled model", specSection],
   ["spec_long", "Self-speculative decoding: the long-context model", (r, charts) => specSection(r, charts, "spec_long")],
 ];
