@@ -26,8 +26,11 @@ RUNS = [("long-c4b", "default model: long-c4, then chain 4 alone (chains 1-3 fro
 
 
 def load(runs, name):
-    p = os.path.join(runs, name, "eval.json")
-    return json.load(open(p)) if os.path.exists(p) else None
+    """A run's eval.json: from its run folder, else the committed copy in models/train/evals/."""
+    for p in (os.path.join(runs, name, "eval.json"), os.path.join(HERE, "evals", f"{name}.json")):
+        if os.path.exists(p):
+            return json.load(open(p))
+    return None
 
 
 def tokens_params(ev):
