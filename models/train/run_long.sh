@@ -36,11 +36,15 @@ if [ ! -f $DATA/train.tok.u16 ]; then
   $PY models/train/bpe.py encode --data $DATA --tokenizer models/train/tokenizer-long.json
 fi
 $PY models/train/train_long.py --preset colm2 --run $RUNS/long-c2 --steps $S1 --resume --snapshots $SC,$((2 * SC)) $T
-$PY models/train/train_long.py --expand-from $RUNS/long-c2/ckpt.pt --add-chains 2 --seed 2 \
-    --run $RUNS/long-c4 --steps $S2 --warmup 20 --resume $T
-# 2b: sub-model 4 was not yet better than 3 after stage 2, so chain 4 trains alone (1-3 frozen, loss k=4)
-$PY models/train/train_long.py --expand-from $RUNS/long-c4/ckpt.pt --add-chains 0 --freeze-chains 3 --seed 3 \
-    --run $RUNS/long-c4b --steps $S2B --warmup 10 --lr 1e-3 --min-lr 1e-4 --decay-frac 0.5 --resume $T
+# The default model (stages 2, 2b) is committed (models/colm-long, its evaluation in models/train/evals/):
+# skipped unless its run folder is here or REDO_DEFAULT=1, so a fresh machine goes on to the comparisons.
+if [ -d $RUNS/long-c4b ] || [ -n "${REDO_DEFAULT:-}" ] || [ ! -f models/train/evals/long-c4b.json ]; then
+  $PY models/train/train_long.py --expand-from $RUNS/long-c2/ckpt.pt --add-chains 2 --seed 2 \
+      --run $RUNS/long-c4 --steps $S2 --warmup 20 --resume $T
+  # 2b: sub-model 4 was not yet better than 3 after stage 2, so chain 4 trains alone (1-3 frozen, loss k=4)
+  $PY models/train/train_long.py --expand-from $RUNS/long-c4/ckpt.pt --add-chains 0 --freeze-chains 3 --seed 3 \
+      --run $RUNS/long-c4b --steps $S2B --warmup 10 --lr 1e-3 --min-lr 1e-4 --decay-frac 0.5 --resume $T
+fi
 SNAP=$RUNS/long-c2/ckpt-step$SC.pt
 if [ ! -f "$SNAP" ]; then
   # long-c2's snapshot is not in the repo (only its final weights are): replay stage 1's first SC steps
