@@ -185,7 +185,7 @@ export class KvCache {
 
   /**
    * Copies tokens from … from+count-1 of `row` into `out` as one block: per layer, keys then
-   * values, each [kv_heads, count, hd] (the layout append takes for one row, see appendBlock).
+   * values, each [kv_heads, count, hd] (the layout append takes for one row, see appendBlocks).
    */
   copyOut(row: number, from: number, count: number, out: Float32Array = new Float32Array(this.blockFloats(count))): Float32Array {
     if (from < 0 || from + count > this.lengths[row]) throw new RangeError(`KvCache.copyOut: tokens ${from} … ${from + count - 1} outside row ${row}'s ${this.lengths[row]}`);
@@ -202,14 +202,34 @@ export class KvCache {
     return out;
   }
 
-  /** Appends a block laid out as copyOut writes it (`tokens` tokens) to the end of `row`. */
-  appendBlock(block: Float32Array, tokens: number, row: number): void {
-    const half = this.kvHeads * tokens * this.headDim;
-    const layer = (l: number, which: number) => block.subarray((2 * l + which) * half, (2 * l + which + 1) * half);
-    const keys = Array.from({ length: this.layers }, (_, l) => layer(l, 0));
-    const values = Array.from({ length: this.layers }, (_, l) => layer(l, 1));
-    this.append(keys, values, tokens, row, 1);
+  /**
+   * Appends blocks laid out as copyOut writes them (`tokens` tokens each) to the end of `row`, in
+   * one pass per layer and head: a prefix-cache hit copies hundreds of blocks, and going through
+   * append per block (its row lists, reserve and views) cost about as much again as the copying.
+   */
+  appendBlocks(blocks: readonly Float32Array[], tokens: number, row: number): void {
+    if (!blocks.length) return;
+    this.ensureRows(row + 1);
+    this.reserve(this.lengths[row] + blocks.length * tokens);
+    const { kvHeads, headDim: hd, cap } = this;
+    const chunk = tokens * hd;
+    const half = kvHeads * chunk;
+    for (let l = 0; l < this.layers; l++) {
+      const keys = this.keys[l];
+      const values = this.values[l];
+      for (let h = 0; h < kvHeads; h++) {
+        let to = ((row * kvHeads + h) * cap + this.lengths[row]) * hd;
+        const from = 2 * l * half + h * chunk;
+        for (const b of blocks) {
+          keys.set(b.subarray(from, from + chunk), to);
+          values.set(b.subarray(from + half, from + half + chunk), to);
+          to += chunk;
+        }
+      }
+    }
+    this.lengths[row] += blocks.length * tokens;
   }
+
 
   /** Token-major copy of a row's keys or values in layer l: [length, kv_heads · hd] (tests, tools). */
   read(l: number, which: "keys" | "values", row = 0): Float32Array {

@@ -121,7 +121,7 @@ export class PrefixCache {
     const reused = Math.min(blocks.length * this.blockTokens, maxTokens);
     // Room for the whole prompt at once: the rest of it must not grow (and copy) the cache again.
     kv.reserve(Math.max(blocks.length * this.blockTokens, tokens.length));
-    for (const b of blocks) kv.appendBlock(b.data, this.blockTokens, row);
+    kv.appendBlocks(blocks.map((b) => b.data), this.blockTokens, row);
     kv.truncate(reused, row);
     this.hits += reused;
     this.hold(blocks);
