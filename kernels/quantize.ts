@@ -3,10 +3,10 @@
 // dimension, as llama.cpp's Q4_0 and Q8_0. Every chain block W_i is quantized on its own, so the
 // weights of chains ≤ k (and sub-model k) never depend on a chain above k.
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import type { Checkpoint } from "../models/checkpoint.ts";
 import { weightBytesOf } from "../models/checkpoint.ts";
-import { writeSafetensors } from "../models/safetensors.ts";
+import { SHARD_INDEX, weightFiles, writeSafetensors } from "../models/safetensors.ts";
 import {
   QuantizationError,
   blockBytes,
@@ -96,7 +96,9 @@ export function writeQuantizedCheckpoint(ckpt: Checkpoint, outDir: string): void
   writeFileSync(join(outDir, "config.json"), JSON.stringify({ ...json, quantization: config.quantization }, null, 2) + "\n");
   const meta = { format: "colm-blockwise", bits: String(quantized.bits), block_size: String(quantized.blockSize) };
   writeSafetensors(join(outDir, "model.safetensors"), quantizedTensors(config, quantized, ckpt.weights), meta);
+  // The rest of the folder (tokenizer, card) comes along; the float32 weights (one file or shards and their index) do not.
+  const weights = new Set(["config.json", SHARD_INDEX, ...weightFiles(ckpt.dir).map((f) => basename(f))]);
   for (const f of readdirSync(ckpt.dir, { withFileTypes: true })) {
-    if (f.isFile() && f.name !== "config.json" && f.name !== "model.safetensors" && !existsSync(join(outDir, f.name))) copyFileSync(join(ckpt.dir, f.name), join(outDir, f.name));
+    if (f.isFile() && !weights.has(f.name) && !existsSync(join(outDir, f.name))) copyFileSync(join(ckpt.dir, f.name), join(outDir, f.name));
   }
 }

@@ -2,9 +2,9 @@
 // weight of output chain i as an [in_i, out_i] matrix (in × out, row-major) holding only the
 // blocks on and below the diagonal. The structurally-zero blocks are checked, then dropped.
 import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { readConfig, type ColmConfig } from "./config.ts";
-import { SafetensorsFile } from "./safetensors.ts";
+import { openWeights, weightFiles } from "./safetensors.ts";
 import { ModelLoadError } from "./errors.ts";
 import { quantizedWeightBytes, readQuantized, type QuantizedWeights } from "./quantized.ts";
 
@@ -149,9 +149,10 @@ export function loadCheckpoint(dir: string, options: LoadOptions = {}): Checkpoi
   const configPath = join(dir, "config.json");
   if (!existsSync(configPath)) throw new CheckpointError(`${dir}: no config.json`);
   const config = readConfig(configPath);
-  const stPath = join(dir, "model.safetensors");
-  if (!existsSync(stPath)) throw new CheckpointError(`${dir}: no model.safetensors`);
-  const file = SafetensorsFile.open(stPath);
+  const missingFile = weightFiles(dir).find((f) => !existsSync(f));
+  if (missingFile) throw new CheckpointError(`${dir}: no ${basename(missingFile)}`);
+  const file = openWeights(dir);
+  const stPath = file.path;
   try {
     if (config.quantization) return { dir, config, ...readQuantized(file, config), weightBytes: weightBytesOf(config) };
     const expected = expectedTensors(config);

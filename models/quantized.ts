@@ -8,7 +8,7 @@
 import type { ColmConfig } from "./config.ts";
 import type { ColmWeights, LayerWeights } from "./checkpoint.ts";
 import { ModelLoadError } from "./errors.ts";
-import type { SafetensorsFile, TensorToWrite } from "./safetensors.ts";
+import type { TensorSource, TensorToWrite } from "./safetensors.ts";
 
 /** The precision a model's weights run at. */
 export type Precision = "f32" | "q8" | "q4";
@@ -189,7 +189,7 @@ export function quantizedTensors(c: ColmConfig, q: QuantizedWeights, w: ColmWeig
 }
 
 /** Reads a quantized checkpoint's tensors, checking every name and shape; returns them and their dequantized float weights. */
-export function readQuantized(file: SafetensorsFile, c: ColmConfig): { quantized: QuantizedWeights; weights: ColmWeights } {
+export function readQuantized(file: TensorSource, c: ColmConfig): { quantized: QuantizedWeights; weights: ColmWeights } {
   const { bits, block_size: blockSize } = c.quantization!;
   checkQuantization(bits, blockSize, c);
   const expect = (name: string, shape: number[]): void => {

@@ -2,7 +2,8 @@
 // header length, a JSON header {name: {dtype, shape, data_offsets}}, then the raw tensor bytes.
 // Reading validates the header against the file before any tensor is touched; tensors are
 // converted to float32 on demand so a checkpoint is never held twice in float32.
-import { openSync, readSync, fstatSync, closeSync, writeFileSync } from "node:fs";
+import { openSync, readSync, fstatSync, closeSync, writeFileSync, existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { ModelLoadError } from "./errors.ts";
 
 export type SafetensorsDtype = "F32" | "F16" | "BF16" | "U8";
@@ -166,4 +167,79 @@ export function writeSafetensors(path: string, tensors: TensorToWrite[], metadat
   const parts: Uint8Array[] = [head];
   for (const t of tensors) parts.push(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
   writeFileSync(path, Buffer.concat(parts));
+}
+
+/** What reading a checkpoint's tensors needs: one safetensors file, or the shards of one. */
+export type TensorSource = Pick<SafetensorsFile, "path" | "entries" | "read" | "readBytes" | "close">;
+
+/** Hugging Face's index of a sharded checkpoint: which file holds each tensor. */
+export const SHARD_INDEX = "model.safetensors.index.json";
+
+/**
+ * The weight files of a model folder, in order: model.safetensors, or the shards its
+ * model.safetensors.index.json names (large checkpoints are split so no file passes 30 MB).
+ */
+export function weightFiles(dir: string): string[] {
+  const index = join(dir, SHARD_INDEX);
+  if (!existsSync(index)) return [join(dir, "model.safetensors")];
+  let map: unknown;
+  try {
+    map = (JSON.parse(readFileSync(index, "utf8")) as { weight_map?: unknown }).weight_map;
+  } catch (e) {
+    throw new SafetensorsError(`${index}: ${(e as Error).message}`);
+  }
+  if (typeof map !== "object" || map === null) throw new SafetensorsError(`${index}: no weight_map object`);
+  const files = [...new Set(Object.values(map))];
+  if (!files.length || files.some((f) => typeof f !== "string" || f.includes("/"))) throw new SafetensorsError(`${index}: weight_map must name files in the folder`);
+  return (files as string[]).map((f) => join(dir, f));
+}
+
+/** Opens a model folder's weights: one file, or its shards read as one. */
+export function openWeights(dir: string): TensorSource {
+  const files = weightFiles(dir);
+  if (files.length === 1) return SafetensorsFile.open(files[0]);
+  const shards: SafetensorsFile[] = [];
+  try {
+    for (const f of files) shards.push(SafetensorsFile.open(f));
+  } catch (e) {
+    for (const s of shards) s.close();
+    throw e;
+  }
+  return new ShardedWeights(join(dir, SHARD_INDEX), shards);
+}
+
+class ShardedWeights implements TensorSource {
+  readonly entries = new Map<string, TensorEntry>();
+  private readonly owner = new Map<string, SafetensorsFile>();
+
+  constructor(
+    readonly path: string,
+    private readonly shards: SafetensorsFile[],
+  ) {
+    for (const s of shards) {
+      for (const [name, entry] of s.entries) {
+        if (this.owner.has(name)) throw new SafetensorsError(`${path}: tensor ${name} is in two shards`);
+        this.owner.set(name, s);
+        this.entries.set(name, entry);
+      }
+    }
+  }
+
+  read(name: string): Float32Array {
+    return this.shard(name).read(name);
+  }
+
+  readBytes(name: string): Uint8Array {
+    return this.shard(name).readBytes(name);
+  }
+
+  close(): void {
+    for (const s of this.shards) s.close();
+  }
+
+  private shard(name: string): SafetensorsFile {
+    const s = this.owner.get(name);
+    if (!s) throw new SafetensorsError(`${this.path}: no tensor ${name}`);
+    return s;
+  }
 }

@@ -6,6 +6,7 @@ import { createHash } from "node:crypto";
 import { execFile } from "node:child_process";
 import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, utimesSync } from "node:fs";
 import { dirname, join } from "node:path";
+import { weightFiles } from "../models/safetensors.ts";
 import { fileURLToPath } from "node:url";
 import type { Precision } from "../models/quantized.ts";
 
@@ -27,7 +28,7 @@ export async function graphKey(checkpointDir: string, precision: Precision | "st
   if (precision !== "stored") hash.update(`precision:${precision}`);
   for (const src of BUILDER_SOURCES) hash.update(readFileSync(src));
   hash.update(readFileSync(join(checkpointDir, "config.json")));
-  await hashFile(hash, join(checkpointDir, "model.safetensors"));
+  for (const f of weightFiles(checkpointDir)) await hashFile(hash, f);
   return hash.digest("hex").slice(0, 32);
 }
 

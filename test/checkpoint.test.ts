@@ -2,7 +2,8 @@
 import { test, describe } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { writeFileSync, readFileSync, unlinkSync, copyFileSync } from "node:fs";
+import { writeFileSync, readFileSync, unlinkSync, copyFileSync, readdirSync } from "node:fs";
+import { quantizeCheckpoint, writeQuantizedCheckpoint } from "../kernels/quantize.ts";
 import { parseConfig, ConfigError } from "../models/config.ts";
 import { loadCheckpoint, CheckpointError, parameterCount } from "../models/checkpoint.ts";
 import { SafetensorsFile, SafetensorsError, writeSafetensors } from "../models/safetensors.ts";
@@ -145,5 +146,28 @@ describe("checkpoint loading", () => {
     copyFileSync(join(dir, "config.json"), join(other, "config.json"));
     writeFileSync(join(other, "config.json"), JSON.stringify({ ...TINY_EQUAL, kv_heads: 3 }));
     assert.throws(() => loadCheckpoint(other), /kv_heads|not a multiple/);
+  });
+});
+
+describe("sharded checkpoints (Hugging Face model.safetensors.index.json)", () => {
+  test("shards load as the one file they were split from; a missing shard is named; quantizing leaves the shards behind", () => {
+    const whole = makeCheckpoint(TINY_EQUAL, 4);
+    const tensors = randomTensors(parseConfig(TINY_EQUAL), 4);
+    const dir = tempDir();
+    copyFileSync(join(whole, "config.json"), join(dir, "config.json"));
+    const half = Math.ceil(tensors.length / 2);
+    const files = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+    writeSafetensors(join(dir, files[0]), tensors.slice(0, half));
+    writeSafetensors(join(dir, files[1]), tensors.slice(half));
+    const weightMap = Object.fromEntries(tensors.map((t, i) => [t.name, files[i < half ? 0 : 1]]));
+    writeFileSync(join(dir, "model.safetensors.index.json"), JSON.stringify({ metadata: {}, weight_map: weightMap }));
+    const a = loadCheckpoint(whole);
+    const b = loadCheckpoint(dir);
+    assert.deepEqual(b.weights, a.weights);
+    const out = join(tempDir(), "q8");
+    writeQuantizedCheckpoint(quantizeCheckpoint(b, 8, 16), out);
+    assert.deepEqual(readdirSync(out).sort(), ["config.json", "model.safetensors"]);
+    unlinkSync(join(dir, files[1]));
+    assert.throws(() => loadCheckpoint(dir), (e: unknown) => e instanceof CheckpointError && /no model-00002-of-00002\.safetensors/.test(e.message));
   });
 });

@@ -13,6 +13,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { loadModel, type ColmEngine } from "../server/engine/engine.ts";
 import { HfTokenizer, IncrementalDecoder } from "../models/tokenizer.ts";
+import { weightFiles } from "../models/safetensors.ts";
 import { createApp, type ColmApp } from "../server/api/app.ts";
 import { assistantCue, renderChat } from "../server/api/chat-template.ts";
 import request from "supertest";
@@ -137,8 +138,9 @@ describe("long-context model matches the PyTorch golden fixtures", { skip: absen
   });
 
   test("the fixtures were made from these weights and this config", () => {
-    const sha = createHash("sha256").update(readFileSync(join(MODEL, "model.safetensors"))).digest("hex");
-    assert.equal(sha, golden.model_sha256, "model.safetensors is not the file fixtures_long.py read");
+    const hash = createHash("sha256");
+    for (const f of weightFiles(MODEL)) hash.update(readFileSync(f));
+    assert.equal(hash.digest("hex"), golden.model_sha256, "the weight files are not the ones fixtures_long.py read");
     assert.deepEqual(JSON.parse(readFileSync(join(MODEL, "config.json"), "utf8")), golden.config);
     assert.ok(engine.tokenizer instanceof HfTokenizer, "a tokenizer.json model gets the Hugging Face tokenizer");
     assert.equal(engine.info.bosTokenId, golden.sequences[0].tokens[0]);

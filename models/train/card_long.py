@@ -15,6 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from colm import ColmConfig, param_count  # noqa: E402
+import export  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNS = [("long-c4b", "default model: long-c4, then chain 4 alone (chains 1-3 frozen, loss k=4)"),
@@ -51,7 +52,8 @@ def main():
     ap.add_argument("--tokenizer-stats", default=os.path.join(HERE, "tokenizer-long-stats.json"))
     a = ap.parse_args()
     cfg = json.load(open(os.path.join(a.model, "config.json")))
-    size = os.path.getsize(os.path.join(a.model, "model.safetensors"))
+    files = export.weight_files(a.model)
+    size = sum(os.path.getsize(f) for f in files)
     st = json.load(open(a.stats))
     ev = {name: load(a.runs, name) for name, _ in RUNS}
     d = ev["long-c4b"] or ev["long-c4"]
@@ -69,7 +71,7 @@ def main():
       "at best, no knowledge to rely on.\n")
     w("## Files\n")
     w(f"- `config.json` (spec section 2; `bos_token_id` = `eos_token_id` = {cfg['eos_token_id']} = `<|endoftext|>`), "
-      f"`tokenizer.json` (Hugging Face, ByteLevel BPE), `model.safetensors` (float32, {size:,} bytes, tied "
+      f"`tokenizer.json` (Hugging Face, ByteLevel BPE), {' + '.join(f'`{os.path.basename(f)}`' for f in files)} (float32, {size:,} bytes, tied "
       "embeddings, masked blocks stored as exact zeros).\n")
     w("## Data\n")
     w("English text from Debian 12 packages (`models/train/data_long.py`); held-out split by document "

@@ -13,7 +13,6 @@ One sequence is a held-out document of more than 1500 tokens.  Plus greedy conti
 """
 import argparse
 import base64
-import hashlib
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from colm import submodel  # noqa: E402
+import export  # noqa: E402
 from export import load_exported  # noqa: E402
 from bpe import Encoder  # noqa: E402
 from data_long import read_docs  # noqa: E402
@@ -100,8 +100,7 @@ def build(model_dir, data_dir, long_tokens):
         toks = [bos] + enc.encode(p)
         cont = {str(k): greedy(subs[k], k, toks, N_GREEDY) for k in range(1, n + 1)}
         gr.append({"prompt": p, "prompt_tokens": toks, "continuations": cont})
-    with open(os.path.join(model_dir, "model.safetensors"), "rb") as f:
-        sha = hashlib.sha256(f.read()).hexdigest()
+    sha = export.weights_sha256(model_dir)
     return {"description": "Golden fixtures of a CoLM-Air long-context model: float32 logits of sub-model k "
                            "(standalone, weights sliced to chains 1..k) at the given 0-based positions of a full "
                            "forward with no KV cache, base64 little-endian float32 (vocab_size values each); "
