@@ -20,15 +20,20 @@ import sys
 import torch
 
 
+def save(ck, dst):
+    """Writes the checkpoint atomically (a .tmp beside it, then renamed)."""
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    torch.save(ck, dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
+
+
 def pack(src, dst):
     ck = torch.load(src)
     for st in ck["opt"]["state"].values():
         for k in ("exp_avg", "exp_avg_sq"):
             st[k] = st[k].to(torch.bfloat16)
     ck["packed"] = "adam moments bfloat16"
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    torch.save(ck, dst + ".tmp")
-    os.replace(dst + ".tmp", dst)
+    save(ck, dst)
     print(f"packed {src} ({os.path.getsize(src)} bytes) -> {dst} ({os.path.getsize(dst)} bytes), step {ck['step']}")
 
 
@@ -36,9 +41,7 @@ def finished(src, dst):
     ck = torch.load(src)
     del ck["opt"]
     ck["packed"] = "weights only (finished run)"
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    torch.save(ck, dst + ".tmp")
-    os.replace(dst + ".tmp", dst)
+    save(ck, dst)
     print(f"kept the weights of {src} -> {dst} ({os.path.getsize(dst)} bytes), step {ck['step']}")
 
 
@@ -48,9 +51,7 @@ def unpack(src, dst):
         for k in ("exp_avg", "exp_avg_sq"):
             st[k] = st[k].to(torch.float32)
     ck.pop("packed", None)
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    torch.save(ck, dst + ".tmp")
-    os.replace(dst + ".tmp", dst)
+    save(ck, dst)
     print(f"unpacked {src} -> {dst}, step {ck['step']}")
 
 

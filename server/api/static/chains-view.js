@@ -25,6 +25,14 @@ export function paintChains(el, k, n) {
   el.dataset.chains = String(k);
 }
 
+/** A size's label: its colour swatch and `c<k>`. */
+export function chainLabel(chains, n) {
+  const swatch = document.createElement("span");
+  swatch.className = "swatch";
+  paintChains(swatch, chains, n);
+  return [swatch, `c${chains}`];
+}
+
 /** @param {Array<{chains:number, params?:number}>} sizes */
 export function renderLegend(el, sizes) {
   const n = sizes.length;
@@ -32,10 +40,7 @@ export function renderLegend(el, sizes) {
     ...sizes.map((s) => {
       const item = document.createElement("span");
       item.className = "legend-item";
-      const swatch = document.createElement("span");
-      swatch.className = "swatch";
-      paintChains(swatch, s.chains, n);
-      item.append(swatch, `c${s.chains}`);
+      item.append(...chainLabel(s.chains, n));
       if (s.params) {
         const small = document.createElement("small");
         small.textContent = ` ${formatCount(s.params)} params`;

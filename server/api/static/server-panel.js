@@ -1,7 +1,7 @@
 // The server panel: what the latency router predicts per size and the load it sees (/v1/router),
 // running/waiting requests, KV cache use and tokens served per size (/metrics), refreshed live.
 import { errorObject, getJson, getText, parseMetrics } from "./api.js";
-import { paintChains } from "./chains-view.js";
+import { chainLabel } from "./chains-view.js";
 
 const REFRESH_MS = 1000;
 const $ = (id) => document.getElementById(id);
@@ -33,10 +33,7 @@ function renderRouter(router, metrics) {
       const tr = document.createElement("tr");
       const size = document.createElement("th");
       size.scope = "row";
-      const swatch = document.createElement("span");
-      swatch.className = "swatch";
-      paintChains(swatch, c.chains, n);
-      size.append(swatch, `c${c.chains}`);
+      size.append(...chainLabel(c.chains, n));
       const served = metrics.get(`colm_generation_tokens_total{chains="${c.chains}"}`) ?? 0;
       tr.append(size, cell(ms(c.tpot_ms)), cell(ms(c.tpot_ms_b1)), cell(String(served)));
       return tr;
