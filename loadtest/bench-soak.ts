@@ -1,4 +1,4 @@
-// npm run bench:soak -- [--minutes 60] [--sample-s 30] [--concurrency 4]
+// npm run bench:soak -- [--minutes 60] [--sample-s 30] [--concurrency 4] [--prefix-cache-mb 256]
 // Hours of traffic: starts `npm start`'s server on the bundled model in its own process, keeps the
 // mixed traffic of loadtest/traffic-mix.ts going (JSON, SSE, chat with budgets, abandoned streams,
 // refusals, WebSocket switches and cancels), and every --sample-s seconds reads the server's own
@@ -22,6 +22,12 @@ const args = new BenchArgs();
 const MINUTES = args.num("minutes", 60);
 const SAMPLE_S = args.num("sample-s", 30);
 const CONCURRENCY = args.num("concurrency", 4);
+/**
+ * The server's prefix cache budget (COLM_PREFIX_CACHE_BYTES): the default, half the KV budget, is
+ * gigabytes here and the mix's prompts fill it for hours by design; bounded, it is full within
+ * minutes and the rest of the run measures steady-state eviction. 0: the server's default.
+ */
+const PREFIX_CACHE_MB = args.num("prefix-cache-mb", 256);
 
 interface Sample {
   minute: number;
@@ -53,7 +59,10 @@ async function gauges(url: string): Promise<Record<string, number>> {
 
 async function startServer(): Promise<{ url: string; stop: () => Promise<void> }> {
   const port = await freePort();
-  const child = spawn(process.execPath, ["--import", "tsx", "server/main.ts", "--port", String(port)], { stdio: ["ignore", "ignore", "inherit"] });
+  const child = spawn(process.execPath, ["--import", "tsx", "server/main.ts", "--port", String(port)], {
+    stdio: ["ignore", "ignore", "inherit"],
+    env: PREFIX_CACHE_MB ? { ...process.env, COLM_PREFIX_CACHE_BYTES: String(PREFIX_CACHE_MB * 2 ** 20) } : process.env,
+  });
   const url = `http://127.0.0.1:${port}`;
   const exited = new Promise<void>((r) => child.once("exit", () => r()));
   await waitHealthy(`${url}/health`, 60_000, () => (child.exitCode !== null ? "the server exited while starting" : null)).catch((err) => {
@@ -134,7 +143,7 @@ await new Promise((r) => setTimeout(r, 2000));
 const idle = await gauges(server.url);
 await server.stop();
 
-const result = { minutes: MINUTES, sample_s: SAMPLE_S, concurrency: CONCURRENCY, requests: sent, verdicts: verdicts(samples, records, idle), samples };
+const result = { minutes: MINUTES, sample_s: SAMPLE_S, concurrency: CONCURRENCY, prefix_cache_mb: PREFIX_CACHE_MB || "default", requests: sent, verdicts: verdicts(samples, records, idle), samples };
 console.log(JSON.stringify(result.verdicts, null, 2));
 writeResult("soak", "bench:soak", result);
 const minutes = samples.map((s) => s.minute);

@@ -31,6 +31,7 @@ export const RESULT_FILES = {
   model_q4: { file: "colm-kjv-q4.json", script: "bench:model -- --quant q4" },
   spec: { file: "spec-colm-kjv.json", script: "bench:spec" },
   spec_long: { file: "spec-colm-long.json", script: "bench:spec -- --dir models/colm-long" },
+  soak: { file: "soak.json", script: "bench:soak" },
 } as const;
 
 export type ResultName = keyof typeof RESULT_FILES;
@@ -563,6 +564,30 @@ function specSection(r: unknown, charts: Record<string, string>, name: ResultNam
   return s.lines;
 }
 
+/** bench:soak: its verdicts, and the chart it draws itself (soak.svg). */
+function soakSection(r: unknown): string[] {
+  const v = at(r, "verdicts");
+  const yes = (x: unknown) => (x === true ? "yes" : "NO");
+  const samples = list(r, "samples");
+  const rss = (i: number) => num(samples.at(i), "rss_less_cache_mb");
+  return [
+    `${num(r, "minutes") ?? "?"} minutes of mixed traffic (JSON, SSE, chat with budgets, abandoned streams, refusals, WebSocket switches and cancels) at ${num(r, "concurrency") ?? "?"} concurrent clients against \`npm start\`'s server on the default model, prefix cache ${str(r, "prefix_cache_mb") ?? fmt(num(r, "prefix_cache_mb"))} MiB; ${fmt(num(r, "requests"))} requests, ${fmt(num(v, "failed_requests"))} failed. Command: \`${commandOf(r, "soak")}\`; machine: ${machineOf(r)}.`,
+    "",
+    ...table(
+      ["verdict", "figures", "holds"],
+      [
+        ["memory flat (resident less the prefix cache, last half vs minute " + fmt(num(v, "memory", "base_minute"), 0) + ")", `${fmt(num(v, "memory", "base_rss_less_cache_mb"), 1)} MB → at most ${fmt(num(v, "memory", "max_late_rss_less_cache_mb"), 1)} MB (limit ${fmt(num(v, "memory", "limit_mb"), 1)}); first sample ${fmt(rss(0), 1)}, last ${fmt(rss(-1), 1)}`, yes(at(v, "memory", "flat"))],
+        ["V8 heap used", `${fmt(num(v, "heap", "base_mb"), 1)} MB at the base minute, at most ${fmt(num(v, "heap", "max_late_mb"), 1)} MB in the last half`, "–"],
+        ["no latency drift (p99, last 10 min ÷ minutes 5–15)", `TTFT ${fmt(num(v, "latency", "ttft", "early_p99_ms"), 1)} → ${fmt(num(v, "latency", "ttft", "last_p99_ms"), 1)} ms (${times(num(v, "latency", "ttft", "ratio"))}); TPOT ${fmt(num(v, "latency", "tpot", "early_p99_ms"), 1)} → ${fmt(num(v, "latency", "tpot", "last_p99_ms"), 1)} ms (${times(num(v, "latency", "tpot", "ratio"))})`, yes(at(v, "latency", "no_drift"))],
+        ["idle at the end", `running ${fmt(num(v, "idle", "running"))}, KV in use ${fmt(num(v, "idle", "kv_bytes_in_use"))} B`, yes(at(v, "idle", "ok"))],
+      ],
+    ),
+    "",
+    "![Soak: memory and latency over the run](soak.svg)",
+    "",
+  ];
+}
+
 function headline(results: ResultSet): string[] {
   const { engine, limits, alternatives, batching, sweep, model, prefix } = results;
   const rows: string[][] = [];
@@ -601,6 +626,11 @@ function headline(results: ResultSet): string[] {
     const r = results[name];
     if (r) rows.push([`self-speculative decoding, ${str(r, "model") ?? "?"} k=${num(r, "chains") ?? "?"}, batch 1`, `greedy ${times(num(r, "greedy", "speedup", "auto"))} (auto), identical tokens; T 0.8 ${times(num(r, "temperature_0_8", "speedup", "auto"))}`, `plain decoding; ${times(num(r, "auto_at_concurrency", "ratio"))} at ${num(r, "auto_at_concurrency", "concurrency") ?? "?"} concurrent`, src(name)]);
   }
+  const soak = results.soak;
+  if (soak) {
+    const v = at(soak, "verdicts");
+    rows.push([`soak: ${num(soak, "minutes") ?? "?"} minutes of mixed traffic`, `memory ${at(v, "memory", "flat") === true ? "flat" : "NOT flat"}, TTFT / TPOT p99 drift ${times(num(v, "latency", "ttft", "ratio"))} / ${times(num(v, "latency", "tpot", "ratio"))}`, `${fmt(num(soak, "requests"))} requests, ${fmt(num(v, "failed_requests"))} failed; idle at the end: ${at(v, "idle", "ok") === true ? "yes" : "no"}`, src("soak")]);
+  }
   if (!rows.length) return ["_No results yet: run `npm run bench`._", ""];
   return [...table(["", "CoLM-Air (colm-serve)", "compared with", "from"], rows), ""];
 }
@@ -617,6 +647,7 @@ const SECTIONS: Array<[ResultName, string, (r: unknown, charts: Record<string, s
   ["model_long", "The default model (colm-long)", (r, charts) => modelSection(r, charts, "model_long")],
   ["spec", "Self-speculative decoding: the bundled model", specSection],
   ["spec_long", "Self-speculative decoding: the long-context model", (r, charts) => specSection(r, charts, "spec_long")],
+  ["soak", "An hour of traffic: memory and latency", (r) => soakSection(r)],
 ];
 
 /** The report for `results` (pure: no file access). */
