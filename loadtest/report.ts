@@ -571,7 +571,7 @@ function soakSection(r: unknown): string[] {
   const samples = list(r, "samples");
   const rss = (i: number) => num(samples.at(i), "rss_less_cache_mb");
   return [
-    `${num(r, "minutes") ?? "?"} minutes of mixed traffic (JSON, SSE, chat with budgets, abandoned streams, refusals, WebSocket switches and cancels) at ${num(r, "concurrency") ?? "?"} concurrent clients against \`npm start\`'s server on the default model, prefix cache ${str(r, "prefix_cache_mb") ?? fmt(num(r, "prefix_cache_mb"))} MiB; ${fmt(num(r, "requests"))} requests, ${fmt(num(v, "failed_requests"))} failed. Command: \`${commandOf(r, "soak")}\`; machine: ${machineOf(r)}.`,
+    `${num(r, "minutes") ?? "?"} minutes of mixed traffic (JSON, SSE, chat with budgets, abandoned streams, refusals, WebSocket switches and cancels) at ${num(r, "concurrency") ?? "?"} concurrent clients against \`npm start\`'s server on the default model, prefix cache ${str(r, "prefix_cache_mb") ?? fmt(num(r, "prefix_cache_mb"))} MiB; ${num(r, "requests") ?? "?"} requests, ${num(v, "failed_requests") ?? "?"} failed. Command: \`${commandOf(r, "soak")}\`; machine: ${machineOf(r)}.`,
     "",
     ...table(
       ["verdict", "figures", "holds"],
@@ -579,7 +579,7 @@ function soakSection(r: unknown): string[] {
         ["memory flat (resident less the prefix cache, last half vs minute " + fmt(num(v, "memory", "base_minute"), 0) + ")", `${fmt(num(v, "memory", "base_rss_less_cache_mb"), 1)} MB → at most ${fmt(num(v, "memory", "max_late_rss_less_cache_mb"), 1)} MB (limit ${fmt(num(v, "memory", "limit_mb"), 1)}); first sample ${fmt(rss(0), 1)}, last ${fmt(rss(-1), 1)}`, yes(at(v, "memory", "flat"))],
         ["V8 heap used", `${fmt(num(v, "heap", "base_mb"), 1)} MB at the base minute, at most ${fmt(num(v, "heap", "max_late_mb"), 1)} MB in the last half`, "–"],
         ["no latency drift (p99, last 10 min ÷ minutes 5–15)", `TTFT ${fmt(num(v, "latency", "ttft", "early_p99_ms"), 1)} → ${fmt(num(v, "latency", "ttft", "last_p99_ms"), 1)} ms (${times(num(v, "latency", "ttft", "ratio"))}); TPOT ${fmt(num(v, "latency", "tpot", "early_p99_ms"), 1)} → ${fmt(num(v, "latency", "tpot", "last_p99_ms"), 1)} ms (${times(num(v, "latency", "tpot", "ratio"))})`, yes(at(v, "latency", "no_drift"))],
-        ["idle at the end", `running ${fmt(num(v, "idle", "running"))}, KV in use ${fmt(num(v, "idle", "kv_bytes_in_use"))} B`, yes(at(v, "idle", "ok"))],
+        ["idle at the end", `running ${num(v, "idle", "running") ?? "?"}, KV in use ${num(v, "idle", "kv_bytes_in_use") ?? "?"} B`, yes(at(v, "idle", "ok"))],
       ],
     ),
     "",
@@ -629,7 +629,7 @@ function headline(results: ResultSet): string[] {
   const soak = results.soak;
   if (soak) {
     const v = at(soak, "verdicts");
-    rows.push([`soak: ${num(soak, "minutes") ?? "?"} minutes of mixed traffic`, `memory ${at(v, "memory", "flat") === true ? "flat" : "NOT flat"}, TTFT / TPOT p99 drift ${times(num(v, "latency", "ttft", "ratio"))} / ${times(num(v, "latency", "tpot", "ratio"))}`, `${fmt(num(soak, "requests"))} requests, ${fmt(num(v, "failed_requests"))} failed; idle at the end: ${at(v, "idle", "ok") === true ? "yes" : "no"}`, src("soak")]);
+    rows.push([`soak: ${num(soak, "minutes") ?? "?"} minutes of mixed traffic`, `memory ${at(v, "memory", "flat") === true ? "flat" : "NOT flat"}, TTFT / TPOT p99 drift ${times(num(v, "latency", "ttft", "ratio"))} / ${times(num(v, "latency", "tpot", "ratio"))}`, `${num(soak, "requests") ?? "?"} requests, ${num(v, "failed_requests") ?? "?"} failed; idle at the end: ${at(v, "idle", "ok") === true ? "yes" : "no"}`, src("soak")]);
   }
   if (!rows.length) return ["_No results yet: run `npm run bench`._", ""];
   return [...table(["", "CoLM-Air (colm-serve)", "compared with", "from"], rows), ""];
