@@ -139,6 +139,13 @@ def main():
         w("Progressive (mini) vs joint at the same 1.64 M tokens, per k: "
           + ", ".join(f"k={k} {mi['val_loss'][str(k)]:.4f} vs {jt['val_loss'][str(k)]:.4f}" for k in range(1, n + 1))
           + ".")
+        # mini's first stage is long-c2's first half at its own (2-chain) size: as many tokens as its second
+        t2, p2 = tokens_params(mi)
+        head = t2 * param_count(ColmConfig(**mi["config"]), mi.get("n_old", 2))
+        tj, pj = tokens_params(jt)
+        w(f"Compute (tokens × trained non-zero parameters): progressive {head + t2 * p2:.2e} "
+          f"({t2:,} tokens at 2 chains, then {t2:,} training the 2 new chains) against {tj * pj:.2e} "
+          f"jointly ({(1 - (head + t2 * p2) / (tj * pj)) * 100:.0f}% less), for a higher loss at every k at this budget.")
     w("")
     if a.bench:
         b = json.load(open(a.bench))
