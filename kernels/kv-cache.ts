@@ -230,7 +230,6 @@ export class KvCache {
     this.lengths[row] += blocks.length * tokens;
   }
 
-
   /** Token-major copy of a row's keys or values in layer l: [length, kv_heads · hd] (tests, tools). */
   read(l: number, which: "keys" | "values", row = 0): Float32Array {
     const src = (which === "keys" ? this.keys : this.values)[l];

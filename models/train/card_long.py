@@ -141,11 +141,11 @@ def main():
           + ".")
         # mini's first stage is long-c2's first half at its own (2-chain) size: as many tokens as its second
         t2, p2 = tokens_params(mi)
-        head = t2 * param_count(ColmConfig(**mi["config"]), mi.get("n_old", 2))
+        progressive = t2 * param_count(ColmConfig(**mi["config"]), mi.get("n_old", 2)) + t2 * p2
         tj, pj = tokens_params(jt)
-        w(f"Compute (tokens × trained non-zero parameters): progressive {head + t2 * p2:.2e} "
+        w(f"Compute (tokens × trained non-zero parameters): progressive {progressive:.2e} "
           f"({t2:,} tokens at 2 chains, then {t2:,} training the 2 new chains) against {tj * pj:.2e} "
-          f"jointly ({(1 - (head + t2 * p2) / (tj * pj)) * 100:.0f}% less), for a higher loss at every k at this budget.")
+          f"jointly ({(1 - progressive / (tj * pj)) * 100:.0f}% less), for a higher loss at every k at this budget.")
     w("")
     if a.bench:
         b = json.load(open(a.bench))
