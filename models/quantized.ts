@@ -158,7 +158,7 @@ function transpose(x: Float32Array, rows: number, cols: number): Float32Array {
 }
 
 /** Float chain-block weights holding the dequantized values (what the reference forward runs), with the given norm gains. */
-export function dequantizeWeights(c: ColmConfig, q: QuantizedWeights, norms: { attn: Float32Array[]; ffn: Float32Array[]; final: Float32Array }): ColmWeights {
+export function dequantizeWeights(c: ColmConfig, q: QuantizedWeights, norms: NormGains): ColmWeights {
   const embed = new Float32Array(c.vocab_size * c.hidden);
   const head = c.tie_embeddings ? embed : new Float32Array(embed.length);
   const layers: LayerWeights[] = norms.attn.map((attnNorm, l) => ({ attnNorm, ffnNorm: norms.ffn[l], q: [], o: [], gate: [], up: [], down: [], k: new Float32Array(0), v: new Float32Array(0) }));
@@ -188,8 +188,21 @@ export function quantizedTensors(c: ColmConfig, q: QuantizedWeights, w: ColmWeig
   return t;
 }
 
+/** The float32 norm gains a quantized checkpoint keeps beside its matrices. */
+export interface NormGains {
+  attn: Float32Array[];
+  ffn: Float32Array[];
+  final: Float32Array;
+}
+
 /** Reads a quantized checkpoint's tensors, checking every name and shape; returns them and their dequantized float weights. */
 export function readQuantized(file: TensorSource, c: ColmConfig): { quantized: QuantizedWeights; weights: ColmWeights } {
+  const { quantized, norms } = readQuantizedMatrices(file, c);
+  return { quantized, weights: dequantizeWeights(c, quantized, norms) };
+}
+
+/** A quantized checkpoint's matrices and norm gains as stored (nothing dequantized), every name and shape checked. */
+export function readQuantizedMatrices(file: TensorSource, c: ColmConfig): { quantized: QuantizedWeights; norms: NormGains } {
   const { bits, block_size: blockSize } = c.quantization!;
   checkQuantization(bits, blockSize, c);
   const expect = (name: string, shape: number[]): void => {
@@ -207,6 +220,5 @@ export function readQuantized(file: TensorSource, c: ColmConfig): { quantized: Q
   const gain = (name: string): Float32Array => (expect(name, [c.hidden]), file.read(name));
   const range = Array.from({ length: c.n_layers }, (_, l) => l);
   const norms = { attn: range.map((l) => gain(`layers.${l}.attn_norm.weight`)), ffn: range.map((l) => gain(`layers.${l}.ffn_norm.weight`)), final: gain("norm.weight") };
-  const quantized = { bits, blockSize, matrices };
-  return { quantized, weights: dequantizeWeights(c, quantized, norms) };
+  return { quantized: { bits, blockSize, matrices }, norms };
 }

@@ -12,7 +12,7 @@ import type { Precision } from "../models/quantized.ts";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 /** The sources whose output the cached file is: a change to any of them is a new key. */
-const BUILDER_SOURCES = ["colm-graph.ts", "colm-weights.ts", "graph-inputs.ts", "layer-stack.ts", "attention.ts", "chain-gates.ts", "graph.ts", "onnx-proto.ts", "../models/checkpoint.ts", "../models/config.ts", "../models/quantized.ts", "../kernels/quantize.ts"].map((f) => join(HERE, f));
+const BUILDER_SOURCES = ["build-graph.ts", "colm-graph.ts", "colm-weights.ts", "graph-inputs.ts", "layer-stack.ts", "attention.ts", "chain-gates.ts", "graph.ts", "onnx-proto.ts", "../models/checkpoint.ts", "../models/config.ts", "../models/quantized.ts", "../kernels/quantize.ts"].map((f) => join(HERE, f));
 
 async function hashFile(hash: ReturnType<typeof createHash>, path: string): Promise<void> {
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
@@ -32,6 +32,13 @@ export async function graphKey(checkpointDir: string, precision: Precision | "st
   return hash.digest("hex").slice(0, 32);
 }
 
+/**
+ * Where a float32 checkpoint quantized at load keeps its quantized weights beside its graph, for
+ * the native decode kernel (ops/runner.ts), so that the serving process reads them instead of
+ * quantizing the float32 weights itself.
+ */
+export const quantizedWeightsPath = (graph: string): string => graph.replace(/\.onnx$/, ".weights.safetensors");
+
 export const defaultGraphCacheDir = (): string => process.env.COLM_GRAPH_CACHE ?? join(HERE, "..", ".cache", "graphs");
 
 /** Bytes of built graphs the cache keeps (COLM_GRAPH_CACHE_BYTES, default 8 GiB). */
@@ -48,13 +55,17 @@ export function pruneGraphCache(cacheDir: string, keep: string, budget = cacheBu
     .filter((f) => f.endsWith(".onnx"))
     .map((f) => ({ path: join(cacheDir, f), ...statSync(join(cacheDir, f)) }))
     .sort((a, b) => a.atimeMs - b.atimeMs); // least recently used first
-  let total = graphs.reduce((sum, g) => sum + g.size, 0);
+  const sizeOf = (f: string): number => (existsSync(f) ? statSync(f).size : 0);
+  let total = graphs.reduce((sum, g) => sum + g.size + sizeOf(quantizedWeightsPath(g.path)), 0);
   const deleted: string[] = [];
   for (const g of graphs) {
     if (total <= budget) break;
     if (g.path === keep) continue;
     rmSync(g.path, { force: true });
     total -= g.size;
+    const weights = quantizedWeightsPath(g.path);
+    if (existsSync(weights)) total -= statSync(weights).size;
+    rmSync(weights, { force: true });
     deleted.push(g.path);
   }
   return deleted;
@@ -73,7 +84,7 @@ export async function cachedGraph(checkpointDir: string, cacheDir = defaultGraph
   mkdirSync(cacheDir, { recursive: true });
   const script = join(HERE, "build-graph.ts");
   await new Promise<void>((resolve, reject) => {
-    execFile(process.execPath, ["--import", import.meta.resolve("tsx"), script, checkpointDir, file, ...(precision === "stored" ? [] : ["--quant", precision])], { maxBuffer: 1 << 24 }, (err, _stdout, stderr) => {
+    execFile(process.execPath, ["--import", import.meta.resolve("tsx"), script, checkpointDir, file, ...(precision === "stored" ? [] : ["--quant", precision, "--weights", quantizedWeightsPath(file)])], { maxBuffer: 1 << 24 }, (err, _stdout, stderr) => {
       for (const line of stderr.split("\n")) if (line.startsWith("warning: ")) log(line.slice(9));
       if (err) reject(new Error(`building the graph of ${checkpointDir} failed: ${stderr.trim() || err.message}`));
       else resolve();

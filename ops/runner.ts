@@ -12,8 +12,9 @@ import type { ColmConfig } from "../models/config.ts";
 import type { KvCache } from "../kernels/kv-cache.ts";
 import { buildColmGraph } from "./colm-graph.ts";
 import type { AccuracyLevel } from "./graph.ts";
-import { checkpointPrecision, type Precision } from "../models/quantized.ts";
+import { checkpointPrecision, type NormGains, type Precision, type QuantizedWeights } from "../models/quantized.ts";
 import { holdFreedMemory, trimHeap } from "./trim-heap.ts";
+import { NativeDecoder } from "../kernels/native-decoder.ts";
 
 export type Device = "cpu" | "cuda";
 
@@ -30,7 +31,22 @@ export interface RunnerOptions {
   reusedOutputFloats?: number;
   /** A quantized model's MatMulNBits accuracy level (create only; default 4, see ops/graph.ts). */
   accuracyLevel?: AccuracyLevel;
+  /**
+   * A quantized model's weights for the native decode kernel (kernels/native-decoder.ts), which
+   * then runs every call of at most NATIVE_MAX_TOKENS tokens (decode, draft and verification
+   * steps); onnxruntime runs the rest (prompts). `create` finds them in the checkpoint.
+   */
+  nativeWeights?: { quantized: QuantizedWeights; norms: NormGains };
+  /** "off" (or COLM_NATIVE=0): onnxruntime runs every call. Default "auto": native when it can. */
+  native?: "auto" | "off";
 }
+
+/** Calls of up to this many tokens (rows × tokens) go to the native kernel when there is one. */
+export const NATIVE_MAX_TOKENS = 16;
+
+/** Whether a runner with these options would use the native kernel for a quantized model (if it can be built). */
+export const nativeWanted = (options: Pick<RunnerOptions, "native" | "device">): boolean =>
+  (options.native ?? (process.env.COLM_NATIVE === "0" ? "off" : "auto")) !== "off" && (options.device ?? "cpu") === "cpu";
 
 export interface StepResult {
   /** [rows, V] logits of the requested rows. */
@@ -83,6 +99,8 @@ export class ModelRunner {
     /** Bytes of the weights the session holds (each weight once). */
     readonly weightBytes: number,
     private readonly reusedOutputFloats: number,
+    /** The native decode kernel, when the model is quantized and the kernel is available. */
+    readonly native: NativeDecoder | undefined,
   ) {}
 
   /** The precision the weights run at (the config of a quantized model says its bits). */
@@ -92,7 +110,11 @@ export class ModelRunner {
 
   /** A session over the graph built from `ckpt` in this process. */
   static create(ckpt: Checkpoint, options: RunnerOptions = {}): Promise<ModelRunner> {
-    return ModelRunner.open(buildColmGraph(ckpt, options.accuracyLevel), ckpt.config, ckpt.weightBytes, options);
+    const w = ckpt.weights;
+    const norms = { attn: w.layers.map((L) => L.attnNorm), ffn: w.layers.map((L) => L.ffnNorm), final: w.norm };
+    // The kernel computes as accuracy level 4 does (int8 activations); level 0 is onnxruntime's alone.
+    const nativeWeights = options.accuracyLevel === 0 ? undefined : (options.nativeWeights ?? (ckpt.quantized && { quantized: ckpt.quantized, norms }));
+    return ModelRunner.open(buildColmGraph(ckpt, options.accuracyLevel), ckpt.config, ckpt.weightBytes, { ...options, nativeWeights });
   }
 
   /** A session over a built graph: its bytes, or the path of an .onnx file (see ops/graph-cache.ts). */
@@ -128,7 +150,13 @@ export class ModelRunner {
     }
     trimHeap(); // the unpacked weights onnxruntime freed after prepacking leave the process
     holdFreedMemory(); // and from now on, what calls free stays for the next call (see trim-heap.ts)
-    return new ModelRunner(session, config, device, weightBytes, options.reusedOutputFloats ?? 1 << 16);
+    let native: NativeDecoder | undefined;
+    if (nativeWanted(options) && device === "cpu" && options.nativeWeights) {
+      const made = NativeDecoder.create(config, options.nativeWeights.quantized, options.nativeWeights.norms, threads);
+      if (made instanceof NativeDecoder) native = made;
+      else log(`colm: native decode kernel unavailable (${made.reason}); onnxruntime runs decode steps`);
+    }
+    return new ModelRunner(session, config, device, weightBytes, options.reusedOutputFloats ?? 1 << 16, native);
   }
 
 
@@ -160,6 +188,7 @@ export class ModelRunner {
     const lengths = cache.lengths.slice(firstRow, firstRow + B);
     const longest = Math.max(...lengths) + T;
     if (longest > c.max_position) throw new RunnerError(`sequence of ${longest} tokens exceeds max_position ${c.max_position}`);
+    if (this.native && B * T <= NATIVE_MAX_TOKENS) return this.nativeStep(tokens, perRow, cache, logitsRows, firstRow, lengths);
     const flat = new BigInt64Array(B * T);
     tokens.forEach((row, b) => Array.from(row, (t, i) => (flat[b * T + i] = BigInt(t))));
     const feeds: Record<string, ort.Tensor> = {
@@ -208,6 +237,27 @@ export class ModelRunner {
     } finally {
       this.kvOutInUse = false;
     }
+  }
+
+  /** stepRows on the native kernel: it reads the cache's rows in place, as onnxruntime does. */
+  private nativeStep(tokens: ArrayLike<number>[], chains: readonly number[], cache: KvCache, logitsRows: readonly number[], firstRow: number, lengths: number[]): StepResult {
+    const c = this.config;
+    const B = tokens.length;
+    const rowSize = c.kv_heads * cache.capacity * c.head_dim;
+    const view = (buffer: Float32Array): Float32Array => buffer.subarray(firstRow * rowSize, (firstRow + B) * rowSize);
+    const flat = new Int32Array(B * tokens[0].length);
+    tokens.forEach((row, b) => flat.set(Array.from(row), b * row.length));
+    return this.native!.step({
+      B,
+      T: tokens[0].length,
+      tokens: flat,
+      chains: Int32Array.from(chains),
+      past: Int32Array.from(lengths),
+      pastKeys: Array.from({ length: c.n_layers }, (_, l) => view(cache.keyBuffer(l))),
+      pastValues: Array.from({ length: c.n_layers }, (_, l) => view(cache.valueBuffer(l))),
+      capacity: cache.capacity,
+      logitRows: Int32Array.from(logitsRows),
+    });
   }
 
   /** The first `size` floats of reusable output buffer `i`, grown when too small. */

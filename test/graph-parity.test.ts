@@ -44,7 +44,7 @@ for (const p of PRECISIONS_UNDER_TEST) {
     describe(`onnxruntime matches the reference forward (${label}, ${p.label})`, () => {
       let m: Loaded;
       before(async () => {
-        m = await loadRunner(makeCheckpoint(config, 7), p.precision, p.accuracyLevel);
+        m = await loadRunner(makeCheckpoint(config, 7), p.precision, p.accuracyLevel, p.native);
       });
       after(() => m.runner.close());
 

@@ -37,8 +37,8 @@ describe(`§5.1 chain causality: weights of chains > k never touch sub-model k (
       const changed = tempDir();
       writeFileSync(join(changed, "config.json"), JSON.stringify(TINY_EQUAL));
       writeSafetensors(join(changed, "model.safetensors"), tensors);
-      const a = await loadRunner(base, p.precision, p.accuracyLevel);
-      const b = await loadRunner(changed, p.precision, p.accuracyLevel);
+      const a = await loadRunner(base, p.precision, p.accuracyLevel, p.native);
+      const b = await loadRunner(changed, p.precision, p.accuracyLevel, p.native);
       try {
         const ak = await fullForward(a.runner, TOKENS, k);
         const bk = await fullForward(b.runner, TOKENS, k);
@@ -58,7 +58,7 @@ for (const [label, cfg] of [["equal chains", TINY_EQUAL], ["unequal chains", TIN
   describe(`§5.2–5.6 (${label}, ${p.label})`, () => {
     let m: Loaded;
     before(async () => {
-      m = await loadRunner(makeCheckpoint(cfg, 11), p.precision, p.accuracyLevel);
+      m = await loadRunner(makeCheckpoint(cfg, 11), p.precision, p.accuracyLevel, p.native);
     });
     after(() => m.runner.close());
     const n = cfg.chain_heads.length;

@@ -4,12 +4,13 @@
 // runs at the requested size. The engine knows the model runner beneath it and nothing above.
 import { basename, join, resolve } from "node:path";
 import { loadCheckpoint, parameterCount, weightBytesOf } from "../../models/checkpoint.ts";
-import { bitsOf, checkpointPrecision, configAtPrecision, type Precision } from "../../models/quantized.ts";
+import { bitsOf, checkpointPrecision, configAtPrecision, readQuantizedMatrices, type Precision } from "../../models/quantized.ts";
+import { SafetensorsFile, openWeights } from "../../models/safetensors.ts";
 import { quantizeCheckpoint } from "../../kernels/quantize.ts";
 import { kvValuesPerToken, readConfig } from "../../models/config.ts";
 import { loadTokenizer } from "../../models/tokenizer.ts";
-import { ModelRunner, type Device } from "../../ops/runner.ts";
-import { cachedGraph } from "../../ops/graph-cache.ts";
+import { ModelRunner, nativeWanted, type Device } from "../../ops/runner.ts";
+import { cachedGraph, quantizedWeightsPath } from "../../ops/graph-cache.ts";
 import { Scheduler, prefillRow, type StepStats } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
 import { DEFAULT_BLOCK_TOKENS, PrefixCache } from "./prefix-cache.ts";
@@ -142,8 +143,19 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   const tokenizer = loadTokenizer(dir, config.tokenizer, { bos: config.bos_token_id, eos: config.eos_token_id });
   let runner: ModelRunner;
   if (options.graphCache ?? weightBytesOf(stored) > OUT_OF_PROCESS_BYTES) {
-    const file = await cachedGraph(dir, options.graphCacheDir, options.log, precision === checkpointPrecision(stored) ? "stored" : precision);
-    runner = await ModelRunner.open(file, config, weightBytesOf(config), runnerOptions);
+    const own = precision === checkpointPrecision(stored);
+    const file = await cachedGraph(dir, options.graphCacheDir, options.log, own ? "stored" : precision);
+    // The native decode kernel's weights: the checkpoint's own, or those quantized beside the graph.
+    let nativeWeights;
+    if (precision !== "f32" && nativeWanted(runnerOptions)) {
+      const source = own ? openWeights(dir) : SafetensorsFile.open(quantizedWeightsPath(file));
+      try {
+        nativeWeights = readQuantizedMatrices(source, config);
+      } finally {
+        source.close();
+      }
+    }
+    runner = await ModelRunner.open(file, config, weightBytesOf(config), { ...runnerOptions, nativeWeights });
   } else {
     const ckpt = loadCheckpoint(dir, { onWarning: options.log });
     const bits = bitsOf(precision);

@@ -8,18 +8,22 @@ import type { AccuracyLevel } from "../../ops/graph.ts";
 
 /**
  * The precisions the model tests run at. Quantized ones run at MatMulNBits' accuracy level 4 (what
- * the server runs: int8 activations) and q4 also at level 0 (float32 compute on the quantized
- * weights: the quantized model's exact arithmetic).
+ * the server runs: int8 activations), with calls of up to NATIVE_MAX_TOKENS tokens on the native
+ * decode kernel as the server runs them, and again on onnxruntime alone; q4 also at level 0
+ * (float32 compute on the quantized weights: the quantized model's exact arithmetic).
  */
 export interface PrecisionUnderTest {
   precision: Precision;
   accuracyLevel?: AccuracyLevel;
+  native?: "off";
   label: string;
 }
 export const PRECISIONS_UNDER_TEST: readonly PrecisionUnderTest[] = [
   { precision: "f32", label: "f32" },
   { precision: "q8", accuracyLevel: 4, label: "q8" },
   { precision: "q4", accuracyLevel: 4, label: "q4" },
+  { precision: "q8", accuracyLevel: 4, native: "off", label: "q8, onnxruntime only" },
+  { precision: "q4", accuracyLevel: 4, native: "off", label: "q4, onnxruntime only" },
   { precision: "q4", accuracyLevel: 0, label: "q4, float32 compute" },
 ];
 
@@ -47,10 +51,10 @@ export interface Loaded {
  * A runner on one thread whose every call writes keys and values into its reused buffers, at
  * `precision` (quantized at load; `ckpt.weights` are then the dequantized values the graph runs).
  */
-export async function loadRunner(dir: string, precision: Precision = "f32", accuracyLevel?: AccuracyLevel): Promise<Loaded> {
+export async function loadRunner(dir: string, precision: Precision = "f32", accuracyLevel?: AccuracyLevel, native?: "off"): Promise<Loaded> {
   const bits = bitsOf(precision);
   const ckpt = bits ? quantizeCheckpoint(loadCheckpoint(dir), bits, TEST_BLOCK_SIZE) : loadCheckpoint(dir);
-  const runner = await ModelRunner.create(ckpt, { threads: 1, reusedOutputFloats: 0, accuracyLevel });
+  const runner = await ModelRunner.create(ckpt, { threads: 1, reusedOutputFloats: 0, accuracyLevel, native });
   return { ckpt, runner };
 }
 

@@ -1,0 +1,124 @@
+// The quantized decode kernel (kernels/native/colm_decode.cc): a few tokens at a time over
+// block-quantized weights, each layer's chain blocks in one threaded pass. Built from source with
+// the system's g++ and Node's own headers on first use (or by `npm install`), into
+// kernels/native/build/ (`npm run build:native` says how it went); where it cannot be built the
+// runner keeps onnxruntime for every call.
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, renameSync, statSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import type { ColmConfig } from "../models/config.ts";
+import { quantizedLayout, type NormGains, type QuantizedWeights } from "../models/quantized.ts";
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+export const NATIVE_SOURCE = join(HERE, "native", "colm_decode.cc");
+export const NATIVE_BINARY = join(HERE, "native", "build", "colm_decode.node");
+
+/** The addon's functions (colm_decode.cc, "Node-API glue"). */
+interface Addon {
+  fast: boolean;
+  create(config: Int32Array, floats: Float64Array, matrices: (Uint8Array | Float32Array)[], norms: Float32Array[]): unknown;
+  step(
+    handle: unknown, B: number, T: number, tokens: Int32Array, chains: Int32Array, past: Int32Array,
+    pastKeys: Float32Array[], pastValues: Float32Array[], capacity: number,
+    newKeys: Float32Array[], newValues: Float32Array[], logitRows: Int32Array, logits: Float32Array, hidden: Float32Array,
+  ): void;
+}
+
+/**
+ * Compiles the addon for this machine's CPU (-march=native: AVX-512 VNNI where it has it) against
+ * the headers of the Node that runs us; into a temporary file first, so a process loading it never
+ * sees half of one.
+ */
+function build(): void {
+  const include = join(dirname(dirname(process.execPath)), "include", "node");
+  const tmp = `${NATIVE_BINARY}.${process.pid}.tmp`;
+  mkdirSync(dirname(NATIVE_BINARY), { recursive: true });
+  execFileSync("g++", ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-Wno-maybe-uninitialized", `-I${include}`, NATIVE_SOURCE, "-o", tmp], { stdio: ["ignore", "ignore", "pipe"] });
+  renameSync(tmp, NATIVE_BINARY);
+}
+
+let loaded: { addon: Addon } | { reason: string } | undefined;
+
+/** The addon, built first when missing or older than its source; or why it is unavailable. */
+export function nativeAddon(): { addon: Addon } | { reason: string } {
+  if (loaded) return loaded;
+  try {
+    if (!existsSync(NATIVE_BINARY) || statSync(NATIVE_BINARY).mtimeMs < statSync(NATIVE_SOURCE).mtimeMs) build();
+    loaded = { addon: createRequire(import.meta.url)(NATIVE_BINARY) as Addon };
+  } catch (e) {
+    const err = e as Error & { stderr?: Buffer };
+    loaded = { reason: (err.stderr?.toString() || err.message).split("\n")[0] };
+  }
+  return loaded;
+}
+
+/** What one call computes: `tokens` [B·T] at positions past[b] … past[b]+T-1 of rows b. */
+export interface NativeStep {
+  B: number;
+  T: number;
+  tokens: Int32Array;
+  chains: Int32Array;
+  past: Int32Array;
+  pastKeys: Float32Array[];
+  pastValues: Float32Array[];
+  capacity: number;
+  logitRows: Int32Array;
+}
+
+export interface NativeResult {
+  logits: Float32Array;
+  hidden: Float32Array;
+  newKeys: Float32Array[];
+  newValues: Float32Array[];
+}
+
+export class NativeDecoder {
+  private constructor(
+    private readonly addon: Addon,
+    private readonly handle: unknown,
+    private readonly config: ColmConfig,
+  ) {}
+
+  /** Whether the kernel runs on AVX-512 VNNI here (else a slow portable path: tests only). */
+  get fast(): boolean {
+    return this.addon.fast;
+  }
+
+  /**
+   * A decoder over `quantized`, or why there is none. The kernel copies the weights into memory of
+   * its own (on huge pages), so the caller may drop them.
+   */
+  static create(config: ColmConfig, quantized: QuantizedWeights, norms: NormGains, threads: number): NativeDecoder | { reason: string } {
+    const got = nativeAddon();
+    if (!("addon" in got)) return got;
+    const c = config;
+    const cfg = Int32Array.from([c.n_layers, c.nChains, c.vocab_size, c.head_dim, c.kv_heads, quantized.bits, quantized.blockSize, c.max_position, threads, c.tie_embeddings ? 1 : 0, ...c.chain_heads, ...c.ffn_chain_dims]);
+    const matrices = quantizedLayout(c).flatMap((s) => {
+      const m = quantized.matrices.get(s.name)!;
+      return [m.data, m.scales];
+    });
+    try {
+      const handle = got.addon.create(cfg, Float64Array.of(c.norm_eps, c.rope_theta), matrices, [...norms.attn, ...norms.ffn, norms.final]);
+      return new NativeDecoder(got.addon, handle, c);
+    } catch (e) {
+      return { reason: (e as Error).message };
+    }
+  }
+
+  step(s: NativeStep): NativeResult {
+    const c = this.config;
+    const R = s.logitRows.length;
+    const kmax = Math.max(...s.chains);
+    const newSize = s.B * s.T * c.kv_heads * c.head_dim;
+    const out: NativeResult = {
+      logits: new Float32Array(R * c.vocab_size),
+      hidden: new Float32Array(R * c.dk[kmax]),
+      newKeys: Array.from({ length: c.n_layers }, () => new Float32Array(newSize)),
+      newValues: Array.from({ length: c.n_layers }, () => new Float32Array(newSize)),
+    };
+    this.addon.step(this.handle, s.B, s.T, s.tokens, s.chains, s.past, s.pastKeys, s.pastValues, s.capacity, out.newKeys, out.newValues, s.logitRows, out.logits, out.hidden);
+    return out;
+  }
+}

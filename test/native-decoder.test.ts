@@ -1,0 +1,159 @@
+// The native decode kernel (kernels/native/colm_decode.cc) against onnxruntime's graph at the same
+// precision, and the exactness it promises: a row's result does not depend on its batch, and a
+// verification step of T tokens equals T single steps, bit for bit. The spec §5 invariants and the
+// reference forward run on it too (spec-invariants and graph-parity, labels "q8" and "q4").
+import { test, describe, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import type { ColmConfigJson } from "../models/config.ts";
+import { loadCheckpoint } from "../models/checkpoint.ts";
+import { quantizeCheckpoint } from "../kernels/quantize.ts";
+import { KvCache } from "../kernels/kv-cache.ts";
+import { NativeDecoder, nativeAddon } from "../kernels/native-decoder.ts";
+import { ModelRunner, NATIVE_MAX_TOKENS, type StepResult } from "../ops/runner.ts";
+import { loadModel } from "../server/engine/engine.ts";
+import { TINY_EQUAL, TINY_UNEQUAL, makeCheckpoint, tempDir } from "./helpers/checkpoints.ts";
+import { TEST_BLOCK_SIZE, maxAbsDiff, range } from "./helpers/run.ts";
+
+/** Head width 32 (the kernel's vector attention), chains one block wide, FFN prefixes unaligned to groups. */
+const TINY_WIDE: ColmConfigJson = { ...TINY_EQUAL, vocab_size: 300, head_dim: 32, chain_heads: [1, 1, 2], kv_heads: 1, ffn_chain_dims: [32, 64, 96] };
+const MODELS = [["equal chains", TINY_EQUAL, TEST_BLOCK_SIZE], ["unequal chains, tied head", TINY_UNEQUAL, TEST_BLOCK_SIZE], ["head width 32, block 32", TINY_WIDE, 32]] as const;
+const PROMPT = range(20, 3).map((t) => (t * 7) % 97); // longer than NATIVE_MAX_TOKENS: onnxruntime prefills it
+
+const available = "addon" in nativeAddon();
+const why = available ? undefined : `native kernel unavailable: ${"reason" in nativeAddon() ? (nativeAddon() as { reason: string }).reason : ""}`;
+
+/** Prefills PROMPT in a fresh cache (onnxruntime: it is longer than NATIVE_MAX_TOKENS). */
+async function prefilled(r: ModelRunner, rows = 1): Promise<KvCache> {
+  const c = r.config;
+  const cache = new KvCache(c.n_layers, c.kv_heads, c.head_dim, 64, rows);
+  for (let b = 0; b < rows; b++) {
+    const prompt = PROMPT.slice(0, PROMPT.length - b); // rows of different lengths
+    const out = await r.stepRows([prompt], 1, cache, [], b);
+    cache.append(out.newKeys, out.newValues, prompt.length, b, 1);
+  }
+  return cache;
+}
+
+const argmax = (x: Float32Array): number => x.indexOf(x.reduce((m, v) => Math.max(m, v), -Infinity));
+
+for (const bits of [8, 4] as const) {
+  for (const [label, cfg, blockSize] of MODELS) {
+    describe(`native kernel, q${bits}, ${label}`, { skip: why }, () => {
+      let native: ModelRunner;
+      let ort: ModelRunner;
+      before(async () => {
+        const ckpt = quantizeCheckpoint(loadCheckpoint(makeCheckpoint(cfg, 5)), bits, blockSize);
+        native = await ModelRunner.create(ckpt, { threads: 2, reusedOutputFloats: 0 });
+        ort = await ModelRunner.create(ckpt, { threads: 1, reusedOutputFloats: 0, native: "off" });
+        assert.ok(native.native, "a quantized model gets the native kernel");
+        assert.equal(ort.native, undefined);
+      });
+      after(async () => {
+        await native.close();
+        await ort.close();
+      });
+
+      test("decode steps match onnxruntime at every chain count (int8 activations: 5% of the largest logit)", async () => {
+        const V = native.config.vocab_size;
+        for (let k = 1; k <= native.config.nChains; k++) {
+          const [a, b] = [await prefilled(native), await prefilled(ort)];
+          let token = 11;
+          for (let s = 0; s < 6; s++) {
+            const x = await native.step([token], k, a, [0]);
+            const y = await ort.step([token], k, b, [0]);
+            const tol = 0.05 * y.logits.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+            assert.ok(maxAbsDiff(x.logits, y.logits) <= tol, `k=${k} step ${s}: logits differ by ${maxAbsDiff(x.logits, y.logits)} > ${tol}`);
+            for (let l = 0; l < x.newKeys.length; l++) assert.ok(maxAbsDiff(x.newKeys[l], y.newKeys[l]) <= 0.05 * Math.max(1, ...Array.from(y.newKeys[l], Math.abs)), `k=${k} layer ${l} keys`);
+            const sorted = Float32Array.from(y.logits).sort();
+            if (sorted[V - 1] - sorted[V - 2] > 2 * tol) assert.equal(argmax(x.logits), argmax(y.logits), `k=${k} step ${s}: greedy token differs`);
+            a.append(x.newKeys, x.newValues, 1);
+            b.append(y.newKeys, y.newValues, 1);
+            token = argmax(y.logits);
+          }
+        }
+      });
+
+      test("a row's result does not depend on its batch: three rows of different lengths and sizes, bit for bit", async () => {
+        const n = native.config.nChains;
+        const chains = [n, 1, Math.max(1, n - 1)];
+        const together = await prefilled(native, 3);
+        const batch = await native.stepRows([[4], [9], [13]], chains, together, [0, 1, 2]);
+        const V = native.config.vocab_size;
+        for (let b = 0; b < 3; b++) {
+          const alone = await prefilled(native, 3);
+          const one = await native.stepRows([[[4], [9], [13]][b]], chains[b], alone, [0], b);
+          assert.deepEqual(batch.logits.subarray(b * V, (b + 1) * V), one.logits, `row ${b} logits`);
+          const kvSize = one.newKeys[0].length;
+          for (let l = 0; l < one.newKeys.length; l++) assert.deepEqual(batch.newKeys[l].subarray(b * kvSize, (b + 1) * kvSize), one.newKeys[l], `row ${b} layer ${l} keys`);
+        }
+      });
+
+      test("a verification step of T tokens equals T single steps, bit for bit (speculative decoding stays exact)", async () => {
+        const n = native.config.nChains;
+        const tokens = [21, 8, 33, 5];
+        const once = await native.step(tokens, n, await prefilled(native), range(tokens.length));
+        const cache = await prefilled(native);
+        const V = native.config.vocab_size;
+        for (const [t, token] of tokens.entries()) {
+          const one: StepResult = await native.step([token], n, cache, [0]);
+          assert.deepEqual(once.logits.subarray(t * V, (t + 1) * V), one.logits, `token ${t}`);
+          cache.append(one.newKeys, one.newValues, 1);
+        }
+      });
+
+      test(`calls of more than ${NATIVE_MAX_TOKENS} tokens stay on onnxruntime (identical to a runner without the kernel)`, async () => {
+        const c = native.config;
+        const long = range(NATIVE_MAX_TOKENS + 1, 1);
+        const x = await native.step(long, c.nChains, new KvCache(c.n_layers, c.kv_heads, c.head_dim), [long.length - 1]);
+        const y = await ort.step(long, c.nChains, new KvCache(c.n_layers, c.kv_heads, c.head_dim), [long.length - 1]);
+        assert.ok(maxAbsDiff(x.logits, y.logits) < 1e-4);
+      });
+    });
+  }
+}
+
+describe("native kernel: where it is used", { skip: why }, () => {
+  test("a float32 model, or float32 compute on quantized weights, runs on onnxruntime alone", async () => {
+    const ckpt = loadCheckpoint(makeCheckpoint(TINY_EQUAL, 5));
+    const f32 = await ModelRunner.create(ckpt, { threads: 1 });
+    const level0 = await ModelRunner.create(quantizeCheckpoint(ckpt, 4, TEST_BLOCK_SIZE), { threads: 1, accuracyLevel: 0 });
+    assert.equal(f32.native, undefined);
+    assert.equal(level0.native, undefined);
+    await f32.close();
+    await level0.close();
+  });
+
+  test("an unsupported block size is refused with a reason, and the runner keeps onnxruntime", async () => {
+    const cfg = { ...TINY_EQUAL, head_dim: 128, chain_heads: [1, 1], ffn_chain_dims: [128, 128] };
+    const ckpt = quantizeCheckpoint(loadCheckpoint(makeCheckpoint(cfg, 5)), 4, 128);
+    const norms = { attn: ckpt.weights.layers.map((L) => L.attnNorm), ffn: ckpt.weights.layers.map((L) => L.ffnNorm), final: ckpt.weights.norm };
+    const made = NativeDecoder.create(ckpt.config, ckpt.quantized!, norms, 1);
+    assert.ok(!(made instanceof NativeDecoder) && /block size must be 16, 32 or 64/.test(made.reason), JSON.stringify(made));
+    const logged: string[] = [];
+    const r = await ModelRunner.create(ckpt, { threads: 1, log: (m) => logged.push(m) });
+    assert.equal(r.native, undefined);
+    assert.match(logged.join("\n"), /native decode kernel unavailable \(block size must be 16, 32 or 64\)/);
+    const out = await r.step([1, 2], 2, new KvCache(2, 1, 128), [1]);
+    assert.equal(out.logits.length, cfg.vocab_size);
+    await r.close();
+  });
+
+  test("the server's load path: a float32 checkpoint quantized at load gets its quantized weights cached beside the graph", async () => {
+    const cacheDir = tempDir("colm-graphs-");
+    const engine = await loadModel(makeCheckpoint(TINY_WIDE, 9), { quant: "q4", graphCache: true, graphCacheDir: cacheDir, log: () => {} });
+    try {
+      assert.ok(engine.runner.native, "native kernel in use");
+      const { readdirSync } = await import("node:fs");
+      const files = readdirSync(cacheDir);
+      assert.equal(files.filter((f) => f.endsWith(".onnx")).length, 1);
+      assert.ok(files.some((f) => f.endsWith(".weights.safetensors")), files.join(", "));
+      const out: number[] = [];
+      for await (const t of engine.generate([1, 2, 3], { maxTokens: 4, sampling: { temperature: 0 } })) out.push(t.tokenId);
+      assert.equal(out.length, 4);
+    } finally {
+      await engine.close();
+    }
+    assert.ok(existsSync(cacheDir));
+  });
+});
