@@ -1,15 +1,16 @@
-// The quantized decode kernel (kernels/native/colm_decode.cc): a few tokens at a time over
-// block-quantized weights, each layer's chain blocks in one threaded pass. Built from source with
-// the system's g++ and Node's own headers on first use (or by `npm install`), into
-// kernels/native/build/ (`npm run build:native` says how it went); where it cannot be built the
-// runner keeps onnxruntime for every call.
+// The native kernel that runs quantized models (kernels/native/colm_decode.cc; design in
+// models/QUANTIZATION.md, "The native kernel"): every call, prompts and decode steps, over
+// block-quantized weights it holds itself. Built from source with the system's g++ and Node's own
+// headers by `npm install` or on first use, into kernels/native/build/ (`npm run build:native`
+// says how it went); where it cannot be built the runner uses onnxruntime.
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, renameSync, statSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { ColmConfig } from "../models/config.ts";
-import { quantizedLayout, type NormGains, type QuantizedWeights } from "../models/quantized.ts";
+import { quantizedEntries, quantizedLayout, type NormGains, type QuantBits, type QuantizedWeights } from "../models/quantized.ts";
+import type { FileRange, TensorSource } from "../models/safetensors.ts";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 export const NATIVE_SOURCE = join(HERE, "native", "colm_decode.cc");
@@ -18,7 +19,7 @@ export const NATIVE_BINARY = join(HERE, "native", "build", "colm_decode.node");
 /** The addon's functions (colm_decode.cc, "Node-API glue"). */
 interface Addon {
   fast: boolean;
-  create(config: Int32Array, floats: Float64Array, matrices: (Uint8Array | Float32Array)[], norms: Float32Array[]): unknown;
+  create(config: Int32Array, floats: Float64Array, matrices: (Uint8Array | Float32Array | FileRange)[], norms: Float32Array[]): unknown;
   step(
     handle: unknown, B: number, T: number, tokens: Int32Array, chains: Int32Array, past: Int32Array,
     pastKeys: Float32Array[], pastValues: Float32Array[], capacity: number,
@@ -54,6 +55,30 @@ export function nativeAddon(): { addon: Addon } | { reason: string } {
   return loaded;
 }
 
+/**
+ * A quantized model's weights as the kernel takes them: each matrix's bytes and scales in memory,
+ * or where they are in a checkpoint file (the kernel then reads them straight into its own memory,
+ * and the process never holds a second copy).
+ */
+export interface NativeWeights {
+  bits: QuantBits;
+  blockSize: number;
+  matrices: Map<string, { data: Uint8Array | FileRange; scales: Float32Array | FileRange }>;
+  norms: NormGains;
+}
+
+/** Weights already in memory (a checkpoint loaded or quantized in this process). */
+export const weightsInMemory = (quantized: QuantizedWeights, norms: NormGains): NativeWeights => ({ ...quantized, norms });
+
+/** Weights where a quantized checkpoint file holds them (names and shapes checked; scales stored as F32). */
+export function weightsInFile(file: TensorSource, c: ColmConfig): NativeWeights {
+  const { matrices, norms } = quantizedEntries(file, c, (_, qweight, scales) => ({
+    data: file.locate(qweight),
+    scales: file.entries.get(scales)?.dtype === "F32" ? file.locate(scales) : file.read(scales),
+  }));
+  return { bits: c.quantization!.bits, blockSize: c.quantization!.block_size, matrices, norms };
+}
+
 /** What one call computes: `tokens` [B·T] at positions past[b] … past[b]+T-1 of rows b. */
 export interface NativeStep {
   B: number;
@@ -65,6 +90,9 @@ export interface NativeStep {
   pastValues: Float32Array[];
   capacity: number;
   logitRows: Int32Array;
+  /** Per layer [B, kv_heads, T, hd]: where the new keys and values go. */
+  newKeys: Float32Array[];
+  newValues: Float32Array[];
 }
 
 export interface NativeResult {
@@ -74,6 +102,7 @@ export interface NativeResult {
   newValues: Float32Array[];
 }
 
+/** One model on the kernel: `step` is ModelRunner.stepRows for a quantized model. */
 export class NativeDecoder {
   private constructor(
     private readonly addon: Addon,
@@ -87,19 +116,20 @@ export class NativeDecoder {
   }
 
   /**
-   * A decoder over `quantized`, or why there is none. The kernel copies the weights into memory of
+   * A decoder over `weights`, or why there is none. The kernel copies the weights into memory of
    * its own (on huge pages), so the caller may drop them.
    */
-  static create(config: ColmConfig, quantized: QuantizedWeights, norms: NormGains, threads: number): NativeDecoder | { reason: string } {
+  static create(config: ColmConfig, weights: NativeWeights, threads: number): NativeDecoder | { reason: string } {
     const got = nativeAddon();
     if (!("addon" in got)) return got;
     const c = config;
-    const cfg = Int32Array.from([c.n_layers, c.nChains, c.vocab_size, c.head_dim, c.kv_heads, quantized.bits, quantized.blockSize, c.max_position, threads, c.tie_embeddings ? 1 : 0, ...c.chain_heads, ...c.ffn_chain_dims]);
+    const cfg = Int32Array.from([c.n_layers, c.nChains, c.vocab_size, c.head_dim, c.kv_heads, weights.bits, weights.blockSize, c.max_position, threads, c.tie_embeddings ? 1 : 0, ...c.chain_heads, ...c.ffn_chain_dims]);
     const matrices = quantizedLayout(c).flatMap((s) => {
-      const m = quantized.matrices.get(s.name)!;
+      const m = weights.matrices.get(s.name)!;
       return [m.data, m.scales];
     });
     try {
+      const { norms } = weights;
       const handle = got.addon.create(cfg, Float64Array.of(c.norm_eps, c.rope_theta), matrices, [...norms.attn, ...norms.ffn, norms.final]);
       return new NativeDecoder(got.addon, handle, c);
     } catch (e) {
@@ -111,13 +141,7 @@ export class NativeDecoder {
     const c = this.config;
     const R = s.logitRows.length;
     const kmax = Math.max(...s.chains);
-    const newSize = s.B * s.T * c.kv_heads * c.head_dim;
-    const out: NativeResult = {
-      logits: new Float32Array(R * c.vocab_size),
-      hidden: new Float32Array(R * c.dk[kmax]),
-      newKeys: Array.from({ length: c.n_layers }, () => new Float32Array(newSize)),
-      newValues: Array.from({ length: c.n_layers }, () => new Float32Array(newSize)),
-    };
+    const out: NativeResult = { logits: new Float32Array(R * c.vocab_size), hidden: new Float32Array(R * c.dk[kmax]), newKeys: s.newKeys, newValues: s.newValues };
     this.addon.step(this.handle, s.B, s.T, s.tokens, s.chains, s.past, s.pastKeys, s.pastValues, s.capacity, out.newKeys, out.newValues, s.logitRows, out.logits, out.hidden);
     return out;
   }

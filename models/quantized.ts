@@ -204,21 +204,32 @@ export function readQuantized(file: TensorSource, c: ColmConfig): { quantized: Q
 /** A quantized checkpoint's matrices and norm gains as stored (nothing dequantized), every name and shape checked. */
 export function readQuantizedMatrices(file: TensorSource, c: ColmConfig): { quantized: QuantizedWeights; norms: NormGains } {
   const { bits, block_size: blockSize } = c.quantization!;
+  const { matrices, norms } = quantizedEntries(file, c, (s, qweight, scales) => ({ rows: s.rows, cols: s.cols, bits, blockSize, data: file.readBytes(qweight), scales: file.read(scales) }));
+  return { quantized: { bits, blockSize, matrices }, norms };
+}
+
+/**
+ * Checks a quantized checkpoint's tensors (every name and shape) and hands each matrix's
+ * `.qweight` and `.scales` names to `take`, which reads them (or says where they are); reads the
+ * norm gains.
+ */
+export function quantizedEntries<T>(file: TensorSource, c: ColmConfig, take: (slot: MatrixSlot, qweight: string, scales: string) => T): { matrices: Map<string, T>; norms: NormGains } {
+  const { bits, block_size: blockSize } = c.quantization!;
   checkQuantization(bits, blockSize, c);
   const expect = (name: string, shape: number[]): void => {
     const got = file.entries.get(name)?.shape;
     if (!got) throw new QuantizationError(`${file.path}: missing tensor ${name} (a ${precisionOf(bits)} checkpoint)`);
     if (got.length !== shape.length || got.some((d, i) => d !== shape[i])) throw new QuantizationError(`${file.path}: tensor ${name} has shape [${got}], expected [${shape}]`);
   };
-  const matrices = new Map<string, QuantizedMatrix>();
+  const matrices = new Map<string, T>();
   for (const s of quantizedLayout(c)) {
     const nb = blocksPerRow(s.cols, blockSize);
     expect(`${s.name}.qweight`, [s.rows, nb, blockBytes(bits, blockSize)]);
     expect(`${s.name}.scales`, [s.rows, nb]);
-    matrices.set(s.name, { rows: s.rows, cols: s.cols, bits, blockSize, data: file.readBytes(`${s.name}.qweight`), scales: file.read(`${s.name}.scales`) });
+    matrices.set(s.name, take(s, `${s.name}.qweight`, `${s.name}.scales`));
   }
   const gain = (name: string): Float32Array => (expect(name, [c.hidden]), file.read(name));
   const range = Array.from({ length: c.n_layers }, (_, l) => l);
   const norms = { attn: range.map((l) => gain(`layers.${l}.attn_norm.weight`)), ffn: range.map((l) => gain(`layers.${l}.ffn_norm.weight`)), final: gain("norm.weight") };
-  return { quantized: { bits, blockSize, matrices }, norms };
+  return { matrices, norms };
 }

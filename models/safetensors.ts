@@ -21,6 +21,13 @@ export interface TensorEntry {
   end: number;
 }
 
+/** A byte range of a file. */
+export interface FileRange {
+  path: string;
+  offset: number;
+  bytes: number;
+}
+
 const MAX_HEADER = 100 * 1024 * 1024;
 
 export class SafetensorsFile {
@@ -109,6 +116,12 @@ export class SafetensorsFile {
     return out;
   }
 
+  /** Where a tensor's bytes are in the file (for a reader that copies them itself). */
+  locate(name: string): FileRange {
+    const e = this.entry(name);
+    return { path: this.path, offset: this.dataStart + e.begin, bytes: e.end - e.begin };
+  }
+
   /** A U8 tensor's bytes (quantized weights). */
   readBytes(name: string): Uint8Array {
     const e = this.entry(name);
@@ -170,7 +183,7 @@ export function writeSafetensors(path: string, tensors: TensorToWrite[], metadat
 }
 
 /** What reading a checkpoint's tensors needs: one safetensors file, or the shards of one. */
-export type TensorSource = Pick<SafetensorsFile, "path" | "entries" | "read" | "readBytes" | "close">;
+export type TensorSource = Pick<SafetensorsFile, "path" | "entries" | "read" | "readBytes" | "locate" | "close">;
 
 /** Hugging Face's index of a sharded checkpoint: which file holds each tensor. */
 export const SHARD_INDEX = "model.safetensors.index.json";
@@ -231,6 +244,10 @@ class ShardedWeights implements TensorSource {
 
   readBytes(name: string): Uint8Array {
     return this.shard(name).readBytes(name);
+  }
+
+  locate(name: string): FileRange {
+    return this.shard(name).locate(name);
   }
 
   close(): void {

@@ -12,9 +12,9 @@ import type { ColmConfig } from "../models/config.ts";
 import type { KvCache } from "../kernels/kv-cache.ts";
 import { buildColmGraph } from "./colm-graph.ts";
 import type { AccuracyLevel } from "./graph.ts";
-import { checkpointPrecision, type NormGains, type Precision, type QuantizedWeights } from "../models/quantized.ts";
+import { checkpointPrecision, type Precision } from "../models/quantized.ts";
 import { holdFreedMemory, trimHeap } from "./trim-heap.ts";
-import { NativeDecoder } from "../kernels/native-decoder.ts";
+import { NativeDecoder, weightsInMemory, type NativeWeights } from "../kernels/native-decoder.ts";
 
 export type Device = "cpu" | "cuda";
 
@@ -32,17 +32,11 @@ export interface RunnerOptions {
   /** A quantized model's MatMulNBits accuracy level (create only; default 4, see ops/graph.ts). */
   accuracyLevel?: AccuracyLevel;
   /**
-   * A quantized model's weights for the native decode kernel (kernels/native-decoder.ts), which
-   * then runs every call of at most NATIVE_MAX_TOKENS tokens (decode, draft and verification
-   * steps); onnxruntime runs the rest (prompts). `create` finds them in the checkpoint.
+   * "off" (or COLM_NATIVE=0): a quantized model runs on onnxruntime. Default "auto": on the native
+   * kernel (kernels/native-decoder.ts) where it can be built, onnxruntime otherwise.
    */
-  nativeWeights?: { quantized: QuantizedWeights; norms: NormGains };
-  /** "off" (or COLM_NATIVE=0): onnxruntime runs every call. Default "auto": native when it can. */
   native?: "auto" | "off";
 }
-
-/** Calls of up to this many tokens (rows × tokens) go to the native kernel when there is one. */
-export const NATIVE_MAX_TOKENS = 16;
 
 /** Whether a runner with these options would use the native kernel for a quantized model (if it can be built). */
 export const nativeWanted = (options: Pick<RunnerOptions, "native" | "device">): boolean =>
@@ -93,13 +87,14 @@ export class ModelRunner {
   private kvOutInUse = false;
 
   private constructor(
-    private readonly session: ort.InferenceSession,
+    /** The onnxruntime session; none when the native kernel runs the model. */
+    private readonly session: ort.InferenceSession | undefined,
     readonly config: ColmConfig,
     readonly device: Device,
     /** Bytes of the weights the session holds (each weight once). */
     readonly weightBytes: number,
     private readonly reusedOutputFloats: number,
-    /** The native decode kernel, when the model is quantized and the kernel is available. */
+    /** The native kernel, which runs a quantized model (every call) where it can be built. */
     readonly native: NativeDecoder | undefined,
   ) {}
 
@@ -108,13 +103,29 @@ export class ModelRunner {
     return checkpointPrecision(this.config);
   }
 
-  /** A session over the graph built from `ckpt` in this process. */
-  static create(ckpt: Checkpoint, options: RunnerOptions = {}): Promise<ModelRunner> {
-    const w = ckpt.weights;
-    const norms = { attn: w.layers.map((L) => L.attnNorm), ffn: w.layers.map((L) => L.ffnNorm), final: w.norm };
-    // The kernel computes as accuracy level 4 does (int8 activations); level 0 is onnxruntime's alone.
-    const nativeWeights = options.accuracyLevel === 0 ? undefined : (options.nativeWeights ?? (ckpt.quantized && { quantized: ckpt.quantized, norms }));
-    return ModelRunner.open(buildColmGraph(ckpt, options.accuracyLevel), ckpt.config, ckpt.weightBytes, { ...options, nativeWeights });
+  /**
+   * A runner for `ckpt` in this process: a quantized one on the native kernel when it can be built
+   * (it computes as accuracy level 4 does: int8 activations; level 0 is onnxruntime's alone), else
+   * a session over the graph built from it.
+   */
+  static async create(ckpt: Checkpoint, options: RunnerOptions = {}): Promise<ModelRunner> {
+    if (ckpt.quantized && options.accuracyLevel !== 0 && nativeWanted(options)) {
+      const w = ckpt.weights;
+      const norms = { attn: w.layers.map((L) => L.attnNorm), ffn: w.layers.map((L) => L.ffnNorm), final: w.norm };
+      const runner = ModelRunner.openNative(ckpt.config, ckpt.weightBytes, weightsInMemory(ckpt.quantized, norms), options);
+      if (runner instanceof ModelRunner) return runner;
+      (options.log ?? ((m: string) => console.error(m)))(`colm: native kernel unavailable (${runner.reason}); the model runs on onnxruntime`);
+    }
+    return ModelRunner.open(buildColmGraph(ckpt, options.accuracyLevel), ckpt.config, ckpt.weightBytes, options);
+  }
+
+  /** A quantized model on the native kernel (no onnxruntime session), or why it cannot be. */
+  static openNative(config: ColmConfig, weightBytes: number, weights: NativeWeights, options: RunnerOptions = {}): ModelRunner | { reason: string } {
+    const threads = options.threads ?? (Number(process.env.COLM_THREADS) || availableParallelism());
+    const native = NativeDecoder.create(config, weights, threads);
+    if (!(native instanceof NativeDecoder)) return native;
+    trimHeap(); // what reading the weights freed leaves the process
+    return new ModelRunner(undefined, config, "cpu", weightBytes, options.reusedOutputFloats ?? 1 << 16, native);
   }
 
   /** A session over a built graph: its bytes, or the path of an .onnx file (see ops/graph-cache.ts). */
@@ -150,13 +161,7 @@ export class ModelRunner {
     }
     trimHeap(); // the unpacked weights onnxruntime freed after prepacking leave the process
     holdFreedMemory(); // and from now on, what calls free stays for the next call (see trim-heap.ts)
-    let native: NativeDecoder | undefined;
-    if (nativeWanted(options) && device === "cpu" && options.nativeWeights) {
-      const made = NativeDecoder.create(config, options.nativeWeights.quantized, options.nativeWeights.norms, threads);
-      if (made instanceof NativeDecoder) native = made;
-      else log(`colm: native decode kernel unavailable (${made.reason}); onnxruntime runs decode steps`);
-    }
-    return new ModelRunner(session, config, device, weightBytes, options.reusedOutputFloats ?? 1 << 16, native);
+    return new ModelRunner(session, config, device, weightBytes, options.reusedOutputFloats ?? 1 << 16, undefined);
   }
 
 
@@ -188,7 +193,8 @@ export class ModelRunner {
     const lengths = cache.lengths.slice(firstRow, firstRow + B);
     const longest = Math.max(...lengths) + T;
     if (longest > c.max_position) throw new RunnerError(`sequence of ${longest} tokens exceeds max_position ${c.max_position}`);
-    if (this.native && B * T <= NATIVE_MAX_TOKENS) return this.nativeStep(tokens, perRow, cache, logitsRows, firstRow, lengths);
+    if (this.native) return this.nativeStep(tokens, perRow, cache, logitsRows, firstRow, lengths);
+    const session = this.session!;
     const flat = new BigInt64Array(B * T);
     tokens.forEach((row, b) => Array.from(row, (t, i) => (flat[b * T + i] = BigInt(t))));
     const feeds: Record<string, ort.Tensor> = {
@@ -211,7 +217,7 @@ export class ModelRunner {
     const newShape = [B, c.kv_heads, T, c.head_dim];
     const newSize = B * c.kv_heads * T * c.head_dim;
     if (newSize < this.reusedOutputFloats || this.kvOutInUse) {
-      const out = await this.session.run(feeds);
+      const out = await session.run(feeds);
       const data = (name: string): Float32Array => out[name].data as Float32Array;
       return {
         logits: data("logits"),
@@ -232,17 +238,23 @@ export class ModelRunner {
     }
     this.kvOutInUse = true;
     try {
-      const out = await this.session.run(feeds, fetches);
+      const out = await session.run(feeds, fetches);
       return { logits: out.logits.data as Float32Array, hidden: out.hidden.data as Float32Array, newKeys, newValues };
     } finally {
       this.kvOutInUse = false;
     }
   }
 
-  /** stepRows on the native kernel: it reads the cache's rows in place, as onnxruntime does. */
+  /**
+   * stepRows on the native kernel: it reads the cache's rows in place, as onnxruntime does, and
+   * writes large calls' keys and values into the reused buffers.
+   */
   private nativeStep(tokens: ArrayLike<number>[], chains: readonly number[], cache: KvCache, logitsRows: readonly number[], firstRow: number, lengths: number[]): StepResult {
     const c = this.config;
     const B = tokens.length;
+    const newSize = B * tokens[0].length * c.kv_heads * c.head_dim;
+    const reuse = newSize >= this.reusedOutputFloats;
+    const kv = (i: number): Float32Array => (reuse ? this.kvOutput(i, newSize) : new Float32Array(newSize));
     const rowSize = c.kv_heads * cache.capacity * c.head_dim;
     const view = (buffer: Float32Array): Float32Array => buffer.subarray(firstRow * rowSize, (firstRow + B) * rowSize);
     const flat = new Int32Array(B * tokens[0].length);
@@ -257,6 +269,8 @@ export class ModelRunner {
       pastValues: Array.from({ length: c.n_layers }, (_, l) => view(cache.valueBuffer(l))),
       capacity: cache.capacity,
       logitRows: Int32Array.from(logitsRows),
+      newKeys: Array.from({ length: c.n_layers }, (_, l) => kv(2 * l)),
+      newValues: Array.from({ length: c.n_layers }, (_, l) => kv(2 * l + 1)),
     });
   }
 
@@ -267,6 +281,6 @@ export class ModelRunner {
   }
 
   async close(): Promise<void> {
-    await this.session.release();
+    await this.session?.release();
   }
 }

@@ -1,7 +1,8 @@
-// The native decode kernel (kernels/native/colm_decode.cc) against onnxruntime's graph at the same
-// precision, and the exactness it promises: a row's result does not depend on its batch, and a
-// verification step of T tokens equals T single steps, bit for bit. The spec §5 invariants and the
-// reference forward run on it too (spec-invariants and graph-parity, labels "q8" and "q4").
+// The native kernel (kernels/native/colm_decode.cc), which runs quantized models, against
+// onnxruntime's graph at the same precision, and the exactness it promises: a row's result does not
+// depend on its batch, and a call of T tokens (a verification step, a prompt in passes) equals T
+// single steps, bit for bit. The spec §5 invariants and the reference forward run on it too
+// (spec-invariants and graph-parity, labels "q8" and "q4").
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
@@ -9,8 +10,8 @@ import type { ColmConfigJson } from "../models/config.ts";
 import { loadCheckpoint } from "../models/checkpoint.ts";
 import { quantizeCheckpoint } from "../kernels/quantize.ts";
 import { KvCache } from "../kernels/kv-cache.ts";
-import { NativeDecoder, nativeAddon } from "../kernels/native-decoder.ts";
-import { ModelRunner, NATIVE_MAX_TOKENS, type StepResult } from "../ops/runner.ts";
+import { NativeDecoder, nativeAddon, weightsInMemory } from "../kernels/native-decoder.ts";
+import { ModelRunner, type StepResult } from "../ops/runner.ts";
 import { loadModel } from "../server/engine/engine.ts";
 import { TINY_EQUAL, TINY_UNEQUAL, makeCheckpoint, tempDir } from "./helpers/checkpoints.ts";
 import { TEST_BLOCK_SIZE, maxAbsDiff, range } from "./helpers/run.ts";
@@ -18,12 +19,12 @@ import { TEST_BLOCK_SIZE, maxAbsDiff, range } from "./helpers/run.ts";
 /** Head width 32 (the kernel's vector attention), chains one block wide, FFN prefixes unaligned to groups. */
 const TINY_WIDE: ColmConfigJson = { ...TINY_EQUAL, vocab_size: 300, head_dim: 32, chain_heads: [1, 1, 2], kv_heads: 1, ffn_chain_dims: [32, 64, 96] };
 const MODELS = [["equal chains", TINY_EQUAL, TEST_BLOCK_SIZE], ["unequal chains, tied head", TINY_UNEQUAL, TEST_BLOCK_SIZE], ["head width 32, block 32", TINY_WIDE, 32]] as const;
-const PROMPT = range(20, 3).map((t) => (t * 7) % 97); // longer than NATIVE_MAX_TOKENS: onnxruntime prefills it
+const PROMPT = range(20, 3).map((t) => (t * 7) % 97);
 
 const available = "addon" in nativeAddon();
 const why = available ? undefined : `native kernel unavailable: ${"reason" in nativeAddon() ? (nativeAddon() as { reason: string }).reason : ""}`;
 
-/** Prefills PROMPT in a fresh cache (onnxruntime: it is longer than NATIVE_MAX_TOKENS). */
+/** PROMPT prefilled at chain 1 in a fresh cache, row b without its last b tokens. */
 async function prefilled(r: ModelRunner, rows = 1): Promise<KvCache> {
   const c = r.config;
   const cache = new KvCache(c.n_layers, c.kv_heads, c.head_dim, 64, rows);
@@ -54,10 +55,14 @@ for (const bits of [8, 4] as const) {
         await ort.close();
       });
 
-      test("decode steps match onnxruntime at every chain count (int8 activations: 5% of the largest logit)", async () => {
+      test("a prompt and decode steps match onnxruntime at every chain count (int8 activations: 5% of the largest logit)", async () => {
         const V = native.config.vocab_size;
         for (let k = 1; k <= native.config.nChains; k++) {
           const [a, b] = [await prefilled(native), await prefilled(ort)];
+          for (let l = 0; l < native.config.n_layers; l++) {
+            const [ka, kb] = [a.keyBuffer(l), b.keyBuffer(l)];
+            assert.ok(maxAbsDiff(ka, kb) <= 0.05 * Math.max(1, ...Array.from(kb, Math.abs)), `prompt keys, layer ${l}`);
+          }
           let token = 11;
           for (let s = 0; s < 6; s++) {
             const x = await native.step([token], k, a, [0]);
@@ -79,13 +84,14 @@ for (const bits of [8, 4] as const) {
         const chains = [n, 1, Math.max(1, n - 1)];
         const together = await prefilled(native, 3);
         const batch = await native.stepRows([[4], [9], [13]], chains, together, [0, 1, 2]);
+        const batchKeys = batch.newKeys.map((k) => k.slice()); // the runner's reused buffers: the next call overwrites them
         const V = native.config.vocab_size;
         for (let b = 0; b < 3; b++) {
           const alone = await prefilled(native, 3);
           const one = await native.stepRows([[[4], [9], [13]][b]], chains[b], alone, [0], b);
           assert.deepEqual(batch.logits.subarray(b * V, (b + 1) * V), one.logits, `row ${b} logits`);
           const kvSize = one.newKeys[0].length;
-          for (let l = 0; l < one.newKeys.length; l++) assert.deepEqual(batch.newKeys[l].subarray(b * kvSize, (b + 1) * kvSize), one.newKeys[l], `row ${b} layer ${l} keys`);
+          for (let l = 0; l < one.newKeys.length; l++) assert.deepEqual(batchKeys[l].subarray(b * kvSize, (b + 1) * kvSize), one.newKeys[l], `row ${b} layer ${l} keys`);
         }
       });
 
@@ -102,12 +108,20 @@ for (const bits of [8, 4] as const) {
         }
       });
 
-      test(`calls of more than ${NATIVE_MAX_TOKENS} tokens stay on onnxruntime (identical to a runner without the kernel)`, async () => {
+      test("a long call runs in passes of 128 rows: two rows of 90 tokens equal the same tokens one by one, bit for bit", async () => {
         const c = native.config;
-        const long = range(NATIVE_MAX_TOKENS + 1, 1);
-        const x = await native.step(long, c.nChains, new KvCache(c.n_layers, c.kv_heads, c.head_dim), [long.length - 1]);
-        const y = await ort.step(long, c.nChains, new KvCache(c.n_layers, c.kv_heads, c.head_dim), [long.length - 1]);
-        assert.ok(maxAbsDiff(x.logits, y.logits) < 1e-4);
+        const rows = [range(90, 1).map((t) => (t * 13) % c.vocab_size), range(90, 1).map((t) => (t * 29) % c.vocab_size)];
+        const together = new KvCache(c.n_layers, c.kv_heads, c.head_dim, 96, 2);
+        const all = await native.stepRows(rows, [c.nChains, 1], together, range(180));
+        const V = c.vocab_size;
+        for (const [b, row] of rows.entries()) {
+          const cache = new KvCache(c.n_layers, c.kv_heads, c.head_dim, 96, 1);
+          for (const [t, token] of row.entries()) {
+            const one = await native.step([token], b === 0 ? c.nChains : 1, cache, [0]);
+            assert.deepEqual(all.logits.subarray((b * 90 + t) * V, (b * 90 + t + 1) * V), one.logits, `row ${b} token ${t}`);
+            cache.append(one.newKeys, one.newValues, 1);
+          }
+        }
       });
     });
   }
@@ -128,26 +142,26 @@ describe("native kernel: where it is used", { skip: why }, () => {
     const cfg = { ...TINY_EQUAL, head_dim: 128, chain_heads: [1, 1], ffn_chain_dims: [128, 128] };
     const ckpt = quantizeCheckpoint(loadCheckpoint(makeCheckpoint(cfg, 5)), 4, 128);
     const norms = { attn: ckpt.weights.layers.map((L) => L.attnNorm), ffn: ckpt.weights.layers.map((L) => L.ffnNorm), final: ckpt.weights.norm };
-    const made = NativeDecoder.create(ckpt.config, ckpt.quantized!, norms, 1);
+    const made = NativeDecoder.create(ckpt.config, weightsInMemory(ckpt.quantized!, norms), 1);
     assert.ok(!(made instanceof NativeDecoder) && /block size must be 16, 32 or 64/.test(made.reason), JSON.stringify(made));
     const logged: string[] = [];
     const r = await ModelRunner.create(ckpt, { threads: 1, log: (m) => logged.push(m) });
     assert.equal(r.native, undefined);
-    assert.match(logged.join("\n"), /native decode kernel unavailable \(block size must be 16, 32 or 64\)/);
+    assert.match(logged.join("\n"), /native kernel unavailable \(block size must be 16, 32 or 64\); the model runs on onnxruntime/);
     const out = await r.step([1, 2], 2, new KvCache(2, 1, 128), [1]);
     assert.equal(out.logits.length, cfg.vocab_size);
     await r.close();
   });
 
-  test("the server's load path: a float32 checkpoint quantized at load gets its quantized weights cached beside the graph", async () => {
+  test("the server's load path: a float32 checkpoint quantized at load is quantized once into the cache, and no graph is built", async () => {
     const cacheDir = tempDir("colm-graphs-");
     const engine = await loadModel(makeCheckpoint(TINY_WIDE, 9), { quant: "q4", graphCache: true, graphCacheDir: cacheDir, log: () => {} });
     try {
       assert.ok(engine.runner.native, "native kernel in use");
       const { readdirSync } = await import("node:fs");
       const files = readdirSync(cacheDir);
-      assert.equal(files.filter((f) => f.endsWith(".onnx")).length, 1);
-      assert.ok(files.some((f) => f.endsWith(".weights.safetensors")), files.join(", "));
+      assert.deepEqual(files.filter((f) => f.endsWith(".onnx")), [], "the native kernel needs no graph");
+      assert.equal(files.filter((f) => f.endsWith(".weights.safetensors")).length, 1, files.join(", "));
       const out: number[] = [];
       for await (const t of engine.generate([1, 2, 3], { maxTokens: 4, sampling: { temperature: 0 } })) out.push(t.tokenId);
       assert.equal(out.length, 4);

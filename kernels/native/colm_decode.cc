@@ -1,19 +1,21 @@
-// colm_decode: a CoLM-Air forward for a few tokens at a time (decode steps, draft and
-// verification steps) over block-quantized weights (models/QUANTIZATION.md: q8 / q4, block 32),
-// as a Node-API addon. Why it exists: onnxruntime's MatMulNBits splits each of a step's ~350 small
-// chain-block products over the threads on its own, so a second core gains only 1.1x
+// colm_decode: the CoLM-Air forward over block-quantized weights (models/QUANTIZATION.md: q8 / q4,
+// blocks of 16, 32 or 64) as a Node-API addon; it runs every call of a quantized model, decode
+// steps and prompts. Why it exists: onnxruntime's MatMulNBits splits each of a step's ~350 small
+// chain-block products over the threads on its own, so a second core gained only 1.1x
 // (models/QUANTIZATION.md, "Where a quantized decode step goes"). Here each phase of a layer
 // (q·k·v, o, gate·up, down, head) is one threaded pass over all of its chain blocks, the
 // activations are quantized once per phase, and the int8 dot products run on AVX-512 VNNI.
 //
 // The math is kernels/reference.ts (spec §3) with onnxruntime's accuracy level 4: activations are
-// quantized to int8 per block of 32 (scale max|x|/127), weights are the stored blocks, each block's
-// integer dot product is scaled by both scales. Every output row is computed the same way whatever
-// the batch, the chain count of the call or the thread that computes it, so a batch never changes
-// a row's result; sub-model k reads chains ≤ k only (spec §5.1), and keys and values come from
-// chain 1 alone.
+// quantized to int8 per block (scale max|x|/127), weights are the stored blocks, each block's
+// integer dot product is scaled by both scales. Every output is computed the same way whatever
+// the batch, the number of tokens of the call or the thread that computes it, so a batch, a
+// verification step or a prompt never changes a token's result; sub-model k reads chains ≤ k only
+// (spec §5.1), and keys and values come from chain 1 alone.
+#include <fcntl.h>
 #include <node_api.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -40,11 +42,20 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // Quantized matrices and activations
 
-// A rows x cols matrix blocked along cols: q [rows, nb, 32·bits/8], s [rows, nb].
+// Where a tensor's bytes come from when the model is made: memory, or a byte range of a file.
+struct Source {
+  const void* ptr = nullptr;
+  std::string path;
+  int64_t offset = 0;
+  bool operator==(const Source& o) const { return ptr == o.ptr && path == o.path && offset == o.offset; }
+};
+
+// A rows x cols matrix blocked along cols: q [rows, nb, bs·bits/8], s [rows, nb].
 struct Mat {
   const uint8_t* q = nullptr;
   const float* s = nullptr;
   int rows = 0, cols = 0, nb = 0;
+  Source qFrom, sFrom;  // until copied into the model's arena
 };
 
 // One group of activations: the values one 64-byte load of weights multiplies (4 blocks of 32 at
@@ -80,6 +91,26 @@ void quantizeActivations(const float* x, int n, int bits, int bs, Group* out) {
     for (int bj = 0; bj < bpg; bj++) {
       const int b = gi * bpg + bj;
       if (b >= nblocks) break;
+#if COLM_VNNI
+      if (bs == 32 && (b + 1) * bs <= n) {  // a whole block of 32, 16 lanes at a time; the same values as below
+        const __m512 x0 = _mm512_loadu_ps(x + b * bs), x1 = _mm512_loadu_ps(x + b * bs + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+        const __m512 inv = _mm512_set1_ps(amax > 0 ? 127.0f / amax : 0.0f);
+        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, inv)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, inv));  // nearest, ties to even
+        if (bits == 4) {
+          const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+          const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(G.lo + bj * 16), _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(q0, even, q1)));
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(G.hi + bj * 16), _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(q0, odd, q1)));
+        } else {
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(G.lo + bj * 32), _mm512_cvtepi32_epi8(q0));
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(G.lo + bj * 32 + 16), _mm512_cvtepi32_epi8(q1));
+        }
+        for (int l = 0; l < lanes; l++) G.xs[bj * lanes + l] = amax / 127.0f;
+        G.bias[bj * lanes] = -zero * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        continue;
+      }
+#endif
       float v[64];
       float amax = 0;
       for (int j = 0; j < bs; j++) {
@@ -165,7 +196,7 @@ inline void tile(const Mat& w, const Consts& k, int r, const QVec* acts, float* 
       _mm_storeu_ps(o, accumulate ? _mm_add_ps(_mm_loadu_ps(o), v) : v);
     } else {
       for (int i = 0; i < R; i++) {
-        const float v = _mm512_reduce_add_ps(f[i][m]);
+        const float v = _mm_cvtss_f32(reduce4(f[i][m], f[i][m], f[i][m], f[i][m]));  // summed as reduce4 sums each lane
         o[i] = accumulate ? o[i] + v : v;
       }
     }
@@ -173,20 +204,30 @@ inline void tile(const Mat& w, const Consts& k, int r, const QVec* acts, float* 
 }
 
 // Rows r0 … r1 against MM activation rows: four rows at a time, then one.
+// Rows r0 … r1 against MM activation rows: four weight rows at a time when `four` (many activation
+// rows: compute-bound, each loaded activation group serves four rows), else one (few: the weights
+// stream from memory, one row after another).
 template <int MM, int BITS>
-void rowsOf(const Mat& w, const Consts& k, int r0, int r1, const QVec* acts, float* const* outs, bool accumulate) {
+void rowsOf(const Mat& w, const Consts& k, int r0, int r1, const QVec* acts, float* const* outs, bool accumulate, bool four) {
   int r = r0;
-  for (; r + 1 <= r1; r += 1) tile<1, MM, BITS>(w, k, r, acts, outs, accumulate);
+  if (four)
+    for (; r + 4 <= r1; r += 4) tile<4, MM, BITS>(w, k, r, acts, outs, accumulate);
   for (; r < r1; r++) tile<1, MM, BITS>(w, k, r, acts, outs, accumulate);
 }
 
+// Weight rows a block at a time (a block stays in L1 while every activation row passes over it),
+// the activation rows four, two or one at a time.
 template <int BITS>
 void rowsAny(const Mat& w, const Consts& k, int r0, int r1, const QVec* acts, int M, float* const* outs, bool accumulate) {
-  for (int m0 = 0; m0 < M;) {  // activation rows four, two or one at a time
-    const int left = M - m0;
-    if (left >= 4) rowsOf<4, BITS>(w, k, r0, r1, acts + m0, outs + m0, accumulate), m0 += 4;
-    else if (left >= 2) rowsOf<2, BITS>(w, k, r0, r1, acts + m0, outs + m0, accumulate), m0 += 2;
-    else rowsOf<1, BITS>(w, k, r0, r1, acts + m0, outs + m0, accumulate), m0 += 1;
+  const int block = M <= 4 ? r1 - r0 : std::max(1, 16384 / std::max(1, k.rowBytes));
+  for (int rb = r0; rb < r1; rb += block) {
+    const int re = std::min(r1, rb + block);
+    for (int m0 = 0; m0 < M;) {
+      const int left = M - m0;
+      if (left >= 4) rowsOf<4, BITS>(w, k, rb, re, acts + m0, outs + m0, accumulate, M >= 8), m0 += 4;
+      else if (left >= 2) rowsOf<2, BITS>(w, k, rb, re, acts + m0, outs + m0, accumulate, M >= 8), m0 += 2;
+      else rowsOf<1, BITS>(w, k, rb, re, acts + m0, outs + m0, accumulate, M >= 8), m0 += 1;
+    }
   }
 }
 #endif
@@ -392,11 +433,14 @@ QVec* quantizeRows(Model& md, const float* x, int width, int n, int M, size_t& a
   const int bpg = blocksPerGroup(md.bits, md.bs);
   const int ngroups = ((n + md.bs - 1) / md.bs + bpg - 1) / bpg;
   QVec* out = &md.qv[qat];
-  for (int m = 0; m < M; m++) {
-    quantizeActivations(x + static_cast<size_t>(m) * width, n, md.bits, md.bs, &md.acts[at]);
-    md.qv[qat + m].g = &md.acts[at];
-    at += ngroups;
-  }
+  Group* groups = &md.acts[at];
+  auto rows = [&](int m0, int m1) {
+    for (int m = m0; m < m1; m++) quantizeActivations(x + static_cast<size_t>(m) * width, n, md.bits, md.bs, groups + static_cast<size_t>(m) * ngroups);
+  };
+  if (M < 8) rows(0, M);
+  else md.pool->run([&](int t) { rows(M * t / md.pool->size(), M * (t + 1) / md.pool->size()); });
+  for (int m = 0; m < M; m++) md.qv[qat + m].g = groups + static_cast<size_t>(m) * ngroups;
+  at += static_cast<size_t>(M) * ngroups;
   qat += M;
   return out;
 }
@@ -415,74 +459,6 @@ void rope(const Model& md, float* x, int heads, int pos) {
   }
 }
 
-inline float dot(const float* a, const float* b, int n) {
-#if COLM_VNNI
-  __m512 acc = _mm512_setzero_ps();
-  int j = 0;
-  for (; j + 16 <= n; j += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + j), _mm512_loadu_ps(b + j), acc);
-  float s = _mm512_reduce_add_ps(acc);
-  for (; j < n; j++) s += a[j] * b[j];
-  return s;
-#else
-  float s = 0;
-  for (int j = 0; j < n; j++) s += a[j] * b[j];
-  return s;
-#endif
-}
-
-// out[s] = q · keys[s] for s < n (keys hd apart), four keys at a time sharing one reduction.
-void scores(const float* q, const float* keys, int n, int hd, float scale, float* out) {
-  int s = 0;
-#if COLM_VNNI
-  if (hd % 16 == 0) {
-    for (; s + 4 <= n; s += 4) {
-      const float* k = keys + static_cast<size_t>(s) * hd;
-      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      for (int j = 0; j < hd; j += 16) {
-        const __m512 qv = _mm512_loadu_ps(q + j);
-        a0 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k + j), a0);
-        a1 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k + hd + j), a1);
-        a2 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k + 2 * hd + j), a2);
-        a3 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k + 3 * hd + j), a3);
-      }
-      _mm_storeu_ps(out + s, _mm_mul_ps(reduce4(a0, a1, a2, a3), _mm_set1_ps(scale)));
-    }
-    // The rest one at a time, summed in the same order: a key's score never depends on which
-    // keys it was computed with (a verification step splits the keys differently from a decode step).
-    for (; s < n; s++) {
-      const float* k = keys + static_cast<size_t>(s) * hd;
-      __m512 a = _mm512_setzero_ps();
-      for (int j = 0; j < hd; j += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + j), _mm512_loadu_ps(k + j), a);
-      out[s] = _mm_cvtss_f32(_mm_mul_ps(reduce4(a, a, a, a), _mm_set1_ps(scale)));
-    }
-  }
-#endif
-  for (; s < n; s++) out[s] = dot(q, keys + static_cast<size_t>(s) * hd, hd) * scale;
-}
-
-// acc[0 … hd) += Σ_s p[s] · values[s] (rows hd apart), key after key in registers 64 columns at a
-// time: the same order however the keys are split between calls.
-void weightedSum(const float* p, const float* values, int n, int hd, float* acc) {
-#if COLM_VNNI
-  if (hd % 16 == 0) {
-    for (int j0 = 0; j0 < hd; j0 += 64) {
-      const int u = std::min(4, (hd - j0) / 16);
-      __m512 a[4];
-      for (int i = 0; i < 4; i++) a[i] = i < u ? _mm512_loadu_ps(acc + j0 + 16 * i) : _mm512_setzero_ps();
-      for (int s = 0; s < n; s++) {
-        const __m512 ps = _mm512_set1_ps(p[s]);
-        const float* v = values + static_cast<size_t>(s) * hd + j0;
-        for (int i = 0; i < u; i++) a[i] = _mm512_fmadd_ps(ps, _mm512_loadu_ps(v + 16 * i), a[i]);
-      }
-      for (int i = 0; i < u; i++) _mm512_storeu_ps(acc + j0 + 16 * i, a[i]);
-    }
-    return;
-  }
-#endif
-  for (int s = 0; s < n; s++)
-    for (int j = 0; j < hd; j++) acc[j] += p[s] * values[static_cast<size_t>(s) * hd + j];
-}
-
 inline void axpy(float p, const float* v, float* y, int n) {
   for (int j = 0; j < n; j++) y[j] += p * v[j];
 }
@@ -499,6 +475,10 @@ struct StepArgs {
   const int32_t* logitRows;  // [R] indexes b·T + t
   float* logits;             // [R, V]
   float* hidden;             // [R, dk[kmax]]
+  // The pass being computed: tokens t0 … t0+tc-1 of every row; its row m is (b, t) below.
+  int t0 = 0, tc = 0;
+  int rowB(int m) const { return m / tc; }
+  int rowT(int m) const { return t0 + m % tc; }
 };
 
 #if COLM_VNNI
@@ -533,13 +513,117 @@ float expShifted(float* p, int n, float max) {
   return sum;
 }
 
-// Attention of every query head of chains ≤ kmax for rows m = b·T + t, over the row's cache and
-// its new tokens up to t. The query heads that share a kv head are computed together (their keys
-// and values read once from memory, then from L1), and each (row, kv head)'s keys are split into
-// pieces so that every thread has work even for one row and one kv head; a piece's partial softmax
-// (its max, sum and weighted values) is merged after (as flash-decoding does).
+// Attention of every query head of chains ≤ kmax for the pass's rows, over each row's cache and its
+// new tokens up to its own. Work items are (row b, kv head, a block of up to kQueryBlock
+// consecutive tokens, a piece of kPieceKeys keys). An item's rows are its (token, head) pairs:
+// every query head of its tokens that reads the kv head. A chunk of keys is transposed once and
+// every row's scores come from it, and each value vector is loaded once for every row, so a
+// prompt's attention streams its keys once per block of tokens, not once per token. Pieces start
+// at fixed key positions, so a long context splits over the threads even for one token
+// (flash-decoding), and each row's arithmetic (its chunks, its pieces, their order, one chain of
+// multiply-adds per score and per output) depends on its own position only: a token gets the same
+// bits alone, in a batch, in a verification step or in a prompt.
+constexpr int kQueryBlock = 32;
+constexpr int kPieceKeys = 256;
+constexpr int kChunk = 64;  // keys per online-softmax update
+
+#if COLM_VNNI
+// Scores of RN rows (queries qs[0 … RN)) against the chunk's 64 transposed keys: RN × 4
+// accumulators, each key vector and each query value loaded once per j.
+template <int RN>
+inline void scoreRows(const float* const* qs, const float* kt, int hd, float scale, float* p) {
+  __m512 acc[RN][4];
+  for (auto& row : acc) for (auto& v : row) v = _mm512_setzero_ps();
+  for (int j = 0; j < hd; j++) {
+    const float* k = kt + j * kChunk;
+    const __m512 k0 = _mm512_loadu_ps(k), k1 = _mm512_loadu_ps(k + 16), k2 = _mm512_loadu_ps(k + 32), k3 = _mm512_loadu_ps(k + 48);
+    for (int r = 0; r < RN; r++) {
+      const __m512 qj = _mm512_set1_ps(qs[r][j]);
+      acc[r][0] = _mm512_fmadd_ps(qj, k0, acc[r][0]), acc[r][1] = _mm512_fmadd_ps(qj, k1, acc[r][1]);
+      acc[r][2] = _mm512_fmadd_ps(qj, k2, acc[r][2]), acc[r][3] = _mm512_fmadd_ps(qj, k3, acc[r][3]);
+    }
+  }
+  const __m512 sc = _mm512_set1_ps(scale);
+  for (int r = 0; r < RN; r++)
+    for (int i = 0; i < 4; i++) _mm512_storeu_ps(p + r * kChunk + 16 * i, _mm512_mul_ps(acc[r][i], sc));
+}
+
+// acc_r[j0 … j0+16·U) += Σ_s p[r][s] · values[s] for RN rows: each value vector and weight loaded once.
+template <int RN, int U>
+inline void weighRows(const float* p, const float* values, int n, int hd, int j0, float* const* acc) {
+  __m512 a[RN][U];
+  for (int r = 0; r < RN; r++)
+    for (int i = 0; i < U; i++) a[r][i] = _mm512_loadu_ps(acc[r] + j0 + 16 * i);
+  for (int s = 0; s < n; s++) {
+    __m512 v[U];
+    for (int i = 0; i < U; i++) v[i] = _mm512_loadu_ps(values + static_cast<size_t>(s) * hd + j0 + 16 * i);
+    for (int r = 0; r < RN; r++) {
+      const __m512 w = _mm512_set1_ps(p[r * kChunk + s]);
+      for (int i = 0; i < U; i++) a[r][i] = _mm512_fmadd_ps(w, v[i], a[r][i]);
+    }
+  }
+  for (int r = 0; r < RN; r++)
+    for (int i = 0; i < U; i++) _mm512_storeu_ps(acc[r] + j0 + 16 * i, a[r][i]);
+}
+#endif
+
+// p[r][0 … kChunk) = scale · q_r · kt[·][s] for rows r < R (kt [hd][kChunk], the chunk's keys
+// transposed): one multiply-add per j in order for each (row, key), whatever the other rows.
+void scoresRows(const float* const* q, int R, const float* kt, int hd, float scale, float* p) {
+#if COLM_VNNI
+  static_assert(kChunk == 64, "four vectors of keys");
+  int r = 0;
+  for (; r + 4 <= R; r += 4) scoreRows<4>(q + r, kt, hd, scale, p + r * kChunk);
+  for (; r < R; r++) scoreRows<1>(q + r, kt, hd, scale, p + r * kChunk);
+#else
+  for (int r = 0; r < R; r++)
+    for (int s = 0; s < kChunk; s++) {
+      float acc = 0;
+      for (int j = 0; j < hd; j++) acc = std::fma(q[r][j], kt[j * kChunk + s], acc);
+      p[r * kChunk + s] = acc * scale;
+    }
+#endif
+}
+
+// acc_r[0 … hd) += Σ_s p[r][s] · values[s] for rows r < R and keys s < n (values hd apart), key
+// after key for each row, whatever the other rows.
+void weightedRows(const float* p, int R, const float* values, int n, int hd, float* const* acc) {
+#if COLM_VNNI
+  if (hd % 64 == 0) {
+    for (int j0 = 0; j0 < hd; j0 += 64) {
+      int r = 0;
+      for (; r + 4 <= R; r += 4) weighRows<4, 4>(p + r * kChunk, values, n, hd, j0, acc + r);
+      for (; r < R; r++) weighRows<1, 4>(p + r * kChunk, values, n, hd, j0, acc + r);
+    }
+    return;
+  }
+  if (hd % 16 == 0) {
+    for (int j0 = 0; j0 < hd; j0 += 16) {
+      int r = 0;
+      for (; r + 4 <= R; r += 4) weighRows<4, 1>(p + r * kChunk, values, n, hd, j0, acc + r);
+      for (; r < R; r++) weighRows<1, 1>(p + r * kChunk, values, n, hd, j0, acc + r);
+    }
+    return;
+  }
+#endif
+  for (int r = 0; r < R; r++)
+    for (int s = 0; s < n; s++)
+      for (int j = 0; j < hd; j++) acc[r][j] = std::fma(p[r * kChunk + s], values[static_cast<size_t>(s) * hd + j], acc[r][j]);
+}
+
+// The largest of p[0 … n).
+inline float maxOf(const float* p, int n) {
+#if COLM_VNNI
+  __m512 m = _mm512_set1_ps(-INFINITY);
+  for (int s = 0; s < n; s += 16) m = _mm512_max_ps(m, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), n - s >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - s)) - 1), p + s));
+  return _mm512_reduce_max_ps(m);
+#else
+  return *std::max_element(p, p + n);
+#endif
+}
+
 void attention(Model& md, const StepArgs& a, int l, const float* q, float* out) {
-  const int K = a.kmax, hd = md.hd, W = md.dk[K], M = a.B * a.T, threads = md.pool->size();
+  const int K = a.kmax, hd = md.hd, W = md.dk[K], threads = md.pool->size();
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   std::vector<std::vector<int>> headsOf(md.kvh);
   for (int i = 0; i < K; i++) {
@@ -547,90 +631,120 @@ void attention(Model& md, const StepArgs& a, int l, const float* q, float* out) 
     for (int h = 0; h < md.heads[i]; h++) headsOf[h / group].push_back(md.hk[i] + h);
   }
   const int G = static_cast<int>(headsOf[0].size());
-  // Pieces per (row, kv head): from the row's own length only, so a row's result does not depend
-  // on the batch it is in.
-  const int units = M * md.kvh;
-  std::vector<int> first(units + 1, 0);  // unit u's pieces are items first[u] … first[u+1]-1
-  for (int u = 0; u < units; u++) {
-    const int m = u / md.kvh, n = a.past[m / a.T] + m % a.T + 1;
-    first[u + 1] = first[u] + std::clamp((2 * threads + md.kvh - 1) / md.kvh, 1, std::max(1, n / 64));
+  struct Unit { int b, kv, m0, count, pieces, first; };  // rows m0 … m0+count-1; items first … first+pieces-1
+  std::vector<Unit> units;
+  int items = 0;
+  for (int b = 0; b < a.B; b++) {
+    for (int kv = 0; kv < md.kvh; kv++) {
+      for (int i = 0; i < a.tc; i += kQueryBlock) {
+        const int count = std::min(kQueryBlock, a.tc - i), longest = a.past[b] + a.t0 + i + count;
+        const int pieces = (longest + kPieceKeys - 1) / kPieceKeys;
+        units.push_back({b, kv, b * a.tc + i, count, pieces, items});
+        items += pieces;
+      }
+    }
   }
-  const int items = first[units], stride = hd + 2;  // a piece's head: max, sum, Σ p·v
-  std::vector<float> part(static_cast<size_t>(items) * G * stride);
-  constexpr int kChunk = 64;  // keys whose rows stay in L1 while every head of the group reads them
+  const int stride = hd + 2;  // per (token, head) of an item: max, sum, Σ p·v
+  const size_t perItem = static_cast<size_t>(kQueryBlock) * G * stride;
+  std::vector<float> part(static_cast<size_t>(items) * perItem);
   md.pool->run([&](int t) {
-    std::vector<float> p;
-    for (int it = items * t / threads; it < items * (t + 1) / threads; it++) {
-      const int unit = static_cast<int>(std::upper_bound(first.begin(), first.end(), it) - first.begin()) - 1;
-      const int piece = it - first[unit], pieces = first[unit + 1] - first[unit], m = unit / md.kvh, kv = unit % md.kvh;
-      const int b = m / a.T, tt = m % a.T, past = a.past[b], n = past + tt + 1;
-      const int s0 = static_cast<int>(static_cast<int64_t>(n) * piece / pieces), s1 = static_cast<int>(static_cast<int64_t>(n) * (piece + 1) / pieces), len = s1 - s0;
-      const size_t pastAt = (static_cast<size_t>(b) * md.kvh + kv) * a.C * hd, newAt = (static_cast<size_t>(b) * md.kvh + kv) * a.T * hd;
-      // Keys or values s … s+cnt-1, split where the cache ends and the new tokens begin.
+    const int rowsMax = kQueryBlock * G;
+    std::vector<float> p(static_cast<size_t>(rowsMax) * kChunk), kt(static_cast<size_t>(hd) * kChunk, 0.0f);
+    std::vector<const float*> qs(rowsMax);
+    std::vector<float*> accs(rowsMax);
+    std::vector<int> limit(rowsMax);
+    size_t u = 0;
+    for (int it = static_cast<int>(static_cast<int64_t>(items) * t / threads); it < static_cast<int64_t>(items) * (t + 1) / threads; it++) {
+      while (units[u].first + units[u].pieces <= it) u++;
+      const Unit& U = units[u];
+      const int piece = it - U.first, b = U.b, past = a.past[b], R = U.count * G;
+      const size_t pastAt = (static_cast<size_t>(b) * md.kvh + U.kv) * a.C * hd, newAt = (static_cast<size_t>(b) * md.kvh + U.kv) * a.T * hd;
+      // Keys or values from … to-1, split where the cache ends and the new tokens begin.
       auto segments = [&](int from, int to, auto&& fn) {
         if (from < std::min(to, past)) fn(a.pastK[l] + pastAt + static_cast<size_t>(from) * hd, a.pastV[l] + pastAt + static_cast<size_t>(from) * hd, from, std::min(to, past) - from);
         const int f2 = std::max(from, past);
         if (f2 < to) fn(a.newK[l] + newAt + static_cast<size_t>(f2 - past) * hd, a.newV[l] + newAt + static_cast<size_t>(f2 - past) * hd, f2, to - f2);
       };
-      // One pass over the piece's keys and values, a chunk at a time, with a running max per head
-      // (online softmax): keys and values stream together.
-      p.resize(static_cast<size_t>(G) * kChunk);
-      for (int g = 0; g < G; g++) {
-        float* res = &part[(static_cast<size_t>(it) * G + g) * stride];
+      float* res0 = &part[static_cast<size_t>(it) * perItem];
+      for (int r = 0; r < R; r++) {  // row r: token U.m0 + r / G, head headsOf[kv][r % G]
+        const int m = U.m0 + r / G;
+        qs[r] = q + static_cast<size_t>(m) * W + headsOf[U.kv][r % G] * hd;
+        limit[r] = past + a.rowT(m) + 1;  // the keys it attends to: 0 … limit-1
+        float* res = res0 + static_cast<size_t>(r) * stride;
         res[0] = -INFINITY, res[1] = 0;
         std::fill(res + 2, res + stride, 0.0f);
+        accs[r] = res + 2;
       }
+      const int s0 = piece * kPieceKeys, s1 = std::min(s0 + kPieceKeys, limit[R - 1]);
       for (int c0 = s0; c0 < s1; c0 += kChunk) {
-        const int c1 = std::min(s1, c0 + kChunk), cnt = c1 - c0;
-        segments(c0, c1, [&](const float* keys, const float*, int from, int n2) {
-          for (int g = 0; g < G; g++) scores(q + static_cast<size_t>(m) * W + headsOf[kv][g] * hd, keys, n2, hd, scale, &p[static_cast<size_t>(g) * kChunk + (from - c0)]);
+        const int c1 = std::min(c0 + kChunk, s1);
+        segments(c0, c1, [&](const float* keys, const float*, int from, int n2) {  // transposed once for every row
+          for (int s = 0; s < n2; s++)
+            for (int j = 0; j < hd; j++) kt[static_cast<size_t>(j) * kChunk + (from - c0) + s] = keys[static_cast<size_t>(s) * hd + j];
         });
-        for (int g = 0; g < G; g++) {
-          float* pg = &p[static_cast<size_t>(g) * kChunk];
-          float* res = &part[(static_cast<size_t>(it) * G + g) * stride];
-          const float mx = std::max(res[0], *std::max_element(pg, pg + cnt));
-          if (mx > res[0] && res[0] != -INFINITY) {  // a larger max: rescale what is summed so far
+        scoresRows(qs.data(), R, kt.data(), hd, scale, p.data());
+        for (int r = 0; r < R; r++) {  // online softmax: a larger max rescales what is summed so far
+          float* pr = &p[static_cast<size_t>(r) * kChunk];
+          float* res = res0 + static_cast<size_t>(r) * stride;
+          const int cnt = std::min(c1, limit[r]) - c0;
+          if (cnt <= 0) {
+            std::fill(pr, pr + kChunk, 0.0f);
+            continue;
+          }
+          const float mx = std::max(res[0], maxOf(pr, cnt));
+          if (mx > res[0] && res[0] != -INFINITY) {
             const float w = std::exp(res[0] - mx);
             res[1] *= w;
             for (int j = 0; j < hd; j++) res[2 + j] *= w;
           }
           res[0] = mx;
-          res[1] += expShifted(pg, cnt, mx);
+          res[1] += expShifted(pr, cnt, mx);
+          std::fill(pr + cnt, pr + kChunk, 0.0f);  // keys past its own: weight 0
         }
         segments(c0, c1, [&](const float*, const float* values, int from, int n2) {
-          for (int g = 0; g < G; g++) {
-            const float* pg = &p[static_cast<size_t>(g) * kChunk + (from - c0)];
-            float* acc = &part[(static_cast<size_t>(it) * G + g) * stride + 2];
-            weightedSum(pg, values, n2, hd, acc);
-          }
+          // A row adds keys up to its own only: the rows whose limit falls inside add exact zeros.
+          weightedRows(p.data() + (from - c0), R, values, n2, hd, accs.data());
         });
       }
     }
   });
-  // Merge each (row, head)'s pieces: e^(max_p − max) rescales a piece's sum and values.
-  for (int unit = 0; unit < units; unit++) {
-    const int m = unit / md.kvh, kv = unit % md.kvh;
-    for (int g = 0; g < G; g++) {
+  // Merge each (token, head)'s pieces in order: e^(max_p − max) rescales a piece's sum and values.
+  for (const Unit& U : units) {
+    for (int r = 0; r < U.count * G; r++) {
+      const int m = U.m0 + r / G, pieces = (a.past[U.b] + a.rowT(m) + kPieceKeys) / kPieceKeys;
+      auto res = [&](int pc) { return &part[static_cast<size_t>(U.first + pc) * perItem + static_cast<size_t>(r) * stride]; };
       float mx = -INFINITY, sum = 0;
-      for (int it = first[unit]; it < first[unit + 1]; it++) mx = std::max(mx, part[(static_cast<size_t>(it) * G + g) * stride]);
-      float* o = out + static_cast<size_t>(m) * W + headsOf[kv][g] * hd;
+      for (int pc = 0; pc < pieces; pc++) mx = std::max(mx, res(pc)[0]);
+      float* o = out + static_cast<size_t>(m) * W + headsOf[U.kv][r % G] * hd;
       std::fill(o, o + hd, 0.0f);
-      for (int it = first[unit]; it < first[unit + 1]; it++) {
-        const float* res = &part[(static_cast<size_t>(it) * G + g) * stride];
-        if (res[0] == -INFINITY) continue;
-        const float w = std::exp(res[0] - mx);
-        sum += res[1] * w;
-        axpy(w, res + 2, o, hd);
+      for (int pc = 0; pc < pieces; pc++) {
+        const float w = std::exp(res(pc)[0] - mx);
+        sum += res(pc)[1] * w;
+        axpy(w, res(pc) + 2, o, hd);
       }
       for (int j = 0; j < hd; j++) o[j] /= sum;
     }
   }
 }
 
-inline float silu(float v) { return v / (1.0f + std::exp(-v)); }
+// g[j] = silu(g[j]) · u[j] = g / (1 + e^−g) · u for j < n, every element by the same vector code.
+void swiglu(float* g, const float* u, size_t n) {
+#if COLM_VNNI
+  for (size_t j = 0; j < n; j += 16) {
+    const __mmask16 k = n - j >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - j)) - 1);
+    const __m512 gv = _mm512_maskz_loadu_ps(k, g + j), uv = _mm512_maskz_loadu_ps(k, u + j);
+    const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+    _mm512_mask_storeu_ps(g + j, k, _mm512_mul_ps(_mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), uv));
+  }
+#else
+  for (size_t j = 0; j < n; j++) g[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];
+#endif
+}
 
-void forward(Model& md, const StepArgs& a) {
-  const int K = a.kmax, M = a.B * a.T, W = md.dk[K], F = md.fk[K], kvw = md.kvh * md.hd, hd = md.hd;
+// One pass: tokens t0 … t0+tc-1 of every row through every layer, and the logits of the requested
+// rows among them. Earlier passes' keys and values are in newK / newV already.
+void forwardPass(Model& md, const StepArgs& a) {
+  const int K = a.kmax, M = a.B * a.tc, W = md.dk[K], F = md.fk[K], kvw = md.kvh * md.hd, hd = md.hd;
   const int bpg = blocksPerGroup(md.bits, md.bs);
   auto groupsOf = [&](int n) { return ((n + md.bs - 1) / md.bs + bpg - 1) / bpg; };
   // Scratch: activations of one phase at a time (down with unaligned prefixes: one set per chain).
@@ -649,7 +763,7 @@ void forward(Model& md, const StepArgs& a) {
 
   // Embedding: chain i's columns of the token's row, dequantized.
   for (int m = 0; m < M; m++) {
-    const int tok = a.tokens[m];
+    const int tok = a.tokens[a.rowB(m) * a.T + a.rowT(m)];
     for (int i = 0; i < K; i++) {
       const Mat& e = md.embed[i];
       const int zero = md.bits == 4 ? 8 : 128;
@@ -676,7 +790,7 @@ void forward(Model& md, const StepArgs& a) {
     tasks.push_back({&L.v, ax, vb, kvw});
     runTasks(md, tasks, M);
     for (int m = 0; m < M; m++) {
-      const int b = m / a.T, t = m % a.T, pos = a.past[b] + t;
+      const int b = a.rowB(m), t = a.rowT(m), pos = a.past[b] + t;
       rope(md, q + static_cast<size_t>(m) * W, md.hk[K], pos);
       rope(md, kb + static_cast<size_t>(m) * kvw, md.kvh, pos);
       for (int h = 0; h < md.kvh; h++) {  // the cache's layout [B, kvh, T, hd]
@@ -703,7 +817,11 @@ void forward(Model& md, const StepArgs& a) {
       tasks.push_back({&L.up[i], ah, u + md.fk[i], F});
     }
     runTasks(md, tasks, M);
-    for (size_t j = 0; j < static_cast<size_t>(M) * F; j++) g[j] = silu(g[j]) * u[j];
+    if (M < 8) swiglu(g, u, static_cast<size_t>(M) * F);
+    else md.pool->run([&](int t) {
+      const int T = md.pool->size(), m0 = M * t / T, m1 = M * (t + 1) / T;
+      swiglu(g + static_cast<size_t>(m0) * F, u + static_cast<size_t>(m0) * F, static_cast<size_t>(m1 - m0) * F);
+    });
     at = 0, qat = 0;
     tasks.clear();
     if (md.downAligned) {
@@ -717,23 +835,32 @@ void forward(Model& md, const StepArgs& a) {
   }
 
   // Head: logits of each requested row at its own chain count, Σ over its chains of y_i · H_iᵀ.
-  const int R = a.R;
+  // The requested rows in this pass: logitRows index b·T + t; rowOf is their row here, out their index there.
+  std::vector<int> rowOf, outIdx;
+  for (int r = 0; r < a.R; r++) {
+    const int b = a.logitRows[r] / a.T, t = a.logitRows[r] % a.T;
+    if (t >= a.t0 && t < a.t0 + a.tc) rowOf.push_back(b * a.tc + t - a.t0), outIdx.push_back(r);
+  }
+  const int R = static_cast<int>(rowOf.size());
+  if (!R) return;
   grow(md.y, static_cast<size_t>(R) * W);
   float* y = md.y.data();
   std::vector<float> xr(static_cast<size_t>(R) * W);
-  for (int r = 0; r < R; r++) std::memcpy(&xr[static_cast<size_t>(r) * W], x + static_cast<size_t>(a.logitRows[r]) * W, W * sizeof(float));
-  if (a.hidden) std::memcpy(a.hidden, xr.data(), xr.size() * sizeof(float));
+  for (int r = 0; r < R; r++) {
+    std::memcpy(&xr[static_cast<size_t>(r) * W], x + static_cast<size_t>(rowOf[r]) * W, W * sizeof(float));
+    std::memcpy(a.hidden + static_cast<size_t>(outIdx[r]) * W, x + static_cast<size_t>(rowOf[r]) * W, W * sizeof(float));
+  }
   chainRmsNorm(md, xr.data(), y, R, K, md.norm);
   size_t at = 0;
   std::vector<std::vector<QVec>> perChain(K);
   std::vector<std::vector<float*>> rowsOf(K);  // the logits rows of the rows running chain i
   for (int i = 0; i < K; i++) {
     for (int r = 0; r < R; r++) {
-      const int b = a.logitRows[r] / a.T;
+      const int b = a.logitRows[outIdx[r]] / a.T;
       if (a.chains[b] <= i) continue;
       quantizeActivations(y + static_cast<size_t>(r) * W + md.dk[i], md.c[i], md.bits, md.bs, &md.acts[at]);
       perChain[i].push_back({&md.acts[at]});
-      rowsOf[i].push_back(a.logits + static_cast<size_t>(r) * md.V);
+      rowsOf[i].push_back(a.logits + static_cast<size_t>(outIdx[r]) * md.V);
       at += groupsOf(md.c[i]);
     }
   }
@@ -745,6 +872,17 @@ void forward(Model& md, const StepArgs& a) {
       if (n) dotRows(md.head[i], md.bits, md.bs, v0, v1, perChain[i].data(), n, rowsOf[i].data(), i > 0);
     }
   });
+}
+
+// A call in passes of at most kPassRows rows (a prompt's tokens in order, each pass attending to the
+// ones before it), so that scratch memory stays small whatever the prompt's length.
+constexpr int kPassRows = 128;
+void forward(Model& md, StepArgs& a) {
+  const int tc = std::max(1, std::min(a.T, kPassRows / a.B));
+  for (int t0 = 0; t0 < a.T; t0 += tc) {
+    a.t0 = t0, a.tc = std::min(tc, a.T - t0);
+    forwardPass(md, a);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -786,9 +924,28 @@ void finalizeModel(napi_env, void* data, void*) {
   delete md;
 }
 
+// Copies `bytes` from a source to dst; false (with err set) when a file cannot be read.
+bool copyFrom(const Source& from, size_t bytes, uint8_t* dst, std::string& err) {
+  if (from.ptr) {
+    std::memcpy(dst, from.ptr, bytes);
+    return true;
+  }
+  const int fd = open(from.path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return err = "cannot open " + from.path, false;
+  size_t done = 0;
+  while (done < bytes) {
+    const ssize_t got = pread(fd, dst + done, bytes - done, from.offset + static_cast<off_t>(done));
+    if (got <= 0) break;
+    done += static_cast<size_t>(got);
+  }
+  close(fd);
+  if (done != bytes) return err = "short read from " + from.path, false;
+  return true;
+}
+
 // Copies every matrix into one mapping on huge pages (where the kernel grants them), in the order
 // a step reads them.
-bool copyToArena(Model& md) {
+bool copyToArena(Model& md, std::string& err) {
   std::vector<Mat*> mats;
   for (auto& m : md.embed) mats.push_back(&m);
   for (auto& m : md.head) mats.push_back(&m);
@@ -804,24 +961,22 @@ bool copyToArena(Model& md) {
   for (Mat* m : mats) total += up64(static_cast<size_t>(m->rows) * m->nb * md.bs * md.bits / 8) + up64(static_cast<size_t>(m->rows) * m->nb * 4);
   md.arenaBytes = (total + huge - 1) / huge * huge + huge;
   void* p = mmap(nullptr, md.arenaBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) return false;
+  if (p == MAP_FAILED) return err = "could not map memory for the weights", false;
   md.arena = static_cast<uint8_t*>(p);
   uint8_t* base = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(p) + huge - 1) & ~(huge - 1));
   madvise(base, md.arenaBytes - (base - md.arena), MADV_HUGEPAGE);
   size_t at = 0;
-  std::vector<std::pair<const uint8_t*, const uint8_t*>> moved;  // old q pointer → new
+  std::vector<std::pair<Source, const uint8_t*>> moved;  // where each matrix went
   for (Mat* m : mats) {
-    auto done = std::find_if(moved.begin(), moved.end(), [&](auto& e) { return e.first == m->q; });
+    const size_t qb = static_cast<size_t>(m->rows) * m->nb * md.bs * md.bits / 8, sb = static_cast<size_t>(m->rows) * m->nb * 4;
+    auto done = std::find_if(moved.begin(), moved.end(), [&](auto& e) { return e.first == m->qFrom; });
     if (done != moved.end()) {
-      const size_t qb = static_cast<size_t>(m->rows) * m->nb * md.bs * md.bits / 8;
       m->s = reinterpret_cast<const float*>(done->second + up64(qb));
       m->q = done->second;
       continue;
     }
-    const size_t qb = static_cast<size_t>(m->rows) * m->nb * md.bs * md.bits / 8, sb = static_cast<size_t>(m->rows) * m->nb * 4;
-    std::memcpy(base + at, m->q, qb);
-    std::memcpy(base + at + up64(qb), m->s, sb);
-    moved.push_back({m->q, base + at});
+    if (!copyFrom(m->qFrom, qb, base + at, err) || !copyFrom(m->sFrom, sb, base + at + up64(qb), err)) return false;
+    moved.push_back({m->qFrom, base + at});
     m->q = base + at;
     m->s = reinterpret_cast<const float*>(base + at + up64(qb));
     at += up64(qb) + up64(sb);
@@ -883,12 +1038,33 @@ napi_value Create(napi_env env, napi_callback_info info) {
     Mat m;
     m.rows = rows, m.cols = cols, m.nb = (cols + md->bs - 1) / md->bs;
     if (next + 2 > nmat) { err = "too few matrices"; return m; }
-    napi_value dv = element(env, argv[2], next++), sv = element(env, argv[2], next++);
-    void *d, *s;
-    size_t dn, sn;
-    if (!typedArray(env, dv, napi_uint8_array, &d, &dn) || !typedArray(env, sv, napi_float32_array, &s, &sn)) { err = "matrix " + std::to_string(next / 2) + " is not (Uint8Array, Float32Array)"; return m; }
-    if (dn != static_cast<size_t>(rows) * m.nb * md->bs * md->bits / 8 || sn != static_cast<size_t>(rows) * m.nb) { err = "matrix " + std::to_string(next / 2) + " has the wrong size"; return m; }
-    m.q = static_cast<const uint8_t*>(d), m.s = static_cast<const float*>(s);
+    const size_t want[2] = {static_cast<size_t>(rows) * m.nb * md->bs * md->bits / 8, static_cast<size_t>(rows) * m.nb * 4};
+    Source* into[2] = {&m.qFrom, &m.sFrom};
+    for (int part = 0; part < 2; part++) {
+      const napi_value v = element(env, argv[2], next++);
+      void* d;
+      size_t n;
+      bool is = false;
+      napi_is_typedarray(env, v, &is);
+      if (is) {  // bytes in memory: a Uint8Array, or the Float32Array of scales
+        if (!typedArray(env, v, part ? napi_float32_array : napi_uint8_array, &d, &n) || n * (part ? 4 : 1) != want[part]) { err = "matrix " + std::to_string(next / 2) + " has the wrong type or size"; return m; }
+        into[part]->ptr = d;
+        continue;
+      }
+      // {path, offset, bytes}: a byte range of a file, read straight into the arena
+      napi_value path, offset, bytes;
+      char buf[4096];
+      size_t len = 0;
+      double off = -1, nb = -1;
+      if (napi_get_named_property(env, v, "path", &path) != napi_ok || napi_get_value_string_utf8(env, path, buf, sizeof buf, &len) != napi_ok ||
+          napi_get_named_property(env, v, "offset", &offset) != napi_ok || napi_get_value_double(env, offset, &off) != napi_ok ||
+          napi_get_named_property(env, v, "bytes", &bytes) != napi_ok || napi_get_value_double(env, bytes, &nb) != napi_ok || off < 0 || nb != static_cast<double>(want[part])) {
+        err = "matrix " + std::to_string(next / 2) + ": expected a typed array or {path, offset, bytes} of " + std::to_string(want[part]) + " bytes";
+        return m;
+      }
+      into[part]->path.assign(buf, len);
+      into[part]->offset = static_cast<int64_t>(off);
+    }
     return m;
   };
   for (int i = 0; i < md->n; i++) md->embed.push_back(take(md->V, md->c[i]));
@@ -920,8 +1096,7 @@ napi_value Create(napi_env env, napi_callback_info info) {
   for (int l = 0; l < md->L; l++) md->layers[l].attnNorm = gain(l);
   for (int l = 0; l < md->L; l++) md->layers[l].ffnNorm = gain(md->L + l);
   md->norm = gain(2 * md->L);
-  if (!err.empty()) return throwError(env, err);
-  if (!copyToArena(*md)) return throwError(env, "could not map memory for the weights");
+  if (!err.empty() || !copyToArena(*md, err)) return throwError(env, err);
   md->pool = new Pool(threads);
   napi_value handle;
   Model* raw = md.release();

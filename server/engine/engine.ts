@@ -4,13 +4,14 @@
 // runs at the requested size. The engine knows the model runner beneath it and nothing above.
 import { basename, join, resolve } from "node:path";
 import { loadCheckpoint, parameterCount, weightBytesOf } from "../../models/checkpoint.ts";
-import { bitsOf, checkpointPrecision, configAtPrecision, readQuantizedMatrices, type Precision } from "../../models/quantized.ts";
+import { bitsOf, checkpointPrecision, configAtPrecision, type Precision } from "../../models/quantized.ts";
 import { SafetensorsFile, openWeights } from "../../models/safetensors.ts";
 import { quantizeCheckpoint } from "../../kernels/quantize.ts";
 import { kvValuesPerToken, readConfig } from "../../models/config.ts";
 import { loadTokenizer } from "../../models/tokenizer.ts";
 import { ModelRunner, nativeWanted, type Device } from "../../ops/runner.ts";
-import { cachedGraph, quantizedWeightsPath } from "../../ops/graph-cache.ts";
+import { cachedGraph, cachedQuantizedWeights } from "../../ops/graph-cache.ts";
+import { weightsInFile } from "../../kernels/native-decoder.ts";
 import { Scheduler, prefillRow, type StepStats } from "./scheduler.ts";
 import { Sequence } from "./sequence.ts";
 import { DEFAULT_BLOCK_TOKENS, PrefixCache } from "./prefix-cache.ts";
@@ -144,18 +145,19 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   let runner: ModelRunner;
   if (options.graphCache ?? weightBytesOf(stored) > OUT_OF_PROCESS_BYTES) {
     const own = precision === checkpointPrecision(stored);
-    const file = await cachedGraph(dir, options.graphCacheDir, options.log, own ? "stored" : precision);
-    // The native decode kernel's weights: the checkpoint's own, or those quantized beside the graph.
-    let nativeWeights;
+    let native: ModelRunner | { reason: string } | undefined;
     if (precision !== "f32" && nativeWanted(runnerOptions)) {
-      const source = own ? openWeights(dir) : SafetensorsFile.open(quantizedWeightsPath(file));
+      // The native kernel reads the checkpoint's own quantized file, or one quantized and cached once.
+      const source = own ? openWeights(dir) : SafetensorsFile.open(await cachedQuantizedWeights(dir, precision, options.graphCacheDir, options.log));
       try {
-        nativeWeights = readQuantizedMatrices(source, config);
+        native = ModelRunner.openNative(config, weightBytesOf(config), weightsInFile(source, config), runnerOptions);
       } finally {
         source.close();
       }
+      if (!(native instanceof ModelRunner)) options.log?.(`colm: native kernel unavailable (${native.reason}); the model runs on onnxruntime`);
     }
-    runner = await ModelRunner.open(file, config, weightBytesOf(config), { ...runnerOptions, nativeWeights });
+    if (native instanceof ModelRunner) runner = native;
+    else runner = await ModelRunner.open(await cachedGraph(dir, options.graphCacheDir, options.log, own ? "stored" : precision), config, weightBytesOf(config), runnerOptions);
   } else {
     const ckpt = loadCheckpoint(dir, { onWarning: options.log });
     const bits = bitsOf(precision);

@@ -7,10 +7,10 @@ import { quantizeCheckpoint } from "../../kernels/quantize.ts";
 import type { AccuracyLevel } from "../../ops/graph.ts";
 
 /**
- * The precisions the model tests run at. Quantized ones run at MatMulNBits' accuracy level 4 (what
- * the server runs: int8 activations), with calls of up to NATIVE_MAX_TOKENS tokens on the native
- * decode kernel as the server runs them, and again on onnxruntime alone; q4 also at level 0
- * (float32 compute on the quantized weights: the quantized model's exact arithmetic).
+ * The precisions the model tests run at. Quantized ones run with int8 activations (what the server
+ * runs) on the native kernel, as the server runs them, and on onnxruntime's graph (MatMulNBits at
+ * accuracy level 4, where the native kernel is unavailable or off); q4 also at level 0 (float32
+ * compute on the quantized weights: the quantized model's exact arithmetic, onnxruntime only).
  */
 export interface PrecisionUnderTest {
   precision: Precision;
