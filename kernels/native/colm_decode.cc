@@ -382,7 +382,7 @@ struct Model {
   std::vector<float> gains;       // the norm gains, copied
   Pool* pool = nullptr;
   // Scratch, grown to the largest call.
-  std::vector<float> x, xn, qb, kb, vb, att, ob, g, u, y;
+  std::vector<float> x, xn, qb, kb, vb, att, ob, g, u, y, attnPart;
   std::vector<Group> acts;
   std::vector<QVec> qv;
 };
@@ -567,6 +567,38 @@ inline void weighRows(const float* p, const float* values, int n, int hd, int j0
 }
 #endif
 
+// kt[j][s] = keys[s][j] for s < n, j < hd (kt rows kChunk apart): 16 × 16 tiles in registers.
+void transposeKeys(const float* keys, int n, int hd, float* kt) {
+  int s = 0;
+#if COLM_VNNI
+  if (hd % 16 == 0) {
+    for (; s + 16 <= n; s += 16) {
+      for (int j0 = 0; j0 < hd; j0 += 16) {
+        __m512 r[16], t[16];
+        for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(keys + static_cast<size_t>(s + i) * hd + j0);
+        for (int i = 0; i < 16; i += 2) t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]), t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+        for (int i = 0; i < 16; i += 4) {
+          r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44), r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+          r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44), r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+        }
+        // r[4q + c] now holds, in each 128-bit lane L, column c (of the lane's 4) of rows 4q … 4q+3.
+        for (int c = 0; c < 4; c++) {
+          t[c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), t[4 + c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
+          t[8 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88), t[12 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+        }
+        for (int c = 0; c < 4; c++) {
+          r[c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0x88), r[8 + c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xDD);
+          r[4 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0x88), r[12 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0xDD);
+        }
+        for (int i = 0; i < 16; i++) _mm512_storeu_ps(kt + static_cast<size_t>(j0 + i) * kChunk + s, r[i]);
+      }
+    }
+  }
+#endif
+  for (; s < n; s++)
+    for (int j = 0; j < hd; j++) kt[static_cast<size_t>(j) * kChunk + s] = keys[static_cast<size_t>(s) * hd + j];
+}
+
 // p[r][0 … kChunk) = scale · q_r · kt[·][s] for rows r < R (kt [hd][kChunk], the chunk's keys
 // transposed): one multiply-add per j in order for each (row, key), whatever the other rows.
 void scoresRows(const float* const* q, int R, const float* kt, int hd, float scale, float* p) {
@@ -646,7 +678,8 @@ void attention(Model& md, const StepArgs& a, int l, const float* q, float* out) 
   }
   const int stride = hd + 2;  // per (token, head) of an item: max, sum, Σ p·v
   const size_t perItem = static_cast<size_t>(kQueryBlock) * G * stride;
-  std::vector<float> part(static_cast<size_t>(items) * perItem);
+  std::vector<float>& part = md.attnPart;  // reused: a prompt's pass needs hundreds of KiB
+  if (part.size() < static_cast<size_t>(items) * perItem) part.resize(static_cast<size_t>(items) * perItem);
   md.pool->run([&](int t) {
     const int rowsMax = kQueryBlock * G;
     std::vector<float> p(static_cast<size_t>(rowsMax) * kChunk), kt(static_cast<size_t>(hd) * kChunk, 0.0f);
@@ -679,8 +712,7 @@ void attention(Model& md, const StepArgs& a, int l, const float* q, float* out) 
       for (int c0 = s0; c0 < s1; c0 += kChunk) {
         const int c1 = std::min(c0 + kChunk, s1);
         segments(c0, c1, [&](const float* keys, const float*, int from, int n2) {  // transposed once for every row
-          for (int s = 0; s < n2; s++)
-            for (int j = 0; j < hd; j++) kt[static_cast<size_t>(j) * kChunk + (from - c0) + s] = keys[static_cast<size_t>(s) * hd + j];
+          transposeKeys(keys, n2, hd, kt.data() + (from - c0));
         });
         scoresRows(qs.data(), R, kt.data(), hd, scale, p.data());
         for (int r = 0; r < R; r++) {  // online softmax: a larger max rescales what is summed so far
