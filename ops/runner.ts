@@ -1,6 +1,7 @@
-// The model runner: one onnxruntime session over the graph of ops/colm-graph.ts, so one weight
-// set serves every chain count. It runs `tokens` new tokens at `chains` chains against a KV
-// cache and returns the logits of the requested rows plus the new tokens' keys and values.
+// The model runner: one weight set serving every chain count, as one onnxruntime session over the
+// graph of ops/colm-graph.ts, or, for a quantized model, on the native kernel
+// (kernels/native-decoder.ts). It runs `tokens` new tokens at `chains` chains against a KV cache
+// and returns the logits of the requested rows plus the new tokens' keys and values.
 import { availableParallelism } from "node:os";
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -12,7 +13,7 @@ import type { ColmConfig } from "../models/config.ts";
 import type { KvCache } from "../kernels/kv-cache.ts";
 import { buildColmGraph } from "./colm-graph.ts";
 import type { AccuracyLevel } from "./graph.ts";
-import { checkpointPrecision, type Precision } from "../models/quantized.ts";
+import { checkpointPrecision, quantizedWeightBytes, type Precision } from "../models/quantized.ts";
 import { holdFreedMemory, trimHeap } from "./trim-heap.ts";
 import { NativeDecoder, weightsInMemory, type NativeWeights } from "../kernels/native-decoder.ts";
 
@@ -112,19 +113,23 @@ export class ModelRunner {
     if (ckpt.quantized && options.accuracyLevel !== 0 && nativeWanted(options)) {
       const w = ckpt.weights;
       const norms = { attn: w.layers.map((L) => L.attnNorm), ffn: w.layers.map((L) => L.ffnNorm), final: w.norm };
-      const runner = ModelRunner.openNative(ckpt.config, ckpt.weightBytes, weightsInMemory(ckpt.quantized, norms), options);
+      const runner = ModelRunner.openNative(ckpt.config, weightsInMemory(ckpt.quantized, norms), options);
       if (runner instanceof ModelRunner) return runner;
       (options.log ?? ((m: string) => console.error(m)))(`colm: native kernel unavailable (${runner.reason}); the model runs on onnxruntime`);
     }
     return ModelRunner.open(buildColmGraph(ckpt, options.accuracyLevel), ckpt.config, ckpt.weightBytes, options);
   }
 
-  /** A quantized model on the native kernel (no onnxruntime session), or why it cannot be. */
-  static openNative(config: ColmConfig, weightBytes: number, weights: NativeWeights, options: RunnerOptions = {}): ModelRunner | { reason: string } {
+  /**
+   * A quantized model on the native kernel (no onnxruntime session), or why it cannot be. Its
+   * weight bytes count a tied embedding once: the kernel's gather and head read the same matrix.
+   */
+  static openNative(config: ColmConfig, weights: NativeWeights, options: RunnerOptions = {}): ModelRunner | { reason: string } {
     const threads = options.threads ?? (Number(process.env.COLM_THREADS) || availableParallelism());
     const native = NativeDecoder.create(config, weights, threads);
     if (!(native instanceof NativeDecoder)) return native;
     trimHeap(); // what reading the weights freed leaves the process
+    const weightBytes = quantizedWeightBytes(config, weights.bits, weights.blockSize);
     return new ModelRunner(undefined, config, "cpu", weightBytes, options.reusedOutputFloats ?? 1 << 16, native);
   }
 

@@ -1016,15 +1016,22 @@ bool copyToArena(Model& md, std::string& err) {
   return true;
 }
 
+// The call's arguments into argv; false (with a JS error thrown naming `usage`) unless exactly n.
+bool arguments(napi_env env, napi_callback_info info, napi_value* argv, size_t n, const char* usage) {
+  size_t argc = n;
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) == napi_ok && argc == n) return true;
+  throwError(env, usage);
+  return false;
+}
+
 // create(config Int32Array [L, n, V, hd, kvh, bits, blockSize, maxPos, threads, tied, heads…, ffn…],
-//        floats Float64Array [eps, theta], matrices: (Uint8Array | Float32Array)[] (data, scales
-//        per matrix in models/quantized.ts's quantizedLayout order; a tied head reuses the
-//        embedding), norms: Float32Array[] (attn 0…L-1, ffn 0…L-1, final)) → handle
+//        floats Float64Array [eps, theta], matrices: the data and the scales of each matrix in
+//        models/quantized.ts's quantizedLayout order (a tied head reuses the embedding), each a
+//        typed array or {path, offset, bytes} of a file, norms: Float32Array[] (attn 0…L-1,
+//        ffn 0…L-1, final)) → handle
 napi_value Create(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
   napi_value argv[4];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  if (argc != 4) return throwError(env, "create(config, floats, matrices, norms)");
+  if (!arguments(env, info, argv, 4, "create(config, floats, matrices, norms)")) return nullptr;
   int32_t* cfg;
   size_t ncfg;
   double* fl;
@@ -1141,10 +1148,8 @@ napi_value Create(napi_env env, napi_callback_info info) {
 //      newKeys Float32Array[] (per layer [B, kvh, T, hd]), newValues,
 //      logitRows Int32Array [R], logits Float32Array [R, V], hidden Float32Array [R, d_kmax])
 napi_value Step(napi_env env, napi_callback_info info) {
-  size_t argc = 14;
   napi_value argv[14];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  if (argc != 14) return throwError(env, "step takes 14 arguments");
+  if (!arguments(env, info, argv, 14, "step takes 14 arguments")) return nullptr;
   Model* md;
   CHECK(napi_get_value_external(env, argv[0], reinterpret_cast<void**>(&md)));
   StepArgs a;

@@ -150,7 +150,7 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
       // The native kernel reads the checkpoint's own quantized file, or one quantized and cached once.
       const source = own ? openWeights(dir) : SafetensorsFile.open(await cachedQuantizedWeights(dir, precision, options.graphCacheDir, options.log));
       try {
-        native = ModelRunner.openNative(config, weightBytesOf(config), weightsInFile(source, config), runnerOptions);
+        native = ModelRunner.openNative(config, weightsInFile(source, config), runnerOptions);
       } finally {
         source.close();
       }
