@@ -17,7 +17,8 @@ export const NATIVE_SOURCE = join(HERE, "native", "colm_decode.cc");
 export const NATIVE_BINARY = join(HERE, "native", "build", "colm_decode.node");
 
 /** The addon's functions (colm_decode.cc, "Node-API glue"). */
-interface Addon {
+export interface Addon {
+  /** Built with AVX-512 VNNI; false: the portable path (correct, slow; the runner does not use it). */
   fast: boolean;
   create(config: Int32Array, floats: Float64Array, matrices: (Uint8Array | Float32Array | FileRange)[], norms: Float32Array[]): unknown;
   step(
@@ -28,16 +29,19 @@ interface Addon {
 }
 
 /**
- * Compiles the addon for this machine's CPU (-march=native: AVX-512 VNNI where it has it) against
- * the headers of the Node that runs us; into a temporary file first, so a process loading it never
- * sees half of one.
+ * Compiles the addon into `out` against the headers of the Node that runs us, for this machine's
+ * CPU (-march=native: AVX-512 VNNI where it has it) or, `portable`, for any x86-64 (the portable
+ * path, which the tests hold to the fast one); into a temporary file first, so a process loading
+ * it never sees half of one. Returns the loaded addon.
  */
-function build(): void {
+export function compileAddon(out: string, portable = false): Addon {
   const include = join(dirname(dirname(process.execPath)), "include", "node");
-  const tmp = `${NATIVE_BINARY}.${process.pid}.tmp`;
-  mkdirSync(dirname(NATIVE_BINARY), { recursive: true });
-  execFileSync("g++", ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-Wno-maybe-uninitialized", `-I${include}`, NATIVE_SOURCE, "-o", tmp], { stdio: ["ignore", "ignore", "pipe"] });
-  renameSync(tmp, NATIVE_BINARY);
+  const tmp = `${out}.${process.pid}.tmp`;
+  mkdirSync(dirname(out), { recursive: true });
+  const arch = portable ? "-march=x86-64-v2" : "-march=native";
+  execFileSync("g++", ["-O3", arch, "-std=c++17", "-shared", "-fPIC", "-pthread", "-Wno-maybe-uninitialized", `-I${include}`, NATIVE_SOURCE, "-o", tmp], { stdio: ["ignore", "ignore", "pipe"] });
+  renameSync(tmp, out);
+  return createRequire(import.meta.url)(out) as Addon;
 }
 
 let loaded: { addon: Addon } | { reason: string } | undefined;
@@ -46,8 +50,8 @@ let loaded: { addon: Addon } | { reason: string } | undefined;
 export function nativeAddon(): { addon: Addon } | { reason: string } {
   if (loaded) return loaded;
   try {
-    if (!existsSync(NATIVE_BINARY) || statSync(NATIVE_BINARY).mtimeMs < statSync(NATIVE_SOURCE).mtimeMs) build();
-    loaded = { addon: createRequire(import.meta.url)(NATIVE_BINARY) as Addon };
+    const stale = !existsSync(NATIVE_BINARY) || statSync(NATIVE_BINARY).mtimeMs < statSync(NATIVE_SOURCE).mtimeMs;
+    loaded = { addon: stale ? compileAddon(NATIVE_BINARY) : (createRequire(import.meta.url)(NATIVE_BINARY) as Addon) };
   } catch (e) {
     const err = e as Error & { stderr?: Buffer };
     loaded = { reason: (err.stderr?.toString() || err.message).split("\n")[0] };
@@ -119,8 +123,8 @@ export class NativeDecoder {
    * A decoder over `weights`, or why there is none. The kernel copies the weights into memory of
    * its own (on huge pages), so the caller may drop them.
    */
-  static create(config: ColmConfig, weights: NativeWeights, threads: number): NativeDecoder | { reason: string } {
-    const got = nativeAddon();
+  static create(config: ColmConfig, weights: NativeWeights, threads: number, addon?: Addon): NativeDecoder | { reason: string } {
+    const got = addon ? { addon } : nativeAddon();
     if (!("addon" in got)) return got;
     const c = config;
     const cfg = Int32Array.from([c.n_layers, c.nChains, c.vocab_size, c.head_dim, c.kv_heads, weights.bits, weights.blockSize, c.max_position, threads, c.tie_embeddings ? 1 : 0, ...c.chain_heads, ...c.ffn_chain_dims]);

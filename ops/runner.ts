@@ -128,6 +128,7 @@ export class ModelRunner {
     const threads = options.threads ?? (Number(process.env.COLM_THREADS) || availableParallelism());
     const native = NativeDecoder.create(config, weights, threads);
     if (!(native instanceof NativeDecoder)) return native;
+    if (!native.fast) return { reason: "this CPU has no AVX-512 VNNI, and onnxruntime is faster than the kernel's portable path" };
     trimHeap(); // what reading the weights freed leaves the process
     const weightBytes = quantizedWeightBytes(config, weights.bits, weights.blockSize);
     return new ModelRunner(undefined, config, "cpu", weightBytes, options.reusedOutputFloats ?? 1 << 16, native);

@@ -6,11 +6,12 @@
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
+import { join } from "node:path";
 import type { ColmConfigJson } from "../models/config.ts";
 import { loadCheckpoint } from "../models/checkpoint.ts";
 import { quantizeCheckpoint } from "../kernels/quantize.ts";
 import { KvCache } from "../kernels/kv-cache.ts";
-import { NativeDecoder, nativeAddon, weightsInMemory } from "../kernels/native-decoder.ts";
+import { NativeDecoder, compileAddon, nativeAddon, weightsInMemory } from "../kernels/native-decoder.ts";
 import { ModelRunner, type StepResult } from "../ops/runner.ts";
 import { loadModel } from "../server/engine/engine.ts";
 import { TINY_EQUAL, TINY_UNEQUAL, makeCheckpoint, tempDir } from "./helpers/checkpoints.ts";
@@ -126,6 +127,30 @@ for (const bits of [8, 4] as const) {
     });
   }
 }
+
+describe("native kernel: the portable path (a CPU without AVX-512 VNNI)", { skip: why }, () => {
+  test("built for any x86-64, it gives the fast path's logits (int8 activations: 5% of the largest) and says it is not fast", { timeout: 120_000 }, async () => {
+    const portable = compileAddon(join(tempDir("colm-portable-"), "colm_decode.node"), true);
+    assert.equal(portable.fast, false);
+    for (const [label, cfg, blockSize] of MODELS) {
+      for (const bits of [8, 4] as const) {
+        const ckpt = quantizeCheckpoint(loadCheckpoint(makeCheckpoint(cfg, 5)), bits, blockSize);
+        const norms = { attn: ckpt.weights.layers.map((L) => L.attnNorm), ffn: ckpt.weights.layers.map((L) => L.ffnNorm), final: ckpt.weights.norm };
+        const weights = weightsInMemory(ckpt.quantized!, norms);
+        const decoders = [NativeDecoder.create(ckpt.config, weights, 2), NativeDecoder.create(ckpt.config, weights, 1, portable)];
+        const c = ckpt.config;
+        const outs = decoders.map((d) => {
+          assert.ok(d instanceof NativeDecoder);
+          const kv = () => Array.from({ length: c.n_layers }, () => new Float32Array(2 * PROMPT.length * c.kv_heads * c.head_dim));
+          const empty = Array.from({ length: c.n_layers }, () => new Float32Array(2 * c.kv_heads * c.head_dim));
+          return d.step({ B: 2, T: PROMPT.length, tokens: Int32Array.from([...PROMPT, ...PROMPT.slice().reverse()]), chains: Int32Array.of(c.nChains, 1), past: Int32Array.of(0, 0), pastKeys: empty, pastValues: empty, capacity: 1, logitRows: Int32Array.from(range(2 * PROMPT.length)), newKeys: kv(), newValues: kv() });
+        });
+        const tol = 0.05 * outs[0].logits.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+        assert.ok(maxAbsDiff(outs[0].logits, outs[1].logits) <= tol, `${label} q${bits}: ${maxAbsDiff(outs[0].logits, outs[1].logits)} > ${tol}`);
+      }
+    }
+  });
+});
 
 describe("native kernel: where it is used", { skip: why }, () => {
   test("a float32 model, or float32 compute on quantized weights, runs on onnxruntime alone", async () => {
