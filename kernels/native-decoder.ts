@@ -25,7 +25,7 @@ export interface Addon {
     handle: unknown, B: number, T: number, tokens: Int32Array, chains: Int32Array, past: Int32Array,
     pastKeys: Float32Array[], pastValues: Float32Array[], capacity: number,
     newKeys: Float32Array[], newValues: Float32Array[], logitRows: Int32Array, logits: Float32Array, hidden: Float32Array,
-  ): void;
+  ): Promise<void>;
 }
 
 /**
@@ -141,12 +141,16 @@ export class NativeDecoder {
     }
   }
 
-  step(s: NativeStep): NativeResult {
+  /**
+   * Runs a call on a worker thread (the event loop stays free); calls on one decoder run one at a
+   * time. The cache buffers must not change until it resolves.
+   */
+  async step(s: NativeStep): Promise<NativeResult> {
     const c = this.config;
     const R = s.logitRows.length;
     const kmax = Math.max(...s.chains);
     const out: NativeResult = { logits: new Float32Array(R * c.vocab_size), hidden: new Float32Array(R * c.dk[kmax]), newKeys: s.newKeys, newValues: s.newValues };
-    this.addon.step(this.handle, s.B, s.T, s.tokens, s.chains, s.past, s.pastKeys, s.pastValues, s.capacity, out.newKeys, out.newValues, s.logitRows, out.logits, out.hidden);
+    await this.addon.step(this.handle, s.B, s.T, s.tokens, s.chains, s.past, s.pastKeys, s.pastValues, s.capacity, out.newKeys, out.newValues, s.logitRows, out.logits, out.hidden);
     return out;
   }
 }

@@ -15,7 +15,7 @@ import { buildColmGraph } from "./colm-graph.ts";
 import type { AccuracyLevel } from "./graph.ts";
 import { checkpointPrecision, quantizedWeightBytes, type Precision } from "../models/quantized.ts";
 import { holdFreedMemory, trimHeap } from "./trim-heap.ts";
-import { NativeDecoder, weightsInMemory, type NativeWeights } from "../kernels/native-decoder.ts";
+import { NativeDecoder, weightsInMemory, type NativeStep, type NativeWeights } from "../kernels/native-decoder.ts";
 
 export type Device = "cpu" | "cuda";
 
@@ -253,21 +253,22 @@ export class ModelRunner {
 
   /**
    * stepRows on the native kernel: it reads the cache's rows in place, as onnxruntime does, and
-   * writes large calls' keys and values into the reused buffers.
+   * writes large calls' keys and values into the reused buffers (unless another call holds them).
    */
-  private nativeStep(tokens: ArrayLike<number>[], chains: readonly number[], cache: KvCache, logitsRows: readonly number[], firstRow: number, lengths: number[]): StepResult {
+  private async nativeStep(tokens: ArrayLike<number>[], chains: readonly number[], cache: KvCache, logitsRows: readonly number[], firstRow: number, lengths: number[]): Promise<StepResult> {
     const c = this.config;
     const B = tokens.length;
-    const newSize = B * tokens[0].length * c.kv_heads * c.head_dim;
-    const reuse = newSize >= this.reusedOutputFloats;
+    const T = tokens[0].length;
+    const newSize = B * T * c.kv_heads * c.head_dim;
+    const reuse = newSize >= this.reusedOutputFloats && !this.kvOutInUse;
     const kv = (i: number): Float32Array => (reuse ? this.kvOutput(i, newSize) : new Float32Array(newSize));
     const rowSize = c.kv_heads * cache.capacity * c.head_dim;
     const view = (buffer: Float32Array): Float32Array => buffer.subarray(firstRow * rowSize, (firstRow + B) * rowSize);
-    const flat = new Int32Array(B * tokens[0].length);
-    tokens.forEach((row, b) => flat.set(Array.from(row), b * row.length));
-    return this.native!.step({
+    const flat = new Int32Array(B * T);
+    tokens.forEach((row, b) => flat.set(Array.from(row), b * T));
+    const args: NativeStep = {
       B,
-      T: tokens[0].length,
+      T,
       tokens: flat,
       chains: Int32Array.from(chains),
       past: Int32Array.from(lengths),
@@ -277,7 +278,13 @@ export class ModelRunner {
       logitRows: Int32Array.from(logitsRows),
       newKeys: Array.from({ length: c.n_layers }, (_, l) => kv(2 * l)),
       newValues: Array.from({ length: c.n_layers }, (_, l) => kv(2 * l + 1)),
-    });
+    };
+    if (reuse) this.kvOutInUse = true;
+    try {
+      return await this.native!.step(args);
+    } finally {
+      if (reuse) this.kvOutInUse = false;
+    }
   }
 
   /** The first `size` floats of reusable output buffer `i`, grown when too small. */

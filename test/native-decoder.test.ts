@@ -96,6 +96,15 @@ for (const bits of [8, 4] as const) {
         }
       });
 
+      test("calls in flight at once (each on a worker thread) run one at a time and each gets its own outputs", async () => {
+        const n = native.config.nChains;
+        const [a, b] = [await prefilled(native), await prefilled(native)];
+        const [x, y] = await Promise.all([native.step(range(6, 2), n, a, range(6)), native.step(range(6, 2), n, b, range(6))]);
+        assert.deepEqual(x.logits, y.logits);
+        for (let l = 0; l < x.newKeys.length; l++) assert.deepEqual(x.newKeys[l], y.newKeys[l], `layer ${l}`);
+        assert.notEqual(x.newKeys[0].buffer, y.newKeys[0].buffer, "the second call does not share the first one's reused buffers");
+      });
+
       test("a verification step of T tokens equals T single steps, bit for bit (speculative decoding stays exact)", async () => {
         const n = native.config.nChains;
         const tokens = [21, 8, 33, 5];
@@ -139,12 +148,12 @@ describe("native kernel: the portable path (a CPU without AVX-512 VNNI)", { skip
         const weights = weightsInMemory(ckpt.quantized!, norms);
         const decoders = [NativeDecoder.create(ckpt.config, weights, 2), NativeDecoder.create(ckpt.config, weights, 1, portable)];
         const c = ckpt.config;
-        const outs = decoders.map((d) => {
+        const outs = await Promise.all(decoders.map((d) => {
           assert.ok(d instanceof NativeDecoder);
           const kv = () => Array.from({ length: c.n_layers }, () => new Float32Array(2 * PROMPT.length * c.kv_heads * c.head_dim));
           const empty = Array.from({ length: c.n_layers }, () => new Float32Array(2 * c.kv_heads * c.head_dim));
           return d.step({ B: 2, T: PROMPT.length, tokens: Int32Array.from([...PROMPT, ...PROMPT.slice().reverse()]), chains: Int32Array.of(c.nChains, 1), past: Int32Array.of(0, 0), pastKeys: empty, pastValues: empty, capacity: 1, logitRows: Int32Array.from(range(2 * PROMPT.length)), newKeys: kv(), newValues: kv() });
-        });
+        }));
         const tol = 0.05 * outs[0].logits.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
         assert.ok(maxAbsDiff(outs[0].logits, outs[1].logits) <= tol, `${label} q${bits}: ${maxAbsDiff(outs[0].logits, outs[1].logits)} > ${tol}`);
       }

@@ -304,6 +304,10 @@ class Pool {
   }
   int size() const { return n_; }
 
+  // The step is over: workers sleep now instead of spinning, so that they leave the cores to the
+  // threads that take the result (the event loop) until the next step.
+  void park() { parked_.store(true, std::memory_order_relaxed); }
+
   // Runs fn(t) for t in 0 … n-1, t = 0 on the calling thread; returns when all are done.
   template <class F>
   void run(F&& fn) {
@@ -311,6 +315,7 @@ class Pool {
     job_ = [](void* ctx, int t) { (*static_cast<F*>(ctx))(t); };
     ctx_ = &fn;
     done_.store(0, std::memory_order_relaxed);
+    parked_.store(false, std::memory_order_relaxed);
     {
       std::lock_guard<std::mutex> lk(mu_);
       gen_.fetch_add(1, std::memory_order_release);
@@ -332,8 +337,9 @@ class Pool {
       const auto start = std::chrono::steady_clock::now();
       for (int i = 0; gen_.load(std::memory_order_acquire) == seen; i++) {
         pause();
-        // Spin ~2 ms (a step's phases are microseconds apart), then sleep until the next run.
-        if ((i & 1023) == 1023 && std::chrono::steady_clock::now() - start > std::chrono::milliseconds(2)) {
+        // Spin while a step runs (its phases are microseconds apart; at most ~2 ms), else sleep
+        // until the next run.
+        if (parked_.load(std::memory_order_relaxed) || ((i & 1023) == 1023 && std::chrono::steady_clock::now() - start > std::chrono::milliseconds(2))) {
           std::unique_lock<std::mutex> lk(mu_);
           cv_.wait(lk, [&] { return gen_.load() != seen; });
         }
@@ -349,6 +355,7 @@ class Pool {
   std::vector<std::thread> workers_;
   std::atomic<uint64_t> gen_{0};
   std::atomic<int> done_{0};
+  std::atomic<bool> parked_{false};
   void (*job_)(void*, int) = nullptr;
   void* ctx_ = nullptr;
   std::mutex mu_;
@@ -383,6 +390,7 @@ struct Model {
   Pool* pool = nullptr;
   // Scratch, grown to the largest call.
   std::vector<float> x, xn, qb, kb, vb, att, ob, g, u, y, attnPart;
+  std::mutex stepMu;  // held by a step while it runs
   std::vector<Group> acts;
   std::vector<QVec> qv;
 };
@@ -915,6 +923,7 @@ void forward(Model& md, StepArgs& a) {
     a.t0 = t0, a.tc = std::min(tc, a.T - t0);
     forwardPass(md, a);
   }
+  md.pool->park();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1143,10 +1152,36 @@ napi_value Create(napi_env env, napi_callback_info info) {
   return handle;
 }
 
+// One step in flight: its model, arguments, and the references that keep the arguments alive.
+struct StepWork {
+  Model* md;
+  StepArgs a;
+  std::vector<napi_ref> refs;
+  napi_deferred deferred = nullptr;
+  napi_async_work work = nullptr;
+};
+
+void ExecuteStep(napi_env, void* data) {
+  auto* w = static_cast<StepWork*>(data);
+  std::lock_guard<std::mutex> lk(w->md->stepMu);  // one step at a time per model: the scratch is shared
+  forward(*w->md, w->a);
+}
+
+void CompleteStep(napi_env env, napi_status, void* data) {
+  auto* w = static_cast<StepWork*>(data);
+  for (napi_ref r : w->refs) napi_delete_reference(env, r);
+  napi_value undefined;
+  napi_get_undefined(env, &undefined);
+  napi_resolve_deferred(env, w->deferred, undefined);
+  napi_delete_async_work(env, w->work);
+  delete w;
+}
+
 // step(handle, B, T, tokens Int32Array [B·T], chains Int32Array [B], past Int32Array [B],
 //      pastKeys Float32Array[] (per layer [B, kvh, C, hd]), pastValues, C,
 //      newKeys Float32Array[] (per layer [B, kvh, T, hd]), newValues,
 //      logitRows Int32Array [R], logits Float32Array [R, V], hidden Float32Array [R, d_kmax])
+//      → a promise, resolved when the outputs are written
 napi_value Step(napi_env env, napi_callback_info info) {
   napi_value argv[14];
   if (!arguments(env, info, argv, 14, "step takes 14 arguments")) return nullptr;
@@ -1196,8 +1231,20 @@ napi_value Step(napi_env env, napi_callback_info info) {
   a.logits = static_cast<float*>(p);
   if (!typedArray(env, argv[13], napi_float32_array, &p, &n) || n < static_cast<size_t>(a.R) * md->dk[a.kmax]) return throwError(env, "hidden must be a Float32Array [R, d_k]");
   a.hidden = static_cast<float*>(p);
-  forward(*md, a);
-  return nullptr;
+  // The step runs on a libuv worker thread (the event loop stays free while a prompt is
+  // prefilled); the arguments are referenced until it is done, so their buffers stay alive.
+  auto* w = new StepWork{md, std::move(a)};
+  for (int i : {0, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13}) {
+    napi_ref r;
+    napi_create_reference(env, argv[i], 1, &r);
+    w->refs.push_back(r);
+  }
+  napi_value promise, name;
+  CHECK(napi_create_promise(env, &w->deferred, &promise));
+  CHECK(napi_create_string_utf8(env, "colm_decode.step", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_create_async_work(env, nullptr, name, ExecuteStep, CompleteStep, w, &w->work));
+  CHECK(napi_queue_async_work(env, w->work));
+  return promise;
 }
 
 napi_value Init(napi_env env, napi_value exports) {
