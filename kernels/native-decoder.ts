@@ -4,7 +4,7 @@
 // headers by `npm install` or on first use, into kernels/native/build/ (`npm run build:native`
 // says how it went); where it cannot be built the runner uses onnxruntime.
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, renameSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, renameSync, statSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -14,6 +14,8 @@ import type { FileRange, TensorSource } from "../models/safetensors.ts";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 export const NATIVE_SOURCE = join(HERE, "native", "colm_decode.cc");
+/** Every file of the kernel's source (colm_decode.cc includes the headers beside it). */
+const sources = (): string[] => readdirSync(dirname(NATIVE_SOURCE)).filter((f) => /\.(cc|h)$/.test(f)).map((f) => join(dirname(NATIVE_SOURCE), f));
 export const NATIVE_BINARY = join(HERE, "native", "build", "colm_decode.node");
 
 /** The addon's functions (colm_decode.cc, "Node-API glue"). */
@@ -46,11 +48,11 @@ export function compileAddon(out: string, portable = false): Addon {
 
 let loaded: { addon: Addon } | { reason: string } | undefined;
 
-/** The addon, built first when missing or older than its source; or why it is unavailable. */
+/** The addon, built first when missing or older than any file of its source; or why it is unavailable. */
 export function nativeAddon(): { addon: Addon } | { reason: string } {
   if (loaded) return loaded;
   try {
-    const stale = !existsSync(NATIVE_BINARY) || statSync(NATIVE_BINARY).mtimeMs < statSync(NATIVE_SOURCE).mtimeMs;
+    const stale = !existsSync(NATIVE_BINARY) || sources().some((f) => statSync(NATIVE_BINARY).mtimeMs < statSync(f).mtimeMs);
     loaded = { addon: stale ? compileAddon(NATIVE_BINARY) : (createRequire(import.meta.url)(NATIVE_BINARY) as Addon) };
   } catch (e) {
     const err = e as Error & { stderr?: Buffer };
