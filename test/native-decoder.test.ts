@@ -96,6 +96,20 @@ for (const bits of [8, 4] as const) {
         }
       });
 
+      test("the thread count changes no bit: one thread and two give the same prompt and decode logits", async () => {
+        const ckpt = quantizeCheckpoint(loadCheckpoint(makeCheckpoint(cfg, 5)), bits, blockSize);
+        const one = await ModelRunner.create(ckpt, { threads: 1, reusedOutputFloats: 0 });
+        try {
+          const n = native.config.nChains;
+          const [a, b] = [await prefilled(native), await prefilled(one)];
+          for (let l = 0; l < native.config.n_layers; l++) assert.deepEqual(a.keyBuffer(l), b.keyBuffer(l), `prompt keys, layer ${l}`);
+          const [x, y] = [await native.step([7, 3], n, a, [0, 1]), await one.step([7, 3], n, b, [0, 1])];
+          assert.deepEqual(x.logits, y.logits);
+        } finally {
+          await one.close();
+        }
+      });
+
       test("calls in flight at once (each on a worker thread) run one at a time and each gets its own outputs", async () => {
         const n = native.config.nChains;
         const [a, b] = [await prefilled(native), await prefilled(native)];
