@@ -51,27 +51,27 @@ float expShifted(float* p, int n, float max) {
 // bits alone, in a batch, in a verification step or in a prompt.
 constexpr int kQueryBlock = 32;
 constexpr int kPieceKeys = 256;
-constexpr int kChunk = 64;  // keys per online-softmax update
+constexpr int kChunk = 32;  // keys per online-softmax update
 
 #if COLM_VNNI
 // Scores of RN rows (queries qs[0 … RN)) against the chunk's 64 transposed keys: RN × 4
 // accumulators, each key vector and each query value loaded once per j.
 template <int RN>
 inline void scoreRows(const float* const* qs, const float* kt, int hd, float scale, float* p) {
-  __m512 acc[RN][4];
+  constexpr int KV = kChunk / 16;  // vectors of keys
+  __m512 acc[RN][KV];
   for (auto& row : acc) for (auto& v : row) v = _mm512_setzero_ps();
   for (int j = 0; j < hd; j++) {
-    const float* k = kt + j * kChunk;
-    const __m512 k0 = _mm512_loadu_ps(k), k1 = _mm512_loadu_ps(k + 16), k2 = _mm512_loadu_ps(k + 32), k3 = _mm512_loadu_ps(k + 48);
+    __m512 k[KV];
+    for (int i = 0; i < KV; i++) k[i] = _mm512_loadu_ps(kt + j * kChunk + 16 * i);
     for (int r = 0; r < RN; r++) {
       const __m512 qj = _mm512_set1_ps(qs[r][j]);
-      acc[r][0] = _mm512_fmadd_ps(qj, k0, acc[r][0]), acc[r][1] = _mm512_fmadd_ps(qj, k1, acc[r][1]);
-      acc[r][2] = _mm512_fmadd_ps(qj, k2, acc[r][2]), acc[r][3] = _mm512_fmadd_ps(qj, k3, acc[r][3]);
+      for (int i = 0; i < KV; i++) acc[r][i] = _mm512_fmadd_ps(qj, k[i], acc[r][i]);
     }
   }
   const __m512 sc = _mm512_set1_ps(scale);
   for (int r = 0; r < RN; r++)
-    for (int i = 0; i < 4; i++) _mm512_storeu_ps(p + r * kChunk + 16 * i, _mm512_mul_ps(acc[r][i], sc));
+    for (int i = 0; i < KV; i++) _mm512_storeu_ps(p + r * kChunk + 16 * i, _mm512_mul_ps(acc[r][i], sc));
 }
 
 // acc_r[j0 … j0+16·U) += Σ_s p[r][s] · values[s] for RN rows: each value vector and weight loaded once.
@@ -129,9 +129,9 @@ void transposeKeys(const float* keys, int n, int hd, float* kt) {
 // transposed): one multiply-add per j in order for each (row, key), whatever the other rows.
 void scoresRows(const float* const* q, int R, const float* kt, int hd, float scale, float* p) {
 #if COLM_VNNI
-  static_assert(kChunk == 64, "four vectors of keys");
+  constexpr int group = 64 / kChunk * 4;  // rows whose accumulators fill 16 registers
   int r = 0;
-  for (; r + 4 <= R; r += 4) scoreRows<4>(q + r, kt, hd, scale, p + r * kChunk);
+  for (; r + group <= R; r += group) scoreRows<group>(q + r, kt, hd, scale, p + r * kChunk);
   for (; r < R; r++) scoreRows<1>(q + r, kt, hd, scale, p + r * kChunk);
 #else
   for (int r = 0; r < R; r++)
