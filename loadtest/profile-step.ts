@@ -36,7 +36,7 @@ const modes = (o: ort.InferenceSession.SessionOptions): ort.InferenceSession.Ses
 const extra = (o: ort.InferenceSession.SessionOptions): ort.InferenceSession.SessionOptions => ({ ...modes(o), ...(PROFILE ? { enableProfiling: true, profileFilePrefix: prefix } : {}), extra: CONFIG });
 (ort.InferenceSession as { create: unknown }).create = (m: Uint8Array, o: ort.InferenceSession.SessionOptions) => create(m, extra(o));
 const ckpt = loadCheckpoint(dir);
-const runner = await ModelRunner.create(ckpt, { log: () => {} });
+const runner = await ModelRunner.create(ckpt, { log: () => {}, native: "off" }); // onnxruntime's graph is what is profiled
 const c = ckpt.config;
 const cache = new KvCache(c.n_layers, c.kv_heads, c.head_dim, CONTEXT + STEPS + 8, BATCH);
 const tokens = Array.from({ length: BATCH }, (_, b) => Array.from({ length: CONTEXT }, (_, i) => (i * 7 + b) % c.vocab_size));
