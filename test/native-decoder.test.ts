@@ -14,6 +14,7 @@ import { KvCache } from "../kernels/kv-cache.ts";
 import { NativeDecoder, compileAddon, nativeAddon, weightsInMemory } from "../kernels/native-decoder.ts";
 import { ModelRunner, type StepResult } from "../ops/runner.ts";
 import { loadModel } from "../server/engine/engine.ts";
+import type { GenerateOptions } from "../server/engine/types.ts";
 import { TINY_EQUAL, TINY_UNEQUAL, makeCheckpoint, tempDir } from "./helpers/checkpoints.ts";
 import { TEST_BLOCK_SIZE, maxAbsDiff, range } from "./helpers/run.ts";
 
@@ -199,6 +200,39 @@ describe("native kernel: where it is used", { skip: why }, () => {
     const out = await r.step([1, 2], 2, new KvCache(2, 1, 128), [1]);
     assert.equal(out.logits.length, cfg.vocab_size);
     await r.close();
+  });
+
+  test("a prefix-cache hit, speculation and a batch change no bit of a quantized model's output (tokens and logprobs)", async () => {
+    const engine = await loadModel(makeCheckpoint(TINY_WIDE, 9), { quant: "q8", threads: 2, log: () => {} });
+    try {
+      assert.ok(engine.runner.native);
+      const prompt = range(40, 1).map((t) => (t * 37) % 300);
+      const run = async (options: Partial<GenerateOptions> = {}): Promise<{ ids: number[]; logprobs: number[]; cached: number }> => {
+        const ids: number[] = [];
+        const logprobs: number[] = [];
+        const it = engine.generate(prompt, { maxTokens: 10, chains: 3, sampling: { temperature: 0, logprobs: 2 }, stopOnEos: false, ...options });
+        for (;;) {
+          const r = await it.next();
+          if (r.done) return { ids, logprobs, cached: r.value.cachedTokens };
+          ids.push(r.value.tokenId);
+          assert.ok(r.value.logprob !== undefined && r.value.logprob < 0);
+          logprobs.push(r.value.logprob);
+        }
+      };
+      const first = await run();
+      const hit = await run();
+      assert.equal(first.cached, 0);
+      assert.ok(hit.cached >= 32, `prefix-cache hit: ${hit.cached} tokens`);
+      assert.deepEqual(hit, { ...first, cached: hit.cached });
+      const spec = await run({ speculative: { draftTokens: 3, draftChains: 1 }, cache: false });
+      assert.deepEqual(spec.ids, first.ids, "self-speculative decoding");
+      assert.deepEqual(spec.logprobs, first.logprobs);
+      const together = await Promise.all([run({ cache: false }), run({ chains: 1, cache: false })]);
+      assert.deepEqual(together[0].ids, first.ids, "batched with another request");
+      assert.deepEqual(together[0].logprobs, first.logprobs);
+    } finally {
+      await engine.close();
+    }
   });
 
   test("the server's load path: a float32 checkpoint quantized at load is quantized once into the cache, and no graph is built", async () => {
