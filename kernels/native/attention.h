@@ -132,6 +132,7 @@ void scoresRows(const float* const* q, int R, const float* kt, int hd, float sca
   constexpr int group = 64 / kChunk * 4;  // rows whose accumulators fill 16 registers
   int r = 0;
   for (; r + group <= R; r += group) scoreRows<group>(q + r, kt, hd, scale, p + r * kChunk);
+  for (; r + 4 <= R; r += 4) scoreRows<4>(q + r, kt, hd, scale, p + r * kChunk);  // a decode step's heads of one kv head
   for (; r < R; r++) scoreRows<1>(q + r, kt, hd, scale, p + r * kChunk);
 #else
   for (int r = 0; r < R; r++)
