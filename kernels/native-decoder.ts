@@ -27,7 +27,8 @@ export interface Addon {
     handle: unknown, B: number, T: number, tokens: Int32Array, chains: Int32Array, past: Int32Array,
     pastKeys: Float32Array[], pastValues: Float32Array[], capacity: number,
     newKeys: Float32Array[], newValues: Float32Array[], logitRows: Int32Array, logits: Float32Array, hidden: Float32Array,
-  ): Promise<void>;
+    async: boolean,
+  ): Promise<void> | undefined;
 }
 
 /**
@@ -108,6 +109,9 @@ export interface NativeResult {
   newValues: Float32Array[];
 }
 
+/** Calls of up to this many tokens (rows × tokens) run on the calling thread (see NativeDecoder.step). */
+export const SYNC_MAX_TOKENS = 16;
+
 /** One model on the kernel: `step` is ModelRunner.stepRows for a quantized model. */
 export class NativeDecoder {
   private constructor(
@@ -144,15 +148,26 @@ export class NativeDecoder {
   }
 
   /**
-   * Runs a call on a worker thread (the event loop stays free); calls on one decoder run one at a
-   * time. The cache buffers must not change until it resolves.
+   * Runs a call: one of at most SYNC_MAX_TOKENS tokens (a decode step, a draft or a verification:
+   * milliseconds) on this thread, as a server loop's step would (a worker thread's hand-off costs
+   * ~15% of a small step); a larger one (a prompt), or any while another is in flight, on a worker
+   * thread, so the event loop stays free. Calls on one decoder run one at a time. The cache buffers
+   * must not change until it resolves.
    */
   async step(s: NativeStep): Promise<NativeResult> {
     const c = this.config;
     const R = s.logitRows.length;
     const kmax = Math.max(...s.chains);
     const out: NativeResult = { logits: new Float32Array(R * c.vocab_size), hidden: new Float32Array(R * c.dk[kmax]), newKeys: s.newKeys, newValues: s.newValues };
-    await this.addon.step(this.handle, s.B, s.T, s.tokens, s.chains, s.past, s.pastKeys, s.pastValues, s.capacity, out.newKeys, out.newValues, s.logitRows, out.logits, out.hidden);
+    const async = s.B * s.T > SYNC_MAX_TOKENS || this.inFlight > 0;
+    this.inFlight++;
+    try {
+      await this.addon.step(this.handle, s.B, s.T, s.tokens, s.chains, s.past, s.pastKeys, s.pastValues, s.capacity, out.newKeys, out.newValues, s.logitRows, out.logits, out.hidden, async);
+    } finally {
+      this.inFlight--;
+    }
     return out;
   }
+
+  private inFlight = 0;
 }

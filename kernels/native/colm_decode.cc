@@ -264,6 +264,7 @@ void ExecuteStep(napi_env, void* data) {
   auto* w = static_cast<StepWork*>(data);
   std::lock_guard<std::mutex> lk(w->md->stepMu);  // one step at a time per model: the scratch is shared
   forward(*w->md, w->a);
+  w->md->pool->park();  // the event loop takes the result: leave it the cores
 }
 
 void CompleteStep(napi_env env, napi_status, void* data) {
@@ -279,11 +280,14 @@ void CompleteStep(napi_env env, napi_status, void* data) {
 // step(handle, B, T, tokens Int32Array [B·T], chains Int32Array [B], past Int32Array [B],
 //      pastKeys Float32Array[] (per layer [B, kvh, C, hd]), pastValues, C,
 //      newKeys Float32Array[] (per layer [B, kvh, T, hd]), newValues,
-//      logitRows Int32Array [R], logits Float32Array [R, V], hidden Float32Array [R, d_kmax])
-//      → a promise, resolved when the outputs are written
+//      logitRows Int32Array [R], logits Float32Array [R, V], hidden Float32Array [R, d_kmax],
+//      async boolean) → undefined once the outputs are written, or (async, or while another
+//      call runs) a promise resolved then
 napi_value Step(napi_env env, napi_callback_info info) {
-  napi_value argv[14];
-  if (!arguments(env, info, argv, 14, "step takes 14 arguments")) return nullptr;
+  napi_value argv[15];
+  if (!arguments(env, info, argv, 15, "step takes 15 arguments")) return nullptr;
+  bool async = true;
+  CHECK(napi_get_value_bool(env, argv[14], &async));
   Model* md;
   CHECK(napi_get_value_external(env, argv[0], reinterpret_cast<void**>(&md)));
   StepArgs a;
@@ -330,8 +334,16 @@ napi_value Step(napi_env env, napi_callback_info info) {
   a.logits = static_cast<float*>(p);
   if (!typedArray(env, argv[13], napi_float32_array, &p, &n) || n < static_cast<size_t>(a.R) * md->dk[a.kmax]) return throwError(env, "hidden must be a Float32Array [R, d_k]");
   a.hidden = static_cast<float*>(p);
-  // The step runs on a libuv worker thread (the event loop stays free while a prompt is
-  // prefilled); the arguments are referenced until it is done, so their buffers stay alive.
+  // A small call (a decode step: milliseconds) runs here, as a server loop's step would; a large
+  // one (a prompt) on a libuv worker thread, so the event loop stays free, with its arguments
+  // referenced until it is done so that their buffers stay alive.
+  if (!async) {
+    std::unique_lock<std::mutex> lk(md->stepMu, std::try_to_lock);
+    if (lk.owns_lock()) {
+      forward(*md, a);
+      return nullptr;
+    }
+  }
   auto* w = new StepWork{md, std::move(a), {}, nullptr, nullptr};
   for (int i : {0, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13}) {
     napi_ref r;

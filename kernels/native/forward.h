@@ -163,7 +163,6 @@ void forward(Model& md, StepArgs& a) {
     a.t0 = t0, a.tc = std::min(tc, a.T - t0);
     forwardPass(md, a);
   }
-  md.pool->park();
 }
 
 }  // namespace

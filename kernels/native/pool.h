@@ -24,8 +24,9 @@ class Pool {
   }
   int size() const { return n_; }
 
-  // The step is over: workers sleep now instead of spinning, so that they leave the cores to the
-  // threads that take the result (the event loop) until the next step.
+  // A worker thread's call is over: workers sleep now instead of spinning, so that they leave the
+  // cores to the event loop, which takes the result. (After a call on the event loop's own thread
+  // they spin on for the next decode step, which comes within a millisecond or two.)
   void park() { parked_.store(true, std::memory_order_relaxed); }
 
   // Runs fn(t) for t in 0 … n-1, t = 0 on the calling thread; returns when all are done.
