@@ -14,6 +14,7 @@ import {
   checkQuantization,
   dequantizeWeights,
   floatMatrix,
+  normGainsOf,
   precisionOf,
   quantizedLayout,
   quantizedTensors,
@@ -79,7 +80,7 @@ export function quantizeCheckpoint(ckpt: Checkpoint, bits: number, blockSize: nu
   const matrices = new Map(quantizedLayout(c).map((s) => [s.name, quantizeMatrix(floatMatrix(s, c, w), s.rows, s.cols, bits, blockSize)] as const));
   const quantized = { bits: bits as QuantBits, blockSize, matrices };
   const config = { ...c, quantization: { bits: bits as QuantBits, block_size: blockSize } };
-  const weights = dequantizeWeights(config, quantized, { attn: w.layers.map((L) => L.attnNorm), ffn: w.layers.map((L) => L.ffnNorm), final: w.norm });
+  const weights = dequantizeWeights(config, quantized, normGainsOf(w));
   return { dir: ckpt.dir, config, weights, quantized, weightBytes: weightBytesOf(config) };
 }
 

@@ -195,17 +195,15 @@ export interface NormGains {
   final: Float32Array;
 }
 
+/** The norm gains of float chain-block weights. */
+export const normGainsOf = (w: ColmWeights): NormGains => ({ attn: w.layers.map((L) => L.attnNorm), ffn: w.layers.map((L) => L.ffnNorm), final: w.norm });
+
 /** Reads a quantized checkpoint's tensors, checking every name and shape; returns them and their dequantized float weights. */
 export function readQuantized(file: TensorSource, c: ColmConfig): { quantized: QuantizedWeights; weights: ColmWeights } {
-  const { quantized, norms } = readQuantizedMatrices(file, c);
-  return { quantized, weights: dequantizeWeights(c, quantized, norms) };
-}
-
-/** A quantized checkpoint's matrices and norm gains as stored (nothing dequantized), every name and shape checked. */
-export function readQuantizedMatrices(file: TensorSource, c: ColmConfig): { quantized: QuantizedWeights; norms: NormGains } {
   const { bits, block_size: blockSize } = c.quantization!;
   const { matrices, norms } = quantizedEntries(file, c, (s, qweight, scales) => ({ rows: s.rows, cols: s.cols, bits, blockSize, data: file.readBytes(qweight), scales: file.read(scales) }));
-  return { quantized: { bits, blockSize, matrices }, norms };
+  const quantized = { bits, blockSize, matrices };
+  return { quantized, weights: dequantizeWeights(c, quantized, norms) };
 }
 
 /**

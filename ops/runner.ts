@@ -13,7 +13,7 @@ import type { ColmConfig } from "../models/config.ts";
 import type { KvCache } from "../kernels/kv-cache.ts";
 import { buildColmGraph } from "./colm-graph.ts";
 import type { AccuracyLevel } from "./graph.ts";
-import { checkpointPrecision, quantizedWeightBytes, type Precision } from "../models/quantized.ts";
+import { checkpointPrecision, normGainsOf, quantizedWeightBytes, type Precision } from "../models/quantized.ts";
 import { holdFreedMemory, trimHeap } from "./trim-heap.ts";
 import { NativeDecoder, weightsInMemory, type NativeStep, type NativeWeights } from "../kernels/native-decoder.ts";
 
@@ -110,25 +110,23 @@ export class ModelRunner {
    * a session over the graph built from it.
    */
   static async create(ckpt: Checkpoint, options: RunnerOptions = {}): Promise<ModelRunner> {
-    if (ckpt.quantized && options.accuracyLevel !== 0 && nativeWanted(options)) {
-      const w = ckpt.weights;
-      const norms = { attn: w.layers.map((L) => L.attnNorm), ffn: w.layers.map((L) => L.ffnNorm), final: w.norm };
-      const runner = ModelRunner.openNative(ckpt.config, weightsInMemory(ckpt.quantized, norms), options);
-      if (runner instanceof ModelRunner) return runner;
-      (options.log ?? ((m: string) => console.error(m)))(`colm: native kernel unavailable (${runner.reason}); the model runs on onnxruntime`);
-    }
-    return ModelRunner.open(buildColmGraph(ckpt, options.accuracyLevel), ckpt.config, ckpt.weightBytes, options);
+    const native = ckpt.quantized && options.accuracyLevel !== 0 && nativeWanted(options) ? ModelRunner.openNative(ckpt.config, weightsInMemory(ckpt.quantized, normGainsOf(ckpt.weights)), options) : undefined;
+    return native ?? ModelRunner.open(buildColmGraph(ckpt, options.accuracyLevel), ckpt.config, ckpt.weightBytes, options);
   }
 
   /**
-   * A quantized model on the native kernel (no onnxruntime session), or why it cannot be. Its
-   * weight bytes count a tied embedding once: the kernel's gather and head read the same matrix.
+   * A quantized model on the native kernel (no onnxruntime session); undefined, with the reason
+   * logged, when it cannot be (the caller then uses onnxruntime). Its weight bytes count a tied
+   * embedding once: the kernel's gather and head read the same matrix.
    */
-  static openNative(config: ColmConfig, weights: NativeWeights, options: RunnerOptions = {}): ModelRunner | { reason: string } {
+  static openNative(config: ColmConfig, weights: NativeWeights, options: RunnerOptions = {}): ModelRunner | undefined {
     const threads = options.threads ?? (Number(process.env.COLM_THREADS) || availableParallelism());
     const native = NativeDecoder.create(config, weights, threads);
-    if (!(native instanceof NativeDecoder)) return native;
-    if (!native.fast) return { reason: "this CPU has no AVX-512 VNNI, and onnxruntime is faster than the kernel's portable path" };
+    if (!(native instanceof NativeDecoder) || !native.fast) {
+      const reason = native instanceof NativeDecoder ? "this CPU has no AVX-512 VNNI, and onnxruntime is faster than the kernel's portable path" : native.reason;
+      (options.log ?? ((m: string) => console.error(m)))(`colm: native kernel unavailable (${reason}); the model runs on onnxruntime`);
+      return undefined;
+    }
     trimHeap(); // what reading the weights freed leaves the process
     const weightBytes = quantizedWeightBytes(config, weights.bits, weights.blockSize);
     return new ModelRunner(undefined, config, "cpu", weightBytes, options.reusedOutputFloats ?? 1 << 16, native);

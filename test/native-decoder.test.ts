@@ -9,6 +9,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { ColmConfigJson } from "../models/config.ts";
 import { loadCheckpoint } from "../models/checkpoint.ts";
+import { normGainsOf } from "../models/quantized.ts";
 import { quantizeCheckpoint } from "../kernels/quantize.ts";
 import { KvCache } from "../kernels/kv-cache.ts";
 import { NativeDecoder, compileAddon, nativeAddon, weightsInMemory } from "../kernels/native-decoder.ts";
@@ -159,8 +160,7 @@ describe("native kernel: the portable path (a CPU without AVX-512 VNNI)", { skip
     for (const [label, cfg, blockSize] of MODELS) {
       for (const bits of [8, 4] as const) {
         const ckpt = quantizeCheckpoint(loadCheckpoint(makeCheckpoint(cfg, 5)), bits, blockSize);
-        const norms = { attn: ckpt.weights.layers.map((L) => L.attnNorm), ffn: ckpt.weights.layers.map((L) => L.ffnNorm), final: ckpt.weights.norm };
-        const weights = weightsInMemory(ckpt.quantized!, norms);
+        const weights = weightsInMemory(ckpt.quantized!, normGainsOf(ckpt.weights));
         const decoders = [NativeDecoder.create(ckpt.config, weights, 2), NativeDecoder.create(ckpt.config, weights, 1, portable)];
         const c = ckpt.config;
         const outs = await Promise.all(decoders.map((d) => {
@@ -190,8 +190,7 @@ describe("native kernel: where it is used", { skip: why }, () => {
   test("an unsupported block size is refused with a reason, and the runner keeps onnxruntime", async () => {
     const cfg = { ...TINY_EQUAL, head_dim: 128, chain_heads: [1, 1], ffn_chain_dims: [128, 128] };
     const ckpt = quantizeCheckpoint(loadCheckpoint(makeCheckpoint(cfg, 5)), 4, 128);
-    const norms = { attn: ckpt.weights.layers.map((L) => L.attnNorm), ffn: ckpt.weights.layers.map((L) => L.ffnNorm), final: ckpt.weights.norm };
-    const made = NativeDecoder.create(ckpt.config, weightsInMemory(ckpt.quantized!, norms), 1);
+    const made = NativeDecoder.create(ckpt.config, weightsInMemory(ckpt.quantized!, normGainsOf(ckpt.weights)), 1);
     assert.ok(!(made instanceof NativeDecoder) && /block size must be 16, 32 or 64/.test(made.reason), JSON.stringify(made));
     const logged: string[] = [];
     const r = await ModelRunner.create(ckpt, { threads: 1, log: (m) => logged.push(m) });

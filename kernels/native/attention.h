@@ -144,26 +144,24 @@ void scoresRows(const float* const* q, int R, const float* kt, int hd, float sca
 #endif
 }
 
+#if COLM_VNNI
+// weightedRows for hd a multiple of 16·U: U column vectors at a time, rows four at a time, then one.
+template <int U>
+void weighColumns(const float* p, int R, const float* values, int n, int hd, float* const* acc) {
+  for (int j0 = 0; j0 < hd; j0 += 16 * U) {
+    int r = 0;
+    for (; r + 4 <= R; r += 4) weighRows<4, U>(p + r * kChunk, values, n, hd, j0, acc + r);
+    for (; r < R; r++) weighRows<1, U>(p + r * kChunk, values, n, hd, j0, acc + r);
+  }
+}
+#endif
+
 // acc_r[0 … hd) += Σ_s p[r][s] · values[s] for rows r < R and keys s < n (values hd apart), key
 // after key for each row, whatever the other rows.
 void weightedRows(const float* p, int R, const float* values, int n, int hd, float* const* acc) {
 #if COLM_VNNI
-  if (hd % 64 == 0) {
-    for (int j0 = 0; j0 < hd; j0 += 64) {
-      int r = 0;
-      for (; r + 4 <= R; r += 4) weighRows<4, 4>(p + r * kChunk, values, n, hd, j0, acc + r);
-      for (; r < R; r++) weighRows<1, 4>(p + r * kChunk, values, n, hd, j0, acc + r);
-    }
-    return;
-  }
-  if (hd % 16 == 0) {
-    for (int j0 = 0; j0 < hd; j0 += 16) {
-      int r = 0;
-      for (; r + 4 <= R; r += 4) weighRows<4, 1>(p + r * kChunk, values, n, hd, j0, acc + r);
-      for (; r < R; r++) weighRows<1, 1>(p + r * kChunk, values, n, hd, j0, acc + r);
-    }
-    return;
-  }
+  if (hd % 64 == 0) return weighColumns<4>(p, R, values, n, hd, acc);
+  if (hd % 16 == 0) return weighColumns<1>(p, R, values, n, hd, acc);
 #endif
   for (int r = 0; r < R; r++)
     for (int s = 0; s < n; s++)

@@ -145,7 +145,7 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
   let runner: ModelRunner;
   if (options.graphCache ?? weightBytesOf(stored) > OUT_OF_PROCESS_BYTES) {
     const own = precision === checkpointPrecision(stored);
-    let native: ModelRunner | { reason: string } | undefined;
+    let native: ModelRunner | undefined;
     if (precision !== "f32" && nativeWanted(runnerOptions)) {
       // The native kernel reads the checkpoint's own quantized file, or one quantized and cached once.
       const source = own ? openWeights(dir) : SafetensorsFile.open(await cachedQuantizedWeights(dir, precision, options.graphCacheDir, options.log));
@@ -154,10 +154,8 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
       } finally {
         source.close();
       }
-      if (!(native instanceof ModelRunner)) options.log?.(`colm: native kernel unavailable (${native.reason}); the model runs on onnxruntime`);
     }
-    if (native instanceof ModelRunner) runner = native;
-    else runner = await ModelRunner.open(await cachedGraph(dir, options.graphCacheDir, options.log, own ? "stored" : precision), config, weightBytesOf(config), runnerOptions);
+    runner = native ?? await ModelRunner.open(await cachedGraph(dir, options.graphCacheDir, options.log, own ? "stored" : precision), config, weightBytesOf(config), runnerOptions);
   } else {
     const ckpt = loadCheckpoint(dir, { onWarning: options.log });
     const bits = bitsOf(precision);
