@@ -51,7 +51,8 @@ float expShifted(float* p, int n, float max) {
 // bits alone, in a batch, in a verification step or in a prompt.
 constexpr int kQueryBlock = 32;
 constexpr int kPieceKeys = 256;
-constexpr int kChunk = 32;  // keys per online-softmax update
+constexpr int kChunk = 32;  // keys transposed at a time
+constexpr int64_t kParallelMerge = 4096;  // (token, head) pieces from which the threads share the merge
 
 #if COLM_VNNI
 // Scores of RN rows (queries qs[0 … RN)) against the chunk's 64 transposed keys: RN × 4
@@ -71,7 +72,7 @@ inline void scoreRows(const float* const* qs, const float* kt, int hd, float sca
   }
   const __m512 sc = _mm512_set1_ps(scale);
   for (int r = 0; r < RN; r++)
-    for (int i = 0; i < KV; i++) _mm512_storeu_ps(p + r * kChunk + 16 * i, _mm512_mul_ps(acc[r][i], sc));
+    for (int i = 0; i < KV; i++) _mm512_storeu_ps(p + r * kPieceKeys + 16 * i, _mm512_mul_ps(acc[r][i], sc));
 }
 
 // acc_r[j0 … j0+16·U) += Σ_s p[r][s] · values[s] for RN rows: each value vector and weight loaded once.
@@ -82,9 +83,12 @@ inline void weighRows(const float* p, const float* values, int n, int hd, int j0
     for (int i = 0; i < U; i++) a[r][i] = _mm512_loadu_ps(acc[r] + j0 + 16 * i);
   for (int s = 0; s < n; s++) {
     __m512 v[U];
-    for (int i = 0; i < U; i++) v[i] = _mm512_loadu_ps(values + static_cast<size_t>(s) * hd + j0 + 16 * i);
+    for (int i = 0; i < U; i++) {
+      v[i] = _mm512_loadu_ps(values + static_cast<size_t>(s) * hd + j0 + 16 * i);
+      asm("" : "+v"(v[i]));  // keep it in a register: folded into each row's multiply-add, it is loaded RN times
+    }
     for (int r = 0; r < RN; r++) {
-      const __m512 w = _mm512_set1_ps(p[r * kChunk + s]);
+      const __m512 w = _mm512_set1_ps(p[r * kPieceKeys + s]);
       for (int i = 0; i < U; i++) a[r][i] = _mm512_fmadd_ps(w, v[i], a[r][i]);
     }
   }
@@ -131,15 +135,15 @@ void scoresRows(const float* const* q, int R, const float* kt, int hd, float sca
 #if COLM_VNNI
   constexpr int group = 64 / kChunk * 4;  // rows whose accumulators fill 16 registers
   int r = 0;
-  for (; r + group <= R; r += group) scoreRows<group>(q + r, kt, hd, scale, p + r * kChunk);
-  for (; r + 4 <= R; r += 4) scoreRows<4>(q + r, kt, hd, scale, p + r * kChunk);  // a decode step's heads of one kv head
-  for (; r < R; r++) scoreRows<1>(q + r, kt, hd, scale, p + r * kChunk);
+  for (; r + group <= R; r += group) scoreRows<group>(q + r, kt, hd, scale, p + r * kPieceKeys);
+  for (; r + 4 <= R; r += 4) scoreRows<4>(q + r, kt, hd, scale, p + r * kPieceKeys);  // a decode step's heads of one kv head
+  for (; r < R; r++) scoreRows<1>(q + r, kt, hd, scale, p + r * kPieceKeys);
 #else
   for (int r = 0; r < R; r++)
     for (int s = 0; s < kChunk; s++) {
       float acc = 0;
       for (int j = 0; j < hd; j++) acc = std::fma(q[r][j], kt[j * kChunk + s], acc);
-      p[r * kChunk + s] = acc * scale;
+      p[r * kPieceKeys + s] = acc * scale;
     }
 #endif
 }
@@ -150,8 +154,8 @@ template <int U>
 void weighColumns(const float* p, int R, const float* values, int n, int hd, float* const* acc) {
   for (int j0 = 0; j0 < hd; j0 += 16 * U) {
     int r = 0;
-    for (; r + 4 <= R; r += 4) weighRows<4, U>(p + r * kChunk, values, n, hd, j0, acc + r);
-    for (; r < R; r++) weighRows<1, U>(p + r * kChunk, values, n, hd, j0, acc + r);
+    for (; r + 4 <= R; r += 4) weighRows<4, U>(p + r * kPieceKeys, values, n, hd, j0, acc + r);
+    for (; r < R; r++) weighRows<1, U>(p + r * kPieceKeys, values, n, hd, j0, acc + r);
   }
 }
 #endif
@@ -165,7 +169,7 @@ void weightedRows(const float* p, int R, const float* values, int n, int hd, flo
 #endif
   for (int r = 0; r < R; r++)
     for (int s = 0; s < n; s++)
-      for (int j = 0; j < hd; j++) acc[r][j] = std::fma(p[r * kChunk + s], values[static_cast<size_t>(s) * hd + j], acc[r][j]);
+      for (int j = 0; j < hd; j++) acc[r][j] = std::fma(p[r * kPieceKeys + s], values[static_cast<size_t>(s) * hd + j], acc[r][j]);
 }
 
 // The largest of p[0 … n).
@@ -190,6 +194,9 @@ void attention(Model& md, const StepArgs& a, int l, const float* q, float* out) 
   const int G = static_cast<int>(headsOf[0].size());
   struct Unit { int b, kv, m0, count, pieces, first; };  // rows m0 … m0+count-1; items first … first+pieces-1
   std::vector<Unit> units;
+  // The work before each item and each unit (rows × keys; a unit's merge: rows × pieces), so that
+  // the threads split it evenly: pieces at the diagonal and short blocks cost less.
+  std::vector<int64_t> itemsBefore{0}, unitsBefore{0};
   int items = 0;
   for (int b = 0; b < a.B; b++) {
     for (int kv = 0; kv < md.kvh; kv++) {
@@ -197,6 +204,8 @@ void attention(Model& md, const StepArgs& a, int l, const float* q, float* out) 
         const int count = std::min(kQueryBlock, a.tc - i), longest = a.past[b] + a.t0 + i + count;
         const int pieces = (longest + kPieceKeys - 1) / kPieceKeys;
         units.push_back({b, kv, b * a.tc + i, count, pieces, items});
+        for (int pc = 0; pc < pieces; pc++) itemsBefore.push_back(itemsBefore.back() + static_cast<int64_t>(count) * G * std::min(kPieceKeys, longest - pc * kPieceKeys));
+        unitsBefore.push_back(unitsBefore.back() + static_cast<int64_t>(count) * G * (pieces + 1));
         items += pieces;
       }
     }
@@ -207,12 +216,13 @@ void attention(Model& md, const StepArgs& a, int l, const float* q, float* out) 
   if (part.size() < static_cast<size_t>(items) * perItem) part.resize(static_cast<size_t>(items) * perItem);
   md.pool->run([&](int t) {
     const int rowsMax = kQueryBlock * G;
-    std::vector<float> p(static_cast<size_t>(rowsMax) * kChunk), kt(static_cast<size_t>(hd) * kChunk, 0.0f);
+    std::vector<float> p(static_cast<size_t>(rowsMax) * kPieceKeys), kt(static_cast<size_t>(hd) * kChunk, 0.0f);
     std::vector<const float*> qs(rowsMax);
     std::vector<float*> accs(rowsMax);
     std::vector<int> limit(rowsMax);
     size_t u = 0;
-    for (int it = static_cast<int>(static_cast<int64_t>(items) * t / threads); it < static_cast<int64_t>(items) * (t + 1) / threads; it++) {
+    const auto [first, last] = shareOf(itemsBefore, t, threads);
+    for (int it = first; it < last; it++) {
       while (units[u].first + units[u].pieces <= it) u++;
       const Unit& U = units[u];
       const int piece = it - U.first, b = U.b, past = a.past[b], R = U.count * G;
@@ -234,39 +244,33 @@ void attention(Model& md, const StepArgs& a, int l, const float* q, float* out) 
         accs[r] = res + 2;
       }
       const int s0 = piece * kPieceKeys, s1 = std::min(s0 + kPieceKeys, limit[R - 1]);
+      // Every row's scores for the piece's keys, a chunk at a time: its keys transposed once for every row.
       for (int c0 = s0; c0 < s1; c0 += kChunk) {
-        const int c1 = std::min(c0 + kChunk, s1);
-        segments(c0, c1, [&](const float* keys, const float*, int from, int n2) {  // transposed once for every row
+        segments(c0, std::min(c0 + kChunk, s1), [&](const float* keys, const float*, int from, int n2) {
           transposeKeys(keys, n2, hd, kt.data() + (from - c0));
         });
-        scoresRows(qs.data(), R, kt.data(), hd, scale, p.data());
-        for (int r = 0; r < R; r++) {  // online softmax: a larger max rescales what is summed so far
-          float* pr = &p[static_cast<size_t>(r) * kChunk];
-          float* res = res0 + static_cast<size_t>(r) * stride;
-          const int cnt = std::min(c1, limit[r]) - c0;
-          if (cnt <= 0) {
-            std::fill(pr, pr + kChunk, 0.0f);
-            continue;
-          }
-          const float mx = std::max(res[0], maxOf(pr, cnt));
-          if (mx > res[0] && res[0] != -INFINITY) {
-            const float w = std::exp(res[0] - mx);
-            res[1] *= w;
-            for (int j = 0; j < hd; j++) res[2 + j] *= w;
-          }
-          res[0] = mx;
-          res[1] += expShifted(pr, cnt, mx);
-          std::fill(pr + cnt, pr + kChunk, 0.0f);  // keys past its own: weight 0
-        }
-        segments(c0, c1, [&](const float*, const float* values, int from, int n2) {
-          // A row adds keys up to its own only: the rows whose limit falls inside add exact zeros.
-          weightedRows(p.data() + (from - c0), R, values, n2, hd, accs.data());
-        });
+        scoresRows(qs.data(), R, kt.data(), hd, scale, p.data() + (c0 - s0));
       }
+      // Softmax over the piece: a row's keys up to its own; the keys past it get weight 0.
+      const int scored = (s1 - s0 + kChunk - 1) / kChunk * kChunk;
+      for (int r = 0; r < R; r++) {
+        float* pr = &p[static_cast<size_t>(r) * kPieceKeys];
+        float* res = res0 + static_cast<size_t>(r) * stride;
+        const int cnt = std::min(s1, limit[r]) - s0;
+        if (cnt > 0) {
+          res[0] = maxOf(pr, cnt);
+          res[1] = expShifted(pr, cnt, res[0]);
+        }
+        std::fill(pr + std::max(cnt, 0), pr + scored, 0.0f);
+      }
+      segments(s0, s1, [&](const float*, const float* values, int from, int n2) {
+        // A row adds keys up to its own only: the rows whose limit falls inside add exact zeros.
+        weightedRows(p.data() + (from - s0), R, values, n2, hd, accs.data());
+      });
     }
   });
   // Merge each (token, head)'s pieces in order: e^(max_p − max) rescales a piece's sum and values.
-  for (const Unit& U : units) {
+  auto merge = [&](const Unit& U) {
     for (int r = 0; r < U.count * G; r++) {
       const int m = U.m0 + r / G, pieces = (a.past[U.b] + a.rowT(m) + kPieceKeys) / kPieceKeys;
       auto res = [&](int pc) { return &part[static_cast<size_t>(U.first + pc) * perItem + static_cast<size_t>(r) * stride]; };
@@ -281,6 +285,14 @@ void attention(Model& md, const StepArgs& a, int l, const float* q, float* out) 
       }
       for (int j = 0; j < hd; j++) o[j] /= sum;
     }
+  };
+  if (unitsBefore.back() < kParallelMerge) {
+    for (const Unit& U : units) merge(U);
+  } else {
+    md.pool->run([&](int t) {
+      const auto [first, last] = shareOf(unitsBefore, t, threads);
+      for (int ui = first; ui < last; ui++) merge(units[ui]);
+    });
   }
 }
 

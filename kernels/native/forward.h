@@ -21,6 +21,10 @@ void swiglu(float* g, const float* u, size_t n) {
 #endif
 }
 
+// The phases COLM_PROFILE times (Model::mark).
+enum Phase { kNormQuantize, kQkv, kRope, kAttention, kO, kGateUp, kDown, kHead, kPhases };
+constexpr const char* kPhaseNames[] = {"norm+quantize", "qkv", "rope", "attention", "o", "gate+up", "down", "embed+head"};
+
 // One pass: tokens t0 … t0+tc-1 of every row through every layer, and the logits of the requested
 // rows among them. Earlier passes' keys and values are in newK / newV already.
 void forwardPass(Model& md, const StepArgs& a) {
@@ -57,62 +61,80 @@ void forwardPass(Model& md, const StepArgs& a) {
     }
   }
 
+  // x += ob for rows m0 … m1-1: a phase's output added to the residual stream.
+  auto addOut = [&](int m0, int m1) {
+    for (size_t j = static_cast<size_t>(m0) * W; j < static_cast<size_t>(m1) * W; j++) x[j] += ob[j];
+  };
   std::vector<Task> tasks;
   for (int l = 0; l < md.L; l++) {
     const Layer& L = md.layers[l];
     size_t at = 0, qat = 0;
     // Attention: queries from chains ≤ k, keys and values from chain 1 only.
-    chainRmsNorm(md, x, xn, M, K, L.attnNorm);
-    const QVec* ax = quantizeRows(md, xn, W, W, M, at, qat);
+    const QVec* ax = quantizeRows(md, xn, W, W, M, at, qat, [&](int m0, int m1) {
+      if (l > 0) addOut(m0, m1);  // the previous layer's feed-forward output
+      chainRmsNorm(md, x, xn, m0, m1, K, L.attnNorm);
+    });
+    md.mark(kNormQuantize);
     tasks.clear();
     for (int i = 0; i < K; i++) tasks.push_back({&L.q[i], ax, q + md.dk[i], W});
     tasks.push_back({&L.k, ax, kb, kvw});
     tasks.push_back({&L.v, ax, vb, kvw});
     runTasks(md, tasks, M);
-    for (int m = 0; m < M; m++) {
-      const int b = a.rowB(m), t = a.rowT(m), pos = a.past[b] + t;
-      rope(md, q + static_cast<size_t>(m) * W, md.hk[K], pos);
-      rope(md, kb + static_cast<size_t>(m) * kvw, md.kvh, pos);
-      for (int h = 0; h < md.kvh; h++) {  // the cache's layout [B, kvh, T, hd]
-        const size_t to = ((static_cast<size_t>(b) * md.kvh + h) * a.T + t) * hd;
-        std::memcpy(a.newK[l] + to, kb + static_cast<size_t>(m) * kvw + h * hd, hd * sizeof(float));
-        std::memcpy(a.newV[l] + to, vb + static_cast<size_t>(m) * kvw + h * hd, hd * sizeof(float));
+    md.mark(kQkv);
+    forRows(md, M, [&](int m0, int m1) {
+      for (int m = m0; m < m1; m++) {
+        const int b = a.rowB(m), t = a.rowT(m), pos = a.past[b] + t;
+        rope(md, q + static_cast<size_t>(m) * W, md.hk[K], pos);
+        rope(md, kb + static_cast<size_t>(m) * kvw, md.kvh, pos);
+        for (int h = 0; h < md.kvh; h++) {  // the cache's layout [B, kvh, T, hd]
+          const size_t to = ((static_cast<size_t>(b) * md.kvh + h) * a.T + t) * hd;
+          std::memcpy(a.newK[l] + to, kb + static_cast<size_t>(m) * kvw + h * hd, hd * sizeof(float));
+          std::memcpy(a.newV[l] + to, vb + static_cast<size_t>(m) * kvw + h * hd, hd * sizeof(float));
+        }
       }
-    }
+    });
+    md.mark(kRope);
     attention(md, a, l, q, att);
+    md.mark(kAttention);
     at = 0, qat = 0;
     const QVec* aa = quantizeRows(md, att, W, W, M, at, qat);
+    md.mark(kNormQuantize);
     tasks.clear();
     for (int i = 0; i < K; i++) tasks.push_back({&L.o[i], aa, ob + md.dk[i], W});
     runTasks(md, tasks, M);
-    for (size_t j = 0; j < static_cast<size_t>(M) * W; j++) x[j] += ob[j];
+    md.mark(kO);
 
     // SwiGLU feed-forward.
-    chainRmsNorm(md, x, xn, M, K, L.ffnNorm);
     at = 0, qat = 0;
-    const QVec* ah = quantizeRows(md, xn, W, W, M, at, qat);
+    const QVec* ah = quantizeRows(md, xn, W, W, M, at, qat, [&](int m0, int m1) {
+      addOut(m0, m1);  // the attention's output
+      chainRmsNorm(md, x, xn, m0, m1, K, L.ffnNorm);
+    });
+    md.mark(kNormQuantize);
     tasks.clear();
     for (int i = 0; i < K; i++) {
       tasks.push_back({&L.gate[i], ah, g + md.fk[i], F});
       tasks.push_back({&L.up[i], ah, u + md.fk[i], F});
     }
     runTasks(md, tasks, M);
-    if (M < 8) swiglu(g, u, static_cast<size_t>(M) * F);
-    else md.pool->run([&](int t) {
-      const int T = md.pool->size(), m0 = M * t / T, m1 = M * (t + 1) / T;
+    md.mark(kGateUp);
+    auto swigluRows = [&](int m0, int m1) {
       swiglu(g + static_cast<size_t>(m0) * F, u + static_cast<size_t>(m0) * F, static_cast<size_t>(m1 - m0) * F);
-    });
+    };
     at = 0, qat = 0;
     tasks.clear();
     if (md.downAligned) {
-      const QVec* ag = quantizeRows(md, g, F, F, M, at, qat);
+      const QVec* ag = quantizeRows(md, g, F, F, M, at, qat, swigluRows);
       for (int i = 0; i < K; i++) tasks.push_back({&L.down[i], ag, ob + md.dk[i], W});
     } else {  // a block would straddle two chains' values: each chain's prefix quantized on its own
+      forRows(md, M, swigluRows);
       for (int i = 0; i < K; i++) tasks.push_back({&L.down[i], quantizeRows(md, g, F, md.fk[i + 1], M, at, qat), ob + md.dk[i], W});
     }
+    md.mark(kNormQuantize);
     runTasks(md, tasks, M);
-    for (size_t j = 0; j < static_cast<size_t>(M) * W; j++) x[j] += ob[j];
+    md.mark(kDown);
   }
+  forRows(md, M, addOut);  // the last layer's feed-forward output
 
   // Head: logits of each requested row at its own chain count, Σ over its chains of y_i · H_iᵀ.
   // The requested rows in this pass: logitRows index b·T + t; rowOf is their row here, out their index there.
@@ -130,7 +152,7 @@ void forwardPass(Model& md, const StepArgs& a) {
     std::memcpy(&xr[static_cast<size_t>(r) * W], x + static_cast<size_t>(rowOf[r]) * W, W * sizeof(float));
     std::memcpy(a.hidden + static_cast<size_t>(outIdx[r]) * W, x + static_cast<size_t>(rowOf[r]) * W, W * sizeof(float));
   }
-  chainRmsNorm(md, xr.data(), y, R, K, md.norm);
+  chainRmsNorm(md, xr.data(), y, 0, R, K, md.norm);
   size_t at = 0;
   std::vector<std::vector<QVec>> perChain(K);
   std::vector<std::vector<float*>> rowsOf(K);  // the logits rows of the rows running chain i
@@ -159,9 +181,17 @@ void forwardPass(Model& md, const StepArgs& a) {
 constexpr int kPassRows = 128;
 void forward(Model& md, StepArgs& a) {
   const int tc = std::max(1, std::min(a.T, kPassRows / a.B));
+  md.phaseMs.assign(kPhases, 0.0);
+  md.mark(-1);
   for (int t0 = 0; t0 < a.T; t0 += tc) {
     a.t0 = t0, a.tc = std::min(tc, a.T - t0);
     forwardPass(md, a);
+  }
+  md.mark(kHead);
+  if (md.profile) {
+    std::string line = "colm_decode: B " + std::to_string(a.B) + " T " + std::to_string(a.T) + " k " + std::to_string(a.kmax) + " ms";
+    for (int i = 0; i < kPhases; i++) line += std::string(" ") + kPhaseNames[i] + " " + std::to_string(md.phaseMs[i]).substr(0, 6);
+    std::fprintf(stderr, "%s\n", line.c_str());
   }
 }
 

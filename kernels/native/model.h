@@ -36,6 +36,16 @@ struct Model {
   // Scratch, grown to the largest call.
   std::vector<float> x, xn, qb, kb, vb, att, ob, g, u, y, attnPart;
   std::mutex stepMu;  // held by a step while it runs
+  // COLM_PROFILE=1: each call's wall time per phase, summed over layers and passes, on stderr.
+  bool profile = std::getenv("COLM_PROFILE") != nullptr;
+  std::vector<double> phaseMs;
+  std::chrono::steady_clock::time_point phaseFrom;
+  void mark(int phase) {  // the time since the last mark goes to `phase`
+    if (!profile) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (phase >= 0) phaseMs[phase] += std::chrono::duration<double, std::milli>(now - phaseFrom).count();
+    phaseFrom = now;
+  }
   std::vector<Group> acts;
   std::vector<QVec> qv;
 };
@@ -47,6 +57,17 @@ struct Task {
   float* out;        // row m's outputs at out + m · stride
   int stride;
 };
+
+// Thread t's share [first, last) of items whose work before each is before[0 … n] (prefix sums):
+// the items that start in its equal part of the whole.
+std::pair<int, int> shareOf(const std::vector<int64_t>& before, int t, int threads) {
+  const int64_t total = before.back();
+  auto at = [&](int u) {
+    const int64_t bound = total * u / threads;
+    return static_cast<int>(std::lower_bound(before.begin(), before.end() - 1, bound) - before.begin());
+  };
+  return {at(t), t + 1 == threads ? static_cast<int>(before.size()) - 1 : at(t + 1)};
+}
 
 // Splits the tasks' rows over the pool by weight bytes and runs them.
 void runTasks(Model& md, const std::vector<Task>& tasks, int M) {
@@ -68,10 +89,10 @@ void runTasks(Model& md, const std::vector<Task>& tasks, int M) {
   });
 }
 
-// Each chain of x [M, width] normalised on its own and scaled by its gain, chains 1 … k.
-void chainRmsNorm(const Model& md, const float* x, float* y, int M, int k, const float* gain) {
+// Each chain of rows m0 … m1-1 of x [·, width] normalised on its own and scaled by its gain, chains 1 … k.
+void chainRmsNorm(const Model& md, const float* x, float* y, int m0, int m1, int k, const float* gain) {
   const int W = md.dk[k];
-  for (int m = 0; m < M; m++) {
+  for (int m = m0; m < m1; m++) {
     for (int i = 0; i < k; i++) {
       double ss = 0;
       for (int j = md.dk[i]; j < md.dk[i + 1]; j++) ss += static_cast<double>(x[m * W + j]) * x[m * W + j];
@@ -81,21 +102,32 @@ void chainRmsNorm(const Model& md, const float* x, float* y, int M, int k, const
   }
 }
 
-// Quantizes rows of x [M, width] (each its first n values) into groups from `at`, returning QVecs.
-QVec* quantizeRows(Model& md, const float* x, int width, int n, int M, size_t& at, size_t& qat) {
+// fn(m0, m1) over rows 0 … M-1: on the calling thread for a few rows, else split over the pool.
+template <class F>
+void forRows(Model& md, int M, F&& fn) {
+  if (M < 8) return fn(0, M);
+  md.pool->run([&](int t) { fn(M * t / md.pool->size(), M * (t + 1) / md.pool->size()); });
+}
+
+// Quantizes rows of x [M, width] (each its first n values) into groups from `at`, returning QVecs;
+// prepare(m0, m1) first computes those rows of x (in the same pass over the threads).
+template <class F>
+QVec* quantizeRows(Model& md, const float* x, int width, int n, int M, size_t& at, size_t& qat, F&& prepare) {
   const int bpg = blocksPerGroup(md.bits, md.bs);
   const int ngroups = ((n + md.bs - 1) / md.bs + bpg - 1) / bpg;
   QVec* out = &md.qv[qat];
   Group* groups = &md.acts[at];
-  auto rows = [&](int m0, int m1) {
+  forRows(md, M, [&](int m0, int m1) {
+    prepare(m0, m1);
     for (int m = m0; m < m1; m++) quantizeActivations(x + static_cast<size_t>(m) * width, n, md.bits, md.bs, groups + static_cast<size_t>(m) * ngroups);
-  };
-  if (M < 8) rows(0, M);
-  else md.pool->run([&](int t) { rows(M * t / md.pool->size(), M * (t + 1) / md.pool->size()); });
+  });
   for (int m = 0; m < M; m++) md.qv[qat + m].g = groups + static_cast<size_t>(m) * ngroups;
   at += static_cast<size_t>(M) * ngroups;
   qat += M;
   return out;
+}
+QVec* quantizeRows(Model& md, const float* x, int width, int n, int M, size_t& at, size_t& qat) {
+  return quantizeRows(md, x, width, n, M, at, qat, [](int, int) {});
 }
 
 void rope(const Model& md, float* x, int heads, int pos) {
