@@ -214,9 +214,18 @@ void attention(Model& md, const StepArgs& a, int l, const float* q, float* out) 
   const size_t perItem = static_cast<size_t>(kQueryBlock) * G * stride;
   std::vector<float>& part = md.attnPart;  // reused: a prompt's pass needs hundreds of KiB
   if (part.size() < static_cast<size_t>(items) * perItem) part.resize(static_cast<size_t>(items) * perItem);
+  // Each thread's scores [rows, kPieceKeys] and transposed keys [hd, kChunk], kept between calls: a
+  // prompt's item has up to kQueryBlock · G rows (128 KiB of scores), and memory that size, freed
+  // and allocated again, comes back from the system zeroed page by page at every layer.
+  const int rowsMax = std::min(kQueryBlock, a.tc) * G;
+  md.attnScores.resize(threads), md.attnKeys.resize(threads);
+  for (int t = 0; t < threads; t++) {
+    if (md.attnScores[t].size() < static_cast<size_t>(rowsMax) * kPieceKeys) md.attnScores[t].resize(static_cast<size_t>(rowsMax) * kPieceKeys);
+    if (md.attnKeys[t].size() < static_cast<size_t>(hd) * kChunk) md.attnKeys[t].resize(static_cast<size_t>(hd) * kChunk);
+  }
   md.pool->run([&](int t) {
-    const int rowsMax = kQueryBlock * G;
-    std::vector<float> p(static_cast<size_t>(rowsMax) * kPieceKeys), kt(static_cast<size_t>(hd) * kChunk, 0.0f);
+    float* p = md.attnScores[t].data();
+    float* kt = md.attnKeys[t].data();
     std::vector<const float*> qs(rowsMax);
     std::vector<float*> accs(rowsMax);
     std::vector<int> limit(rowsMax);
@@ -247,14 +256,14 @@ void attention(Model& md, const StepArgs& a, int l, const float* q, float* out) 
       // Every row's scores for the piece's keys, a chunk at a time: its keys transposed once for every row.
       for (int c0 = s0; c0 < s1; c0 += kChunk) {
         segments(c0, std::min(c0 + kChunk, s1), [&](const float* keys, const float*, int from, int n2) {
-          transposeKeys(keys, n2, hd, kt.data() + (from - c0));
+          transposeKeys(keys, n2, hd, kt + (from - c0));
         });
-        scoresRows(qs.data(), R, kt.data(), hd, scale, p.data() + (c0 - s0));
+        scoresRows(qs.data(), R, kt, hd, scale, p + (c0 - s0));
       }
       // Softmax over the piece: a row's keys up to its own; the keys past it get weight 0.
       const int scored = (s1 - s0 + kChunk - 1) / kChunk * kChunk;
       for (int r = 0; r < R; r++) {
-        float* pr = &p[static_cast<size_t>(r) * kPieceKeys];
+        float* pr = p + static_cast<size_t>(r) * kPieceKeys;
         float* res = res0 + static_cast<size_t>(r) * stride;
         const int cnt = std::min(s1, limit[r]) - s0;
         if (cnt > 0) {
@@ -265,7 +274,7 @@ void attention(Model& md, const StepArgs& a, int l, const float* q, float* out) 
       }
       segments(s0, s1, [&](const float*, const float* values, int from, int n2) {
         // A row adds keys up to its own only: the rows whose limit falls inside add exact zeros.
-        weightedRows(p.data() + (from - s0), R, values, n2, hd, accs.data());
+        weightedRows(p + (from - s0), R, values, n2, hd, accs.data());
       });
     }
   });

@@ -35,6 +35,7 @@ struct Model {
   Pool* pool = nullptr;
   // Scratch, grown to the largest call.
   std::vector<float> x, xn, qb, kb, vb, att, ob, g, u, y, attnPart;
+  std::vector<std::vector<float>> attnScores, attnKeys;  // per thread
   std::mutex stepMu;  // held by a step while it runs
   // COLM_PROFILE=1: each call's wall time per phase, summed over layers and passes, on stderr.
   bool profile = std::getenv("COLM_PROFILE") != nullptr;
