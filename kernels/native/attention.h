@@ -43,8 +43,9 @@ float expShifted(float* p, int n, float max) {
 // new tokens up to its own. Work items are (row b, kv head, a block of up to kQueryBlock
 // consecutive tokens, a piece of kPieceKeys keys). An item's rows are its (token, head) pairs:
 // every query head of its tokens that reads the kv head. A chunk of keys is transposed once and
-// every row's scores come from it, and each value vector is loaded once for every row, so a
-// prompt's attention streams its keys once per block of tokens, not once per token. Pieces start
+// every row's scores come from it, the softmax is taken once over the piece (a row's max and sum of
+// 256 scores, then its weighted values), and each value vector is loaded once for every four rows,
+// so a prompt's attention streams its keys once per block of tokens, not once per token. Pieces start
 // at fixed key positions, so a long context splits over the threads even for one token
 // (flash-decoding), and each row's arithmetic (its chunks, its pieces, their order, one chain of
 // multiply-adds per score and per output) depends on its own position only: a token gets the same
